@@ -1,0 +1,155 @@
+"""`python -m pipeline <stage> [--help] [-m] [hydra overrides]`."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from omegaconf import DictConfig
+
+from pipeline.config import compose_config, new_run_dir, to_yaml, with_run_dir
+from pipeline.errors import PipelineError, UsageError
+from pipeline.io import write_text_atomic
+from pipeline.stages import STAGES, ensure_inputs
+
+log = logging.getLogger("pipeline")
+
+
+def usage() -> str:
+    width = max(len(n) for n in STAGES)
+    lines = [
+        "usage: python -m pipeline <stage> [--help] [-m] [key=value ...]",
+        "",
+        "Arabic stance toward agreement: positive / negative / neutral, sentence by sentence.",
+        "",
+        "stages:",
+        *(f"  {name:<{width}}  {stage.help}" for name, stage in STAGES.items()),
+        "",
+        "`python -m pipeline <stage> --help` prints the composed config of that stage;",
+        "any value in it can be overridden, e.g. `python -m pipeline train model=tiny train.epochs=3`.",
+        "-m / --multirun sweeps comma-separated values (`-m train.lr=1e-5,3e-5`), one child run each.",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str]) -> tuple[str, list[str], bool, bool]:
+    """Returns (stage, overrides, show_help, multirun); raises UsageError on anything unknown."""
+    if not argv:
+        return "", [], False, False
+    if argv[0] in ("-h", "--help"):
+        return "", [], True, False
+    stage_name = argv[0]
+    if stage_name not in STAGES:
+        raise UsageError(f"unknown stage {stage_name!r}; choose one of: {', '.join(STAGES)}")
+    stage = STAGES[stage_name]
+    overrides: list[str] = []
+    show_help = multirun = False
+    for arg in argv[1:]:
+        if arg in ("-h", "--help"):
+            show_help = True
+        elif arg in ("-m", "--multirun"):
+            multirun = True
+        elif arg in stage.flags:
+            overrides.append(stage.flags[arg])
+        elif arg.startswith("-") and not arg.startswith("~"):
+            known = ", ".join(["--help", "-m", *stage.flags])
+            raise UsageError(f"unknown option {arg!r} for stage {stage_name!r}; options: {known}")
+        elif "=" not in arg and not arg.startswith("~"):
+            raise UsageError(f"bad override {arg!r}: expected key=value (e.g. model=tiny)")
+        else:
+            overrides.append(arg)
+    return stage_name, overrides, show_help, multirun
+
+
+def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
+    """Cartesian product of comma-separated / range() sweep values, as Hydra's basic sweeper does."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as exc:
+        raise UsageError(f"bad override: {str(exc).splitlines()[0]}") from None
+    axes = []
+    for o in parsed:
+        prefix = o.get_key_element()
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        axes.append([f"{prefix}={v}" for v in values])
+    return [list(combo) for combo in itertools.product(*axes)]
+
+
+def setup_logging(cfg: DictConfig, run_dir: Path) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_pipeline", False):
+            root.removeHandler(handler)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(run_dir / "pipeline.log", encoding="utf-8")):
+        handler.setFormatter(fmt)
+        handler._pipeline = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(str(cfg.log_level).upper())
+    for noisy in ("urllib3", "filelock", "alembic", "httpx", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_stage(stage_name: str, cfg: DictConfig):
+    """Run one stage (and the stages it needs) with a composed config; usable without the CLI."""
+    stage = STAGES[stage_name]
+    if not cfg.paths.run_dir:
+        cfg = with_run_dir(cfg, new_run_dir(cfg, stage_name))
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(cfg, run_dir)
+    write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
+    log.info("%s: run dir %s", stage_name, run_dir)
+    ensure_inputs(stage, cfg)
+    return stage.run(cfg)
+
+
+def run_multirun(stage_name: str, overrides: Sequence[str]):
+    from pipeline import tracking
+
+    jobs = expand_sweep(overrides)
+    base = compose_config(stage_name, [o for o in jobs[0]])
+    sweep_dir = new_run_dir(base, f"{stage_name}-sweep")
+    configs = [with_run_dir(compose_config(stage_name, job), sweep_dir / str(i)) for i, job in enumerate(jobs)]
+    log.info("multirun: %d jobs in %s", len(jobs), sweep_dir)
+    parent_cfg = with_run_dir(base, sweep_dir)
+    with tracking.start_run(parent_cfg, f"{stage_name}-sweep", log_params=False, tags={"sweep": "true"}) as _:
+        import mlflow
+
+        mlflow.log_param("sweep", " ".join(overrides)[: tracking.MAX_PARAM_CHARS])
+        return [run_stage(stage_name, cfg) for cfg in configs]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        stage_name, overrides, show_help, multirun = parse_args(argv)
+        if not stage_name:
+            print(usage())
+            return 0 if show_help else 2
+        if show_help:
+            print(f"# composed config of stage '{stage_name}' (override any key with key=value)")
+            print(to_yaml(compose_config(stage_name, overrides)))
+            return 0
+        if multirun:
+            run_multirun(stage_name, overrides)
+        else:
+            run_stage(stage_name, compose_config(stage_name, overrides))
+        return 0
+    except PipelineError as exc:
+        log.debug("failure", exc_info=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

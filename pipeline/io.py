@@ -1,0 +1,115 @@
+"""Small, shared file helpers: strict text reading and atomic writes (temp file + rename)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+from pipeline.errors import PipelineError
+
+BOM = "\ufeff"
+
+
+class BadInputFile(PipelineError):
+    """A file that cannot be used as input; `reason` is a short machine-readable tag."""
+
+    def __init__(self, path: Path | str, reason: str, detail: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: {detail}")
+
+
+def read_text_strict(path: Path | str) -> str:
+    """Decode a file as UTF-8 (BOM allowed), refusing binary or mis-encoded content.
+
+    Line endings are kept as they are so that character offsets point into the file's own text.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise BadInputFile(path, "missing", "file not found") from None
+    if not raw.strip():
+        raise BadInputFile(path, "empty", "file is empty; remove it or give it some text")
+    if b"\x00" in raw:
+        raise BadInputFile(path, "binary", "looks binary (NUL bytes); give a UTF-8 text file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInputFile(
+            path,
+            "not_utf8",
+            f"not valid UTF-8 (byte {exc.start}); re-save it as UTF-8, e.g. "
+            f"`iconv -f WINDOWS-1256 -t UTF-8 {path.name} > fixed.txt`",
+        ) from None
+    return text[1:] if text.startswith(BOM) else text
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path | str) -> Iterator[Path]:
+    """Yield a temp path beside `target`; rename it over `target` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text_atomic(target: Path | str, text: str) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(target)
+
+
+def write_table_atomic(df: pd.DataFrame, target: Path | str) -> Path:
+    """Write a table as parquet, CSV or JSON lines, chosen by the file suffix."""
+    target = Path(target)
+    suffix = target.suffix.lower()
+    with atomic_path(target) as tmp:
+        if suffix == ".parquet":
+            df.to_parquet(tmp, index=False)
+        elif suffix == ".csv":
+            df.to_csv(tmp, index=False, encoding="utf-8")
+        elif suffix in (".jsonl", ".json"):
+            df.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        else:
+            raise PipelineError(f"{target}: unsupported table format {suffix!r}; use .parquet, .csv or .jsonl")
+    return target
+
+
+def read_table(path: Path | str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
+    if suffix == ".csv":
+        return pd.read_csv(path, encoding="utf-8", keep_default_na=False, dtype=str)
+    if suffix in (".jsonl", ".json"):
+        return pd.read_json(path, lines=True, dtype=False)
+    raise PipelineError(f"{path}: unsupported table format {suffix!r}; use .parquet, .csv or .jsonl")
+
+
+def backup_file(path: Path | str) -> Path | None:
+    """Copy `path` to `path.bak-<n>` before it is rewritten; returns the backup path."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    n = 1
+    while (backup := path.with_name(f"{path.name}.bak-{n}")).exists():
+        n += 1
+    shutil.copy2(path, backup)
+    return backup

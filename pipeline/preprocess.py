@@ -1,0 +1,72 @@
+"""The one text preprocessing function used at train, evaluate and predict time.
+
+It wraps arabert's `ArabertPreprocessor` for a named AraBERT variant and is saved beside the model
+(`preprocess.json`), so prediction uses what the model was trained with, not today's config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Iterable
+
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+PREPROCESS_FILE = "preprocess.json"
+
+
+def _short_name(name: str) -> str:
+    return name.rstrip("/").split("/")[-1]
+
+
+class TextPreprocessor:
+    """`TextPreprocessor("bert-base-arabertv02")(["..."])` → preprocessed texts; `None` means identity."""
+
+    def __init__(self, arabert_model: str | None):
+        self.arabert_model = arabert_model
+        self._impl = None
+        if arabert_model:
+            from arabert.preprocess import ACCEPTED_MODELS, SEGMENTED_MODELS
+
+            short = _short_name(arabert_model)
+            if short in SEGMENTED_MODELS:
+                # Offline, Farasa silently returns '' for every sentence: refuse rather than train on nothing.
+                raise PipelineError(
+                    f"model.preprocess_as={arabert_model!r} needs Farasa segmentation, which cannot run here "
+                    "(it returns empty text offline); use a v02 model such as aubmindlab/bert-base-arabertv02"
+                )
+            if short not in ACCEPTED_MODELS:
+                raise PipelineError(
+                    f"model.preprocess_as={arabert_model!r} is not an AraBERT model arabert knows "
+                    f"({', '.join(sorted(ACCEPTED_MODELS))}); set it to one of them, or to null for no preprocessing"
+                )
+            from arabert.preprocess import ArabertPreprocessor
+
+            self._impl = ArabertPreprocessor(model_name=short)
+
+    def __call__(self, texts: Iterable[str]) -> list[str]:
+        if self._impl is None:
+            return [str(t) for t in texts]
+        return [self._impl.preprocess(str(t)) for t in texts]
+
+    def to_dict(self) -> dict:
+        return {"arabert_model": self.arabert_model}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TextPreprocessor":
+        return cls(data.get("arabert_model"))
+
+    def save(self, model_dir: Path | str) -> Path:
+        path = Path(model_dir) / PREPROCESS_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, model_dir: Path | str) -> "TextPreprocessor":
+        path = Path(model_dir) / PREPROCESS_FILE
+        if not path.exists():
+            raise PipelineError(f"{path}: missing; this model directory was not written by `pipeline train`")
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))

@@ -1,0 +1,49 @@
+"""Shared fixtures: every test runs from the repo root, offline, with its own paths and MLflow store."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SEEDS = REPO / "seeds"
+
+# Set before anything imports mlflow/transformers.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """Compose the real config for a stage with every output path under tmp_path.
+
+    `make_cfg("segment", "data.articles_glob=/x/*.txt")` → DictConfig, like lightning-hydra-template's
+    tests that compose configs pointed at a temporary directory.
+    """
+    from pipeline.config import compose_config
+
+    counter = itertools.count()
+
+    def _make(stage: str, *overrides: str):
+        n = next(counter)
+        base = [
+            f"paths.work_dir={tmp_path}/work",
+            f"paths.output_root={tmp_path}/outputs",
+            f"paths.run_dir={tmp_path}/runs/{stage}-{n}",
+            f"tracking.uri=sqlite:///{tmp_path}/mlruns/mlflow.db",
+            f"tracking.artifact_root={tmp_path}/mlruns/artifacts",
+        ]
+        return compose_config(stage, [*base, *overrides])
+
+    return _make

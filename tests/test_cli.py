@@ -1,0 +1,105 @@
+"""The command line: stage list, help, usage errors (exit 2), and stages running what they need first."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import expand_sweep, main
+from pipeline.stages import STAGES
+
+from conftest import REPO
+
+
+def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+
+
+def test_help_lists_every_stage():
+    result = cli("--help")
+    assert result.returncode == 0
+    for name in ("segment", "label", "train", "evaluate", "predict", "all"):
+        assert f"  {name} " in result.stdout
+
+
+def test_no_stage_is_a_usage_error(capsys):
+    assert main([]) == 2
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_stage_help_shows_composed_config_with_overrides(capsys):
+    assert main(["segment", "--help", "segment.repeated_line_max_words=3"]) == 0
+    out = capsys.readouterr().out
+    assert "repeated_line_max_words: 3" in out and "articles_glob:" in out and "stage: segment" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["bogus"], "unknown stage 'bogus'; choose one of: segment, label, train, evaluate, predict, all"),
+        (["segment", "model=nope"], "unknown model config; choices: "),
+        (["segment", "segment.nope=1"], "no config key 'segment.nope'"),
+        (["segment", "x=[1"], "bad override"),
+        (["segment", "justaword"], "expected key=value"),
+        (["segment", "--frobnicate"], "unknown option '--frobnicate'"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_unknown_stage_from_the_shell():
+    result = cli("trian")
+    assert result.returncode == 2 and "choose one of" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_segment_from_the_shell_writes_sentences_in_its_own_run_dir(tmp_path):
+    result = cli("segment", f"paths.work_dir={tmp_path}/work", f"paths.output_root={tmp_path}/out")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "work" / "sentences.parquet").exists()
+    (run_dir,) = (tmp_path / "out" / "segment").iterdir()
+    assert {"config.yaml", "pipeline.log", "segment_report.json"} <= {p.name for p in run_dir.iterdir()}
+    assert "sentences kept: 74" in result.stderr
+
+
+def test_run_dirs_never_collide(tmp_path, make_cfg):
+    from pipeline.config import new_run_dir
+
+    cfg = make_cfg("segment", f"paths.output_root={tmp_path}/o")
+    dirs = {new_run_dir(cfg, "segment") for _ in range(20)}  # same second, all distinct
+    assert len(dirs) == 20
+
+
+def test_stale_outputs_are_rebuilt_before_a_stage(tmp_path, make_cfg):
+    articles = tmp_path / "articles"
+    articles.mkdir()
+    (articles / "a.txt").write_text("الجملة الأولى.", encoding="utf-8")
+    cfg = make_cfg("label", f"data.articles_glob={articles}/*.txt")
+    segment = STAGES["segment"]
+    assert segment.is_stale(cfg)                      # missing output
+    segment.run(cfg)
+    assert not segment.is_stale(cfg)
+    sentences = Path(cfg.paths.sentences)
+    os.utime(sentences, (1, 1))                       # output older than its input
+    assert segment.is_stale(cfg)
+
+
+def test_sweep_expansion_is_a_cartesian_product():
+    jobs = expand_sweep(["train.lr=1e-5,3e-5", "model=tiny", "seed=1,2"])
+    assert len(jobs) == 4
+    assert ["train.lr=1e-05", "model=tiny", "seed=1"] in jobs
+
+
+def test_a_stage_error_is_one_clear_line_without_traceback(tmp_path):
+    result = cli("segment", f"data.articles_glob={tmp_path}/none/*.txt", f"paths.output_root={tmp_path}/o",
+                 f"paths.work_dir={tmp_path}/w")
+    assert result.returncode == 1
+    assert "error: no article matches" in result.stderr and "Traceback" not in result.stderr

@@ -9,11 +9,11 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 
 venv: $(STAMP)
 
+# A bare torch requirement would pull a multi-GB CUDA build: take the CPU wheel unless some torch
+# (e.g. a CUDA build the user installed on purpose) is already in the environment.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# A bare torch requirement would pull a multi-GB CUDA build; take the CPU wheel unless
-	# some torch (e.g. a CUDA build the user installed on purpose) is already there.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)

@@ -1,6 +1,349 @@
-"""label stage (placeholder until gold loader lands)."""
-from pipeline.errors import NotBuiltError
+"""label stage: segmented sentences → labelled training set, with where every label came from.
+
+    python -m pipeline label                                  # labelled.parquet + rules-vs-gold report (MLflow run "rules")
+    python -m pipeline label --stats                          # gold (and labelled) label distributions, then stop
+    python -m pipeline label --export [labeling.export_size=50 labeling.export_model_uri=runs:/<id>/model]
+    python -m pipeline label labeling.import_file=project-export.json
+
+Precedence per sentence: gold (labels/gold.csv) > annotation (labels/annotations.csv, from Label Studio) >
+rules (labels/lexicon.yaml). Where no rule fires, `labeling.abstain` decides: neutral, or no label (source=none).
+Output columns are the contract in docs (article_id, sentence_id, idx, text, label, source, rule_label,
+rule_confidence, rules_fired).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from pipeline import LABELS
+from pipeline.errors import PipelineError
+from pipeline.gold import label_distribution, load_gold
+from pipeline.io import read_table, write_table_atomic, write_text_atomic
+from pipeline import labelstudio
+from pipeline.rules import Lexicon, load_lexicon, rule_ids
+
+log = logging.getLogger(__name__)
+
+LABELLED_COLUMNS = ["article_id", "sentence_id", "idx", "text", "label", "source",
+                    "rule_label", "rule_confidence", "rules_fired"]
+SOURCES = ("gold", "annotation", "rules", "none")
+ABSTAIN_POLICIES = ("neutral", "drop")
+ABSTAIN = "(abstain)"
 
 
-def label(cfg):
-    raise NotBuiltError("stage 'label' is not built yet")
+# ---------------------------------------------------------------- inputs
+
+def read_sentences(cfg: DictConfig) -> pd.DataFrame:
+    path = Path(cfg.paths.sentences)
+    if not path.exists():
+        raise PipelineError(f"{path}: not found; run `python -m pipeline segment` first")
+    return read_table(path)
+
+
+def read_gold(cfg: DictConfig, sentences: pd.DataFrame) -> pd.DataFrame | None:
+    """Gold labels checked against the current sentences (stale ids are an error); None if there is no file."""
+    path = Path(cfg.paths.gold)
+    if not path.exists():
+        log.warning("label: no gold labels at %s; rule quality cannot be measured and every label is weak", path)
+        return None
+    return load_gold(path, sentences)
+
+
+# ---------------------------------------------------------------- the labelled table
+
+def apply_rules(lexicon: Lexicon, texts: list[str]) -> pd.DataFrame:
+    return lexicon.label_texts(tqdm(texts, desc="rules", unit="sentence", disable=len(texts) < 2000))
+
+
+def build_labelled(sentences: pd.DataFrame, rules: pd.DataFrame, gold: pd.DataFrame | None,
+                   annotations: pd.DataFrame | None, abstain: str) -> pd.DataFrame:
+    """One row per sentence: gold > annotation > rules; abstentions per `abstain`."""
+    if abstain not in ABSTAIN_POLICIES:
+        raise PipelineError(f"labeling.abstain={abstain!r}: choose one of {', '.join(ABSTAIN_POLICIES)}")
+    out = sentences[["article_id", "sentence_id", "idx", "text"]].reset_index(drop=True).copy()
+    out = pd.concat([out, rules.reset_index(drop=True)], axis=1)
+    gold_map = dict(zip(gold["sentence_id"], gold["label"])) if gold is not None else {}
+    ann_map = dict(zip(annotations["sentence_id"], annotations["label"])) if annotations is not None else {}
+    labels, sources = [], []
+    for sid, rule_label in zip(out["sentence_id"], out["rule_label"]):
+        if sid in gold_map:
+            labels.append(gold_map[sid]); sources.append("gold")
+        elif sid in ann_map:
+            labels.append(ann_map[sid]); sources.append("annotation")
+        elif isinstance(rule_label, str):
+            labels.append(rule_label); sources.append("rules")
+        elif abstain == "neutral":
+            labels.append("neutral"); sources.append("rules")
+        else:
+            labels.append(None); sources.append("none")
+    out["label"] = pd.Series(labels, dtype="object")
+    out["source"] = pd.Series(sources, dtype="object")
+    out["idx"] = out["idx"].astype("int64")
+    out["rule_confidence"] = out["rule_confidence"].astype("float64")
+    return out[LABELLED_COLUMNS]
+
+
+# ---------------------------------------------------------------- rules vs gold
+
+def rules_quality(labelled: pd.DataFrame, gold: pd.DataFrame, abstain: str, lexicon: Lexicon | None = None) -> dict:
+    """Coverage, accuracy, macro-F1, per-class precision/recall and the confusion matrix of the rules on gold."""
+    from pipeline.metrics import classification_metrics
+
+    rows = labelled.merge(gold[["sentence_id", "label"]].rename(columns={"label": "gold"}), on="sentence_id")
+    n = len(rows)
+    fired = rows["rule_label"].notna()
+    covered = rows[fired]
+    # The labels the stage would write from rules: abstentions become neutral, or are left out.
+    effective = rows.assign(pred=rows["rule_label"].fillna("neutral")) if abstain == "neutral" else covered.assign(pred=covered["rule_label"])
+    metrics = {"n_gold": float(n), "coverage": float(fired.mean()) if n else 0.0}
+    metrics.update(classification_metrics(effective["gold"], effective["pred"]))
+    for key, value in classification_metrics(covered["gold"], covered["rule_label"]).items():
+        if key in ("accuracy", "macro_f1"):
+            metrics[f"covered_{key}"] = value
+    abstained = rows[~fired]
+    metrics["abstained"] = float(len(abstained))
+    metrics["abstained_gold_neutral_share"] = float((abstained["gold"] == "neutral").mean()) if len(abstained) else 0.0
+    pred_col = rows["rule_label"].fillna(ABSTAIN)
+    confusion = pd.crosstab(pd.Categorical(rows["gold"], categories=list(LABELS)),
+                            pd.Categorical(pred_col, categories=[*LABELS, ABSTAIN]), dropna=False)
+    confusion.index = [f"gold_{x}" for x in LABELS]
+    confusion.columns = [f"rules_{x}" if x != ABSTAIN else "rules_abstain" for x in confusion.columns]
+    errors = effective[effective["pred"] != effective["gold"]][
+        ["sentence_id", "gold", "pred", "rule_confidence", "rules_fired", "text"]]
+    cue_labels = {c.id: c.label for c in lexicon.cues} if lexicon is not None else {}
+    return {"metrics": metrics, "confusion": confusion, "errors": errors,
+            "per_cue": per_cue_quality(rows, cue_labels)}
+
+
+def per_cue_quality(rows: pd.DataFrame, cue_labels: dict[str, str]) -> pd.DataFrame:
+    """For each rule id that fired on a gold sentence: how often, and how often gold agrees with its vote."""
+    stats: dict[str, list[int]] = {}
+    for fired, gold in zip(rows["rules_fired"], rows["gold"]):
+        for rid in set(rule_ids(fired)):
+            if rid == "contrast":
+                continue
+            vote = _vote_of(rid, cue_labels)
+            entry = stats.setdefault(rid, [0, 0])
+            entry[0] += 1
+            entry[1] += int(vote == gold)
+    table = pd.DataFrame([{"rule": k, "vote": _vote_of(k, cue_labels) or "none", "fired_on_gold": v[0], "gold_agrees": v[1],
+                           "precision": round(v[1] / v[0], 3)} for k, v in stats.items()],
+                         columns=["rule", "vote", "fired_on_gold", "gold_agrees", "precision"])
+    return table.sort_values(["fired_on_gold", "rule"], ascending=[False, True]).reset_index(drop=True)
+
+
+def _vote_of(rule_id: str, cue_labels: dict[str, str]) -> str | None:
+    """The class a fired rule id voted for: a positive cue → positive, …:negated → negative, …:cancelled → none."""
+    base, _, modifier = rule_id.partition(":")
+    label = cue_labels.get(base)
+    if modifier == "cancelled":
+        return None
+    if modifier == "negated" and label in ("positive", "negative"):
+        return "negative" if label == "positive" else "positive"
+    return label
+
+
+def format_quality(quality: dict, abstain: str) -> str:
+    m = quality["metrics"]
+    lines = [
+        f"rules vs gold ({int(m['n_gold'])} gold sentences, abstain={abstain}):",
+        f"  coverage {m['coverage']:.3f} (rules fired on {int(m['n_gold'] - m['abstained'])}; "
+        f"{int(m['abstained'])} abstained, {m['abstained_gold_neutral_share']:.0%} of them gold-neutral)",
+        f"  accuracy {m.get('accuracy', float('nan')):.3f}  macro-F1 {m.get('macro_f1', float('nan')):.3f}  "
+        f"(where rules fired: accuracy {m.get('covered_accuracy', float('nan')):.3f}, "
+        f"macro-F1 {m.get('covered_macro_f1', float('nan')):.3f})",
+        "  per class:  precision  recall",
+        *(f"    {label:<9} {m.get(f'precision_{label}', 0):9.3f} {m.get(f'recall_{label}', 0):7.3f}" for label in LABELS),
+        "  confusion (rows gold, columns rules):",
+        *("    " + line for line in quality["confusion"].to_string().splitlines()),
+    ]
+    return "\n".join(lines)
+
+
+def log_quality_to_mlflow(cfg: DictConfig, quality: dict, lexicon_path: Path, run_dir: Path) -> str:
+    from pipeline import tracking
+
+    with tracking.start_run(cfg, "rules", tags={"stage": "label", "lexicon_sha": tracking.file_digest(lexicon_path),
+                                                "abstain": str(cfg.labeling.abstain)}) as run:
+        import mlflow
+
+        mlflow.log_metrics({f"rules_{k}": float(v) for k, v in quality["metrics"].items()})
+        for name in ("rules_confusion.csv", "rules_confusion.png", "rules_errors.csv", "rules_per_cue.csv",
+                     "rules_quality.json"):
+            if (run_dir / name).exists():
+                mlflow.log_artifact(str(run_dir / name))
+        mlflow.log_artifact(str(lexicon_path))
+        return run.info.run_id
+
+
+def write_quality_files(quality: dict, run_dir: Path) -> None:
+    write_table_atomic(quality["confusion"].rename_axis("gold").reset_index(), run_dir / "rules_confusion.csv")
+    write_table_atomic(quality["errors"], run_dir / "rules_errors.csv")
+    write_table_atomic(quality["per_cue"], run_dir / "rules_per_cue.csv")
+    write_text_atomic(run_dir / "rules_quality.json", json.dumps(quality["metrics"], indent=2))
+    try:
+        _confusion_png(quality["confusion"], run_dir / "rules_confusion.png")
+    except Exception as exc:  # a missing font or backend must not fail the stage
+        log.warning("label: confusion matrix plot skipped (%s)", exc)
+
+
+def _confusion_png(confusion: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.imshow(confusion.to_numpy(), cmap="Blues")
+    ax.set_xticks(range(confusion.shape[1]), [c.replace("rules_", "") for c in confusion.columns], rotation=30)
+    ax.set_yticks(range(confusion.shape[0]), [r.replace("gold_", "") for r in confusion.index])
+    ax.set_xlabel("rules"); ax.set_ylabel("gold")
+    high = confusion.to_numpy().max() / 2
+    for i in range(confusion.shape[0]):
+        for j in range(confusion.shape[1]):
+            value = int(confusion.iat[i, j])
+            ax.text(j, i, value, ha="center", va="center", color="white" if value > high else "black")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- stats
+
+def print_stats(cfg: DictConfig, sentences: pd.DataFrame) -> dict:
+    result: dict = {}
+    gold = read_gold(cfg, sentences)
+    if gold is None:
+        print(f"gold: no file at {cfg.paths.gold}")
+    else:
+        dist = label_distribution(gold["label"])
+        print(f"gold labels ({cfg.paths.gold}, {len(gold)} sentences of {len(sentences)}):")
+        print(dist.to_string())
+        result["gold"] = dist
+    labelled_path = Path(cfg.paths.labelled)
+    if labelled_path.exists():
+        labelled = read_table(labelled_path)
+        table = pd.crosstab(labelled["source"], labelled["label"].fillna("(none)"), margins=True, margins_name="total")
+        print(f"\nlabelled set ({labelled_path}, {len(labelled)} sentences) by source:")
+        print(table.to_string())
+        shares = labelled["source"].value_counts(normalize=True).round(3)
+        print("\nshare by source: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items()))
+        result["labelled"] = table
+    else:
+        print(f"\nno labelled set yet at {labelled_path} (run `python -m pipeline label`)")
+    return result
+
+
+# ---------------------------------------------------------------- Label Studio
+
+def model_probabilities(uri: str, texts: list[str]) -> np.ndarray:
+    """Class probabilities (columns in LABELS order) from a local stance model dir or an MLflow model URI."""
+    from pipeline.inference import load_predictor, model_dir_of_pyfunc
+
+    local = Path(uri)
+    if not local.exists():
+        if "://" not in uri and not uri.startswith(("runs:", "models:")):
+            raise PipelineError(f"labeling.export_model_uri={uri!r}: no such directory and not an MLflow URI "
+                                "(runs:/<run id>/model, models:/<name>@<alias>)")
+        import mlflow
+
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        except Exception as exc:  # MLflow raises many types; the user needs the URI and the reason
+            raise PipelineError(f"labeling.export_model_uri={uri!r}: cannot download it from MLflow "
+                                f"({str(exc).splitlines()[0]})") from None
+        local = model_dir_of_pyfunc(local)
+    predictor = load_predictor(local)
+    probs = predictor.predict_proba(texts)
+    if list(predictor.labels) != list(LABELS):
+        probs = probs[:, [predictor.labels.index(label) for label in LABELS]]
+    return probs
+
+
+def export_tasks(cfg: DictConfig, labelled: pd.DataFrame, lexicon_sha: str) -> tuple[Path, Path, int]:
+    lab = cfg.labeling
+    candidates = ~labelled["source"].isin(["gold", "annotation"])
+    probs, version = None, f"rules-{lexicon_sha[:8]}"
+    if lab.export_model_uri:
+        from pipeline import tracking
+
+        tracking.setup(cfg)  # so runs:/ and models:/ resolve against the configured store
+        probs = model_probabilities(str(lab.export_model_uri), labelled["text"].tolist())
+        version = str(lab.export_model_uri)
+    tasks = labelstudio.build_tasks(
+        labelled, candidates, probs=probs, model_version=version, method=str(lab.uncertainty),
+        size=None if lab.export_size is None else int(lab.export_size),
+        context_sentences=int(lab.context_sentences), from_name=str(lab.from_name), to_name=str(lab.to_name),
+    )
+    out_dir = Path(lab.export_dir) if lab.export_dir else Path(cfg.paths.run_dir) / "labelstudio"
+    xml = labelstudio.labeling_config(LABELS, from_name=str(lab.from_name), to_name=str(lab.to_name))
+    tasks_path, config_path = labelstudio.write_export(tasks, out_dir, xml)
+    return tasks_path, config_path, len(tasks)
+
+
+def run_import(cfg: DictConfig, sentences: pd.DataFrame, gold: pd.DataFrame | None) -> labelstudio.ImportReport:
+    lab = cfg.labeling
+    report = labelstudio.import_export_file(
+        lab.import_file, sentences, lab.annotations, gold, on_conflict=str(lab.import_on_conflict),
+        from_name=str(lab.from_name),
+    )
+    log.info("label: import %s: %s", lab.import_file, report.summary())
+    print(f"imported {lab.import_file}: {report.summary()}")
+    if report.backup:
+        print(f"  previous annotations backed up to {report.backup}")
+    if report.conflicts:
+        conflicts = pd.DataFrame(report.conflicts)
+        path = write_table_atomic(conflicts, Path(cfg.paths.run_dir) / "import_conflicts.csv")
+        print(f"  {len(conflicts)} conflict(s), not applied unless said otherwise (listed in {path}):")
+        for c in report.conflicts:
+            print(f"    [{c['kind']}] {c['sentence_id']}: existing={c['existing'] or '-'} imported={c['imported']} "
+                  f"by {c['who']} {c.get('resolution', '')}".rstrip())
+            log.warning("label: import conflict %s", c)
+    return report
+
+
+# ---------------------------------------------------------------- stage entry
+
+def label(cfg: DictConfig) -> pd.DataFrame | dict:
+    lab = cfg.labeling
+    sentences = read_sentences(cfg)
+    if lab.stats_only:
+        return print_stats(cfg, sentences)
+    run_dir = Path(cfg.paths.run_dir)
+    gold = read_gold(cfg, sentences)
+    if lab.import_file:
+        run_import(cfg, sentences, gold)
+    annotations = labelstudio.read_annotations(lab.annotations, sentences)
+    lexicon_path = Path(lab.lexicon)
+    lexicon = load_lexicon(lexicon_path)
+    rules = apply_rules(lexicon, sentences["text"].tolist())
+    labelled = build_labelled(sentences, rules, gold, annotations, str(lab.abstain))
+    out = write_table_atomic(labelled, cfg.paths.labelled)
+    counts = labelled["source"].value_counts().reindex(SOURCES, fill_value=0)
+    log.info("label: wrote %s (%d sentences: %s; %d without a label)", out, len(labelled),
+             ", ".join(f"{k}={v}" for k, v in counts.items()), int(labelled["label"].isna().sum()))
+
+    from pipeline.tracking import file_digest
+
+    lexicon_sha = file_digest(lexicon_path)
+    if gold is not None and len(gold):
+        quality = rules_quality(labelled, gold, str(lab.abstain), lexicon)
+        write_quality_files(quality, run_dir)
+        print(format_quality(quality, str(lab.abstain)))
+        if lab.log_mlflow:
+            run_id = log_quality_to_mlflow(cfg, quality, lexicon_path, run_dir)
+            log.info("label: rules quality logged to MLflow run %s", run_id)
+    if lab.export:
+        tasks_path, config_path, n = export_tasks(cfg, labelled, lexicon_sha)
+        print(f"exported {n} Label Studio task(s) to {tasks_path} (labeling config: {config_path})")
+    return labelled

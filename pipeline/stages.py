@@ -25,6 +25,11 @@ def _paths(cfg: DictConfig, *keys: str) -> list[Path]:
     return found
 
 
+def _table_data(cfg: DictConfig) -> bool:
+    """A labelled table (`data.kind: table`) is read directly by train/evaluate: no segment or label stage."""
+    return str(OmegaConf.select(cfg, "data.kind", default="articles")) == "table"
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -34,6 +39,7 @@ class Stage:
     inputs: Callable[[DictConfig], list[Path]] = field(default=lambda cfg: [])
     outputs: Callable[[DictConfig], list[Path]] = field(default=lambda cfg: [])
     flags: dict[str, str] = field(default_factory=dict)  # CLI flag -> override it stands for
+    skip_needs: Callable[[DictConfig], bool] = field(default=lambda cfg: False)  # True: `needs` do not apply
 
     def run(self, cfg: DictConfig):
         module_name, func_name = self.entry.split(":")
@@ -64,19 +70,21 @@ STAGES: dict[str, Stage] = {
             needs=("segment",),
             inputs=lambda cfg: _paths(cfg, "paths.sentences", "paths.gold", "labeling.lexicon", "labeling.annotations"),
             outputs=lambda cfg: _paths(cfg, "paths.labelled"),
-            flags={"--stats": "labeling.stats_only=true"},
+            flags={"--stats": "labeling.stats_only=true", "--export": "labeling.export=true"},
         ),
         Stage(
             "train",
             "fine-tune the configured model on the labelled set, evaluate on gold, log to MLflow",
             "pipeline.train:train",
             needs=("label",),
+            skip_needs=lambda cfg: _table_data(cfg),
         ),
         Stage(
             "evaluate",
             "metrics on gold labels (cross-validated on small corpora) against baselines, logged to MLflow",
             "pipeline.evaluate:evaluate",
             needs=("label",),
+            skip_needs=lambda cfg: _table_data(cfg),
         ),
         Stage(
             "predict",
@@ -94,6 +102,8 @@ STAGES: dict[str, Stage] = {
 
 def ensure_inputs(stage: Stage, cfg: DictConfig) -> None:
     """Run the stages `stage` depends on whose outputs are missing or older than their inputs."""
+    if stage.skip_needs(cfg):
+        return
     for dep_name in stage.needs:
         dep = STAGES[dep_name]
         ensure_inputs(dep, cfg)
@@ -104,7 +114,8 @@ def ensure_inputs(stage: Stage, cfg: DictConfig) -> None:
 
 def run_all(cfg: DictConfig):
     results = {}
-    for name in ("segment", "label", "train", "evaluate"):
+    names = ("train", "evaluate") if _table_data(cfg) else ("segment", "label", "train", "evaluate")
+    for name in names:
         log.info("all: stage %s", name)
         results[name] = STAGES[name].run(with_run_dir(cfg, Path(cfg.paths.run_dir) / name))
     return results

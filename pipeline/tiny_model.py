@@ -16,6 +16,26 @@ log = logging.getLogger(__name__)
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
+def corpus_vocab(texts: Iterable[str], vocab_size: int, normalizer, pre_tokenizer) -> dict[str, int]:
+    """A deterministic WordPiece vocabulary: special tokens, every character (word-initial and ##-continuation),
+    then the most frequent whole words (ties in alphabetical order) up to `vocab_size`."""
+    from collections import Counter
+
+    words: Counter[str] = Counter()
+    for text in texts:
+        words.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(str(text))))
+    chars = sorted({c for w in words for c in w})
+    tokens = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars)]
+    seen = set(tokens)
+    for word, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(tokens) >= vocab_size:
+            break
+        if word not in seen:
+            tokens.append(word)
+            seen.add(word)
+    return {token: i for i, token in enumerate(tokens)}
+
+
 def build_tiny_bert(
     texts: Iterable[str],
     out_dir: Path | str,
@@ -31,18 +51,19 @@ def build_tiny_bert(
 ) -> Path:
     """Write a loadable model directory (config, weights, tokenizer) to `out_dir` and return it."""
     import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    normalizer = normalizers.NFC()
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    # The vocabulary is counted here rather than by tokenizers' WordPieceTrainer, whose tie-breaking is
+    # not reproducible (vocabularies of different sizes from the same texts), which broke seed control.
+    tok = Tokenizer(models.WordPiece(vocab=corpus_vocab(texts, vocab_size, normalizer, pre_tokenizer), unk_token="[UNK]"))
     # No lower-casing or accent stripping: either would strip hamza and shadda from Arabic.
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(
-        list(texts), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=1)
-    )
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]

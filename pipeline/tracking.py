@@ -17,8 +17,16 @@ log = logging.getLogger(__name__)
 MAX_PARAM_CHARS = 500  # MLflow rejects longer param values (the limit is 6000 on recent servers, 500 on old)
 
 
+# mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI (for subprocesses); a value we put there ourselves
+# must not shadow the next config's store when several configs run in one process (tests, `all`).
+_URIS_SET_HERE: set[str] = set()
+
+
 def tracking_uri(cfg: DictConfig) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or str(cfg.tracking.uri)
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_env and from_env not in _URIS_SET_HERE:
+        return from_env
+    return str(cfg.tracking.uri)
 
 
 def setup(cfg: DictConfig):
@@ -30,6 +38,8 @@ def setup(cfg: DictConfig):
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
+    if os.environ.get("MLFLOW_TRACKING_URI") == uri and uri == str(cfg.tracking.uri):
+        _URIS_SET_HERE.add(uri)
     name = str(cfg.tracking.experiment)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:

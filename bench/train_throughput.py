@@ -1,0 +1,177 @@
+"""Training throughput of the train stage against run_classification.py's padding, side by side.
+
+Both setups run the stage's own Trainer (pipeline.train.build_trainer) on the same model and sentences;
+only what the issue compares differs:
+  stage:      dynamic padding (DataCollatorWithPadding) + length-grouped batches (train.group_by_length)
+  pad-to-128: every batch padded to max_length 128, random batches: transformers' examples/pytorch/
+              text-classification/run_classification.py defaults (pad_to_max_length=True, max_seq_length=128)
+Models: a BERT-base-sized model with AraBERT v0.2 base's dimensions (random weights: speed does not depend on
+them) and the tiny model. Sentences: --data (a CSV/parquet with a text column) or the seed corpus.
+
+    .venv/bin/python bench/train_throughput.py --data ../shared/data/arsarcasm_v2/training_data.csv
+    .venv/bin/python bench/train_throughput.py            # the seed sentences
+
+Prints sentences/s per setup and the ratio. Timing starts after the first optimiser step (warm-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from pipeline import LABELS  # noqa: E402
+
+# bert-base-arabertv02's config.json values (vocab, width, depth): the model AraBERT fine-tuning trains.
+BERT_BASE = dict(vocab_size=64000, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, max_position=512)
+TINY = dict(vocab_size=3000, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, max_position=512)
+
+
+def load_texts(args) -> list[str]:
+    if args.data:
+        from pipeline.io import read_table
+
+        table = read_table(args.data)
+        column = args.text_column if args.text_column in table.columns else table.columns[0]
+        texts = [str(t) for t in table[column] if str(t).strip()]
+    else:
+        from pipeline.config import compose_config
+        from pipeline.segment import SegmentRules, find_articles, segment_files
+
+        cfg = compose_config("segment")
+        table, _ = segment_files(find_articles(str(cfg.data.articles_glob)), SegmentRules.from_cfg(cfg.segment))
+        texts = table["text"].tolist()
+    rng = np.random.default_rng(0)
+    rng.shuffle(texts)
+    return texts[: args.max_sentences]
+
+
+class StepTimer:
+    """Times optimiser steps after the first and records the padded width of every batch."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class _Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                timer.ends.append(time.perf_counter())
+
+        self.callback = _Callback()
+        self.ends: list[float] = []
+        self.widths: list[int] = []
+        self.rows: list[int] = []
+
+    def wrap(self, collator):
+        def collate(features):
+            batch = collator(features)
+            self.widths.append(int(batch["input_ids"].shape[1]))
+            self.rows.append(int(batch["input_ids"].shape[0]))
+            return batch
+
+        return collate
+
+
+def run_setup(model_dir: Path, texts, labels, *, pad_to_max: bool, group: bool, batch_size: int, steps: int,
+              out_dir: Path) -> dict:
+    from pipeline.config import compose_config
+    from pipeline.modeling import load_tokenizer_and_model
+    from pipeline.train import build_trainer
+
+    cfg = compose_config("train", [
+        "model=tiny", f"train.batch_size={batch_size}", "train.max_length=128",
+        f"train.pad_to_max_length={str(pad_to_max).lower()}", f"train.group_by_length={str(group).lower()}",
+        "train.lr=1e-5", "train.epochs=1", "train.early_stopping_patience=0",
+    ])
+    tokenizer, model = load_tokenizer_and_model(str(model_dir), LABELS)
+    timer = StepTimer()
+    trainer = build_trainer(cfg, model, tokenizer, texts, labels, [], [], out_dir, max_steps=steps + 1,
+                            callbacks=[timer.callback], save=False)
+    trainer.data_collator = timer.wrap(trainer.data_collator)
+    trainer.train()
+    # ends[0] closes the warm-up step; the next `steps` steps are timed.
+    elapsed = timer.ends[-1] - timer.ends[0]
+    sentences = sum(timer.rows[1: len(timer.ends)])
+    return {"sentences_per_s": sentences / elapsed, "mean_width": float(np.mean(timer.widths[1:len(timer.ends)])),
+            "steps": len(timer.ends) - 1}
+
+
+def random_model_with_tokenizer(tokenizer_dir: str, out: Path, dims: dict) -> Path:
+    """A randomly initialised BERT of `dims` that uses a real (e.g. AraBERT) tokenizer: realistic lengths."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=dims["hidden_size"], num_hidden_layers=dims["num_layers"],
+                        num_attention_heads=dims["num_heads"], intermediate_size=dims["intermediate_size"],
+                        max_position_embeddings=dims["max_position"], num_labels=len(LABELS),
+                        id2label=dict(enumerate(LABELS)), label2id={x: i for i, x in enumerate(LABELS)})
+    tokenizer.save_pretrained(out)
+    BertForSequenceClassification(config).save_pretrained(out)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="CSV/parquet with sentences (default: the seed corpus)")
+    parser.add_argument("--text-column", default="tweet")
+    parser.add_argument("--models", default="bert-base,tiny")
+    parser.add_argument("--batch-size", type=int, default=16, help="the stage's default train.batch_size")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per setup (BERT-base); tiny runs 5x more")
+    parser.add_argument("--max-sentences", type=int, default=2000)
+    parser.add_argument("--tokenizer", help="a local tokenizer dir (e.g. a downloaded AraBERT) for the BERT-base model; "
+                        "default: a word-level vocabulary built from the data, which gives shorter sequences")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+
+    import logging
+
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("pipeline").setLevel(logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from pipeline.preprocess import TextPreprocessor
+    from pipeline.tiny_model import build_tiny_bert
+
+    default_threads = torch.get_num_threads()
+    texts = TextPreprocessor("bert-base-arabertv02")(load_texts(args))
+    labels = [LABELS[i % 3] for i in range(len(texts))]
+    print(f"data: {args.data or 'seed corpus'}: {len(texts)} sentences; batch {args.batch_size}; "
+          f"torch threads {args.threads or default_threads} (tiny: {args.threads or 1}); device {'cuda' if torch.cuda.is_available() else 'cpu'}")
+    print(f"{'model':<10} {'setup':<34} {'tokens/batch row':>16} {'sentences/s':>12} {'ratio':>7}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            dims = BERT_BASE if name == "bert-base" else TINY
+            steps = args.steps if name == "bert-base" else args.steps * 5
+            # A tiny model gains nothing from a second thread and suffers badly when the cores are shared.
+            torch.set_num_threads(args.threads or (1 if name == "tiny" else default_threads))
+            if name == "bert-base" and args.tokenizer:
+                model_dir = random_model_with_tokenizer(args.tokenizer, Path(tmp) / name, dims)
+            else:
+                model_dir = build_tiny_bert(texts, Path(tmp) / name, LABELS, **dims)
+            results = {}
+            for setup, pad, group in (("pad-to-128 (run_classification)", True, False),
+                                      ("stage: dynamic pad + length groups", False, True)):
+                results[setup] = run_setup(model_dir, texts, labels, pad_to_max=pad, group=group,
+                                           batch_size=args.batch_size, steps=steps, out_dir=Path(tmp) / "out")
+            base = results["pad-to-128 (run_classification)"]["sentences_per_s"]
+            for setup, r in results.items():
+                print(f"{name:<10} {setup:<34} {r['mean_width']:>16.1f} {r['sentences_per_s']:>12.1f} "
+                      f"{r['sentences_per_s'] / base:>6.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Classification metrics on gold labels, a bootstrap interval for macro-F1, and the report files."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from pipeline import LABELS
+from pipeline.io import write_table_atomic, atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str] = LABELS) -> dict[str, float]:
+    """accuracy, macro/weighted F1 and per-class precision/recall/F1/support, as flat names."""
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+    labels = list(labels)
+    y_true, y_pred = list(y_true), list(y_pred)
+    if not y_true:
+        return {}
+    out = {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        # Macro over all three labels, also those absent from a small test set, so folds are comparable.
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+        "n": float(len(y_true)),
+    }
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    for i, label in enumerate(labels):
+        out[f"precision_{label}"] = float(p[i])
+        out[f"recall_{label}"] = float(r[i])
+        out[f"f1_{label}"] = float(f[i])
+        out[f"support_{label}"] = float(s[i])
+    return out
+
+
+def macro_f1(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str] = LABELS) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(list(y_true), list(y_pred), labels=list(labels), average="macro", zero_division=0))
+
+
+def bootstrap_macro_f1(y_true: Sequence[str], y_pred: Sequence[str], *, n_resamples: int = 1000, ci: float = 0.95,
+                       seed: int = 0, labels: Sequence[str] = LABELS) -> tuple[float, float]:
+    """Percentile bootstrap interval of macro-F1 over test sentences (resampled with replacement)."""
+    labels = list(labels)
+    index = {label: i for i, label in enumerate(labels)}
+    t = np.array([index[y] for y in y_true])
+    p = np.array([index[y] for y in y_pred])
+    n, k = len(t), len(labels)
+    if n == 0 or n_resamples <= 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    scores = np.empty(n_resamples)
+    for b in range(n_resamples):
+        idx = rng.integers(0, n, n)
+        # Confusion counts per class, vectorised: much faster than sklearn per resample.
+        tb, pb = t[idx], p[idx]
+        tp = np.bincount(tb[tb == pb], minlength=k).astype(float)
+        true_n = np.bincount(tb, minlength=k)
+        pred_n = np.bincount(pb, minlength=k)
+        denom = true_n + pred_n
+        f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+        scores[b] = f1.mean()
+    alpha = (1 - ci) / 2
+    return float(np.quantile(scores, alpha)), float(np.quantile(scores, 1 - alpha))
+
+
+def confusion(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str] = LABELS) -> pd.DataFrame:
+    from sklearn.metrics import confusion_matrix
+
+    cm = confusion_matrix(list(y_true), list(y_pred), labels=list(labels))
+    return pd.DataFrame(cm, index=[f"true_{x}" for x in labels], columns=[f"pred_{x}" for x in labels])
+
+
+def plot_confusion(cm: pd.DataFrame, path: Path | str, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [c.removeprefix("pred_") for c in cm.columns]
+    values = cm.to_numpy()
+    fig, ax = plt.subplots(figsize=(4.6, 4))
+    ax.imshow(values, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    ax.set_title(title, fontsize=9)
+    top = values.max() if values.size else 0
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            ax.text(j, i, str(values[i, j]), ha="center", va="center",
+                    color="white" if values[i, j] > top / 2 else "black")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def error_table(test: pd.DataFrame, proba: np.ndarray, labels: Sequence[str] = LABELS, limit: int = 500) -> pd.DataFrame:
+    """Misclassified gold sentences, most confident mistakes first."""
+    labels = list(labels)
+    pred = [labels[i] for i in proba.argmax(axis=1)]
+    table = pd.DataFrame(
+        {
+            "sentence_id": test["sentence_id"].to_numpy(),
+            "group": test["group"].to_numpy(),
+            "text": test["text"].to_numpy(),
+            "gold": test["label"].to_numpy(),
+            "predicted": pred,
+            "confidence": proba.max(axis=1).round(4),
+            **{f"p_{label}": proba[:, i].round(4) for i, label in enumerate(labels)},
+        }
+    )
+    wrong = table[table["gold"] != table["predicted"]]
+    return wrong.sort_values("confidence", ascending=False).head(limit).reset_index(drop=True)
+
+
+def write_report(out_dir: Path | str, test: pd.DataFrame, proba: np.ndarray, *, title: str, n_resamples: int,
+                 ci: float, seed: int, max_errors: int, labels: Sequence[str] = LABELS) -> tuple[dict[str, float], list[Path]]:
+    """Metrics + CI + confusion matrix (CSV, PNG) + error table for one model on gold test rows."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = list(labels)
+    y_true = test["label"].tolist()
+    y_pred = [labels[i] for i in proba.argmax(axis=1)]
+    metrics = classification_metrics(y_true, y_pred, labels)
+    lo, hi = bootstrap_macro_f1(y_true, y_pred, n_resamples=n_resamples, ci=ci, seed=seed, labels=labels)
+    metrics["macro_f1_ci_low"], metrics["macro_f1_ci_high"] = lo, hi
+    cm = confusion(y_true, y_pred, labels)
+    files = [
+        write_table_atomic(cm.reset_index(names="gold"), out / "confusion_matrix.csv"),
+        plot_confusion(cm, out / "confusion_matrix.png", f"{title}  macro-F1 {metrics['macro_f1']:.3f} (n={len(y_true)})"),
+        write_table_atomic(error_table(test, proba, labels, max_errors), out / "errors.csv"),
+    ]
+    return metrics, files
+
+
+def prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    return {f"{prefix}{k}": v for k, v in metrics.items() if v == v}  # NaN (no data) is not logged

@@ -1,0 +1,153 @@
+"""Loading the model to fine-tune: a local directory, a cached hub id, or the tiny offline BERT.
+
+The hub is tried only when it can answer: a missing model fails within seconds with the three ways
+to fix it, instead of a minute of silent download retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Sequence
+from urllib.parse import urlparse
+
+from omegaconf import DictConfig
+
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HUB = "https://huggingface.co"
+
+
+class ModelUnavailable(PipelineError):
+    """The configured model cannot be loaded here (not local, not cached, hub unreachable)."""
+
+
+def remedy_text(name: str) -> str:
+    return (
+        f"cannot load model {name!r}: it is not a local directory, not in the Hugging Face cache, and the hub "
+        "cannot be reached from here. Fix it one of three ways:\n"
+        f"  1. download it once on a machine with internet access: `hf download {name}` "
+        "(then copy ~/.cache/huggingface here, or `hf download "
+        f"{name} --local-dir /models/{name.split('/')[-1]}`);\n"
+        f"  2. point the pipeline at a local copy: `python -m pipeline train model.name_or_path=/models/{name.split('/')[-1]}`;\n"
+        "  3. run fully offline on the tiny locally built BERT (smoke runs only, not quality): "
+        "`python -m pipeline train model=tiny`."
+    )
+
+
+def hub_offline() -> bool:
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_reachable(timeout_s: float) -> bool:
+    """A TCP connect to the hub endpoint: enough to tell 'no network' from 'slow download' in seconds."""
+    url = urlparse(os.environ.get("HF_ENDPOINT", DEFAULT_HUB))
+    host = url.hostname or "huggingface.co"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def is_cached(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # a malformed id, for instance: not in the cache either way
+        return False
+    return isinstance(found, str)
+
+
+def resolve_source(name_or_path: str, *, hub_timeout_s: float = 3.0) -> tuple[str, bool]:
+    """Where to load `name_or_path` from: (path or id, local_files_only). Raises ModelUnavailable fast."""
+    if not name_or_path:
+        raise PipelineError("model.name_or_path is empty; set it to a hub id or a local model directory")
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise PipelineError(f"{path}: not a Hugging Face model directory (no config.json)")
+        return str(path), True
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_local:
+        raise PipelineError(f"{name_or_path}: model directory not found; check model.name_or_path")
+    if is_cached(name_or_path):
+        return name_or_path, True
+    if hub_offline() or not hub_reachable(hub_timeout_s):
+        raise ModelUnavailable(remedy_text(name_or_path))
+    return name_or_path, False
+
+
+def check_preprocessing_matches(name_or_path: str, preprocess_as: str | None) -> None:
+    """A Farasa-segmented AraBERT is refused by its own name too; another AraBERT variant than
+    `model.preprocess_as` gets a warning (v02 base/large/twitter share one preprocessing)."""
+    from arabert.preprocess import ACCEPTED_MODELS, SEGMENTED_MODELS
+
+    short = str(name_or_path).rstrip("/").split("/")[-1]
+    if short in SEGMENTED_MODELS:
+        raise PipelineError(
+            f"model.name_or_path={name_or_path!r} was pre-trained on Farasa-segmented text, which cannot be "
+            "produced here (Farasa returns empty text offline); use a v02 model such as aubmindlab/bert-base-arabertv02"
+        )
+    wanted = str(preprocess_as or "").rstrip("/").split("/")[-1]
+    if short in ACCEPTED_MODELS and short != wanted:
+        log.warning("model %s is preprocessed as %r (model.preprocess_as); set model.preprocess_as=%s if that is "
+                    "not intended", name_or_path, preprocess_as, short)
+
+
+def load_tokenizer_and_model(name_or_path: str, labels: Sequence[str], *, hub_timeout_s: float = 3.0):
+    """Tokenizer and sequence-classification model with our label order as id2label/label2id."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    source, local_only = resolve_source(name_or_path, hub_timeout_s=hub_timeout_s)
+    id2label = dict(enumerate(labels))
+    label2id = {label: i for i, label in enumerate(labels)}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source,
+            num_labels=len(labels),
+            id2label=id2label,
+            label2id=label2id,
+            local_files_only=local_only,
+            # a checkpoint trained on other labels gets a fresh head instead of a shape error
+            ignore_mismatched_sizes=True,
+        )
+    except OSError as exc:
+        if local_only:
+            raise PipelineError(f"cannot load model from {source!r}: {str(exc).splitlines()[0]}") from None
+        raise ModelUnavailable(remedy_text(name_or_path)) from None
+    log.info("loaded %s (%s parameters)", source, f"{sum(p.numel() for p in model.parameters()):,}")
+    return tokenizer, model
+
+
+def base_model_dir(cfg: DictConfig, train_texts: Sequence[str], out_dir: Path, labels: Sequence[str]) -> str:
+    """`model.name_or_path`, or for `model=tiny` a tiny BERT built from the (preprocessed) training texts."""
+    if str(cfg.model.kind) != "tiny":
+        return str(cfg.model.name_or_path)
+    from pipeline.tiny_model import build_tiny_bert
+
+    target = Path(out_dir)
+    if (target / "config.json").exists():  # resuming: the checkpoints were trained on this vocabulary
+        return str(target)
+    tiny = cfg.model.tiny
+    build_tiny_bert(
+        train_texts,
+        target,
+        labels,
+        vocab_size=int(tiny.vocab_size),
+        hidden_size=int(tiny.hidden_size),
+        num_layers=int(tiny.num_layers),
+        num_heads=int(tiny.num_heads),
+        intermediate_size=int(tiny.intermediate_size),
+        max_position=int(tiny.max_position),
+        seed=int(cfg.seed),
+    )
+    return str(target)

@@ -1,0 +1,117 @@
+"""The evaluate stage: cross-validation folds as child runs of one parent, baselines, reports; sweeps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from test_train_data import labelled  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.slow
+
+
+def _runs(cfg):
+    import mlflow
+
+    from pipeline import tracking
+
+    tracking.setup(cfg)
+    exp = mlflow.get_experiment_by_name(str(cfg.tracking.experiment))
+    return mlflow.search_runs([exp.experiment_id], output_format="list")
+
+
+def test_loao_cv_logs_folds_as_children_of_one_parent(make_cfg, labelled, tmp_path):
+    import mlflow
+
+    from pipeline.evaluate import evaluate
+
+    cfg = make_cfg("evaluate", "model=tiny", "train.epochs=2", f"paths.labelled={labelled}", "evaluate.bootstrap=100")
+    result = evaluate(cfg)
+    runs = _runs(cfg)
+    parent = [r for r in runs if r.info.run_id == result["run_id"]]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result["run_id"]]
+    assert len(parent) == 1 and len(children) == 5 and len(runs) == 6
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert {r.data.tags["fold"] for r in children} == {f"fold-{i}" for i in range(5)}
+    # Each fold: its own gold test metrics and the baselines on the same rows.
+    for child in children:
+        assert {"test_macro_f1", "baseline_majority_test_macro_f1", "baseline_rules_test_macro_f1",
+                "baseline_tfidf_test_macro_f1"} <= set(child.data.metrics)
+    m = parent[0].data.metrics
+    for key in ("cv_macro_f1_mean", "cv_macro_f1_std", "cv_accuracy_mean", "oof_macro_f1", "oof_macro_f1_ci_low",
+                "oof_macro_f1_ci_high", "baseline_rules_cv_macro_f1_mean", "baseline_tfidf_cv_macro_f1_mean",
+                "baseline_majority_oof_macro_f1"):
+        assert key in m, key
+    fold_scores = [c.data.metrics["test_macro_f1"] for c in children]
+    assert m["cv_macro_f1_mean"] == pytest.approx(sum(fold_scores) / 5)
+    assert parent[0].data.tags["stage"] == "evaluate" and "has_model" not in parent[0].data.tags
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result["run_id"], "evaluation")}
+    assert {"evaluation/confusion_matrix.png", "evaluation/errors.csv", "evaluation/folds.csv",
+            "evaluation/comparison.csv"} <= artifacts
+    folds = pd.read_csv(f"{cfg.paths.run_dir}/evaluation/folds.csv")
+    assert folds["test_articles"].nunique() == 5
+    fold_dir = tmp_path / "runs" / Path(str(cfg.paths.run_dir)).name / "fold-0"
+    assert (fold_dir / "model" / "stance_model.json").exists() and not (fold_dir / "checkpoints").exists()
+
+
+def test_kfold_on_a_table_without_groups(make_cfg, tmp_path):
+    from test_train_data import write_table
+
+    from pipeline.evaluate import evaluate
+
+    path = write_table(tmp_path / "t.csv", n=60)
+    cfg = make_cfg("evaluate", "model=tfidf", "data=table", f"data.path={path}", "data.text_column=tweet",
+                   "data.label_column=sentiment", "+data.label_map={POS:positive,NEG:negative,NEU:neutral}",
+                   "evaluate.cv=kfold", "evaluate.folds=3", "evaluate.bootstrap=50")
+    result = evaluate(cfg)
+    assert len(result["folds"]) == 3 and sum(f["n_test"] for f in result["folds"]) == 60
+    assert result["summary"]["cv_macro_f1_mean"] > 0.9
+    assert "baseline_rules_cv_macro_f1_mean" not in result["summary"]
+
+
+def test_loao_without_articles_falls_back_to_stratified_folds(make_cfg, tmp_path):
+    from test_train_data import write_table
+
+    from pipeline.splits import cv_splits, load_labelled
+
+    path = write_table(tmp_path / "t.csv", n=30)
+    cfg = make_cfg("evaluate", "model=tfidf", "data=table", f"data.path={path}", "data.text_column=tweet",
+                   "data.label_column=sentiment", "+data.label_map={POS:positive,NEG:negative,NEU:neutral}",
+                   "evaluate.folds=3")
+    assert cfg.evaluate.cv == "loao"
+    folds = cv_splits(load_labelled(cfg), cfg)
+    assert len(folds) == 3 and all(f["label"].value_counts().min() == 3 for f in (x.test for x in folds))
+
+
+def test_evaluate_a_trained_model_dir(make_cfg, labelled):
+    from pipeline.evaluate import evaluate
+    from pipeline.train import train
+
+    trained = train(make_cfg("train", "model=tfidf", f"paths.labelled={labelled}", "train.baselines=[majority]"))
+    result = evaluate(make_cfg("evaluate", "evaluate.cv=none", f"evaluate.model_dir={trained['model_dir']}",
+                               f"paths.labelled={labelled}", "train.baselines=[majority]"))
+    # Same split, same model, same predictions: the same numbers as the end of train.
+    assert result["metrics"]["eval_macro_f1"] == pytest.approx(trained["metrics"]["test_macro_f1"])
+
+
+def test_multirun_sweep_makes_child_runs_under_one_parent(make_cfg, labelled, tmp_path):
+    import mlflow
+
+    from pipeline.cli import main
+
+    db = f"sqlite:///{tmp_path}/sweep/mlflow.db"
+    args = ["train", "-m", "model=tfidf", "model.tfidf.C=1.0,8.0", f"paths.labelled={labelled}",
+            f"paths.output_root={tmp_path}/outputs", f"tracking.uri={db}", f"tracking.artifact_root={tmp_path}/sweep/a",
+            "train.baselines=[majority]", f"paths.sentences={tmp_path}/work/sentences.parquet",
+            f"paths.work_dir={tmp_path}/work",
+            f"paths.labels_dir={tmp_path}/labels"]  # no label inputs newer than labelled.parquet: label stays fresh
+    assert main(args) == 0
+    runs = _runs(make_cfg("train", f"tracking.uri={db}"))
+    parents = [r for r in runs if r.data.tags.get("sweep") == "true"]
+    assert len(parents) == 1 and len(runs) == 3
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(r.data.params["model.tfidf.C"] for r in children) == ["1.0", "8.0"]
+    assert all(r.data.tags["has_model"] == "true" for r in children)
+    assert mlflow.get_run(parents[0].info.run_id).info.status == "FINISHED"

@@ -1,0 +1,220 @@
+"""Labelled data, grouped splits, class weights, metrics and baselines of the train/evaluate stages.
+
+Also holds the helpers the other train/evaluate test files import: a labelled.parquet built from the
+seed corpus (segment stage + assigned labels), so these tests never depend on the label stage or gold.csv.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import LABELS
+from pipeline.errors import PipelineError
+
+# Marker phrases that make the synthetic task separable: the label is readable from the text.
+MARKERS = {"negative": "رفض قاطع للمقترح", "neutral": "ذكرت الوكالة اليوم", "positive": "اتفاق مثمر وبناء"}
+
+
+def seed_sentences(make_cfg) -> pd.DataFrame:
+    from pipeline.segment import segment
+
+    return segment(make_cfg("segment"))
+
+
+def make_labelled(make_cfg, out: Path, *, separable: bool = False, gold_every: int = 2) -> Path:
+    """labelled.parquet (contract columns) from the seed sentences.
+
+    separable: each sentence starts with its class's marker phrase and every row is gold.
+    otherwise: labels cycle through the classes; every `gold_every`-th row is gold, the rest come from
+    "rules" whose rule_label disagrees with the label (so a leak of rule labels into the test is visible).
+    """
+    s = seed_sentences(make_cfg)
+    labels = [LABELS[i % 3] for i in range(len(s))]
+    df = s[["article_id", "sentence_id", "idx", "text"]].copy()
+    if separable:
+        df["text"] = [f"{MARKERS[lab]} {t}" for lab, t in zip(labels, df["text"])]
+        sources = ["gold"] * len(df)
+        rule_labels = [None] * len(df)
+    else:
+        sources = ["gold" if i % gold_every == 0 else "rules" for i in range(len(df))]
+        rule_labels = [None if i % 5 == 0 else LABELS[(i + 1) % 3] for i in range(len(df))]
+    df["label"] = labels
+    df["source"] = sources
+    df["rule_label"] = rule_labels
+    df["rule_confidence"] = [0.0 if r is None else 0.7 for r in rule_labels]
+    df["rules_fired"] = ["" if r is None else "r1" for r in rule_labels]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(out, index=False)
+    return out
+
+
+@pytest.fixture
+def labelled(make_cfg, tmp_path):
+    return make_labelled(make_cfg, tmp_path / "work" / "labelled.parquet")
+
+
+def test_holdout_split_is_grouped_by_article_and_tests_on_gold_only(make_cfg, labelled):
+    from pipeline.splits import holdout_split, load_labelled, overlap_groups
+
+    for seed in (0, 1, 2, 42):
+        cfg = make_cfg("train", f"paths.labelled={labelled}", f"seed={seed}")
+        data = load_labelled(cfg)
+        split = holdout_split(data, cfg)
+        assert not overlap_groups(split), "an article contributes sentences to both train and test"
+        assert set(split.test["group"]) == set(split.test_groups) and split.test_groups
+        assert set(split.test["source"]) == {"gold"}
+        # Every gold sentence of the test articles is tested, and nothing else.
+        frame = data.frame
+        expected = frame[frame["group"].isin(split.test_groups) & (frame["source"] == "gold")]
+        assert sorted(split.test["sentence_id"]) == sorted(expected["sentence_id"])
+        # Train rows never come from test or validation articles.
+        assert not set(split.train["group"]) & set(split.val["group"])
+        assert set(split.train["source"]) <= {"gold", "annotation", "rules"}
+
+
+def test_train_sources_are_configurable(make_cfg, labelled):
+    from pipeline.splits import holdout_split, load_labelled
+
+    cfg = make_cfg("train", f"paths.labelled={labelled}", "train.sources=[gold]")
+    split = holdout_split(load_labelled(cfg), cfg)
+    assert set(split.train["source"]) == {"gold"}
+
+
+def test_loao_folds_hold_out_one_article_each(make_cfg, labelled):
+    from pipeline.splits import cv_splits, load_labelled, overlap_groups
+
+    cfg = make_cfg("evaluate", f"paths.labelled={labelled}", "evaluate.cv=loao")
+    data = load_labelled(cfg)
+    folds = cv_splits(data, cfg)
+    assert len(folds) == data.frame["group"].nunique() == 5
+    assert sorted(g for f in folds for g in f.test_groups) == sorted(data.frame["group"].unique())
+    for fold in folds:
+        assert len(fold.test_groups) == 1 and not overlap_groups(fold)
+        assert set(fold.test["source"]) == {"gold"}
+    # Out of fold: every gold sentence is tested exactly once.
+    tested = pd.concat([f.test for f in folds])["sentence_id"]
+    assert tested.is_unique and set(tested) == set(data.gold["sentence_id"])
+
+
+def test_grouped_kfold(make_cfg, labelled):
+    from pipeline.splits import cv_splits, load_labelled, overlap_groups
+
+    cfg = make_cfg("evaluate", f"paths.labelled={labelled}", "evaluate.cv=kfold", "evaluate.folds=3")
+    folds = cv_splits(load_labelled(cfg), cfg)
+    assert len(folds) == 3
+    assert all(not overlap_groups(f) for f in folds)
+
+
+def test_no_gold_is_a_clear_error(make_cfg, tmp_path):
+    from pipeline.splits import holdout_split, load_labelled
+
+    path = make_labelled(make_cfg, tmp_path / "l.parquet")
+    df = pd.read_parquet(path)
+    df["source"] = "rules"
+    df.to_parquet(path, index=False)
+    cfg = make_cfg("train", f"paths.labelled={path}")
+    with pytest.raises(PipelineError, match="gold"):
+        holdout_split(load_labelled(cfg), cfg)
+
+
+def test_missing_labelled_file_says_run_label(make_cfg, tmp_path):
+    from pipeline.splits import load_labelled
+
+    with pytest.raises(PipelineError, match="pipeline label"):
+        load_labelled(make_cfg("train", f"paths.labelled={tmp_path}/nope.parquet"))
+
+
+def write_table(path: Path, n: int = 60, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    raw = {"negative": "NEG", "neutral": "NEU", "positive": "POS"}
+    rows = []
+    for i in range(n):
+        label = LABELS[i % 3]
+        filler = " ".join(rng.choice(["الخبر", "الوزير", "موسكو", "واشنطن", "اليوم", "الأمن"], 4))
+        rows.append({"tweet": f"{MARKERS[label]} {filler}", "sentiment": raw[label], "other": i})
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_table_data_with_label_map(make_cfg, tmp_path):
+    from pipeline.splits import holdout_split, load_labelled
+
+    path = write_table(tmp_path / "t.csv")
+    cfg = make_cfg("train", "data=table", f"data.path={path}", "data.text_column=tweet", "data.label_column=sentiment",
+                   "+data.label_map={POS:positive,NEG:negative,NEU:neutral}")
+    data = load_labelled(cfg)
+    assert set(data.frame["label"]) == set(LABELS) and not data.grouped
+    split = holdout_split(data, cfg)
+    assert len(split.test) == 12 and split.test["label"].value_counts().min() == 4  # stratified 20%
+    assert not set(split.test["sentence_id"]) & set(split.train["sentence_id"])
+
+
+def test_table_data_unknown_label_is_explained(make_cfg, tmp_path):
+    from pipeline.splits import load_labelled
+
+    path = write_table(tmp_path / "t.csv")
+    cfg = make_cfg("train", "data=table", f"data.path={path}", "data.text_column=tweet", "data.label_column=sentiment")
+    with pytest.raises(PipelineError, match="label_map"):
+        load_labelled(cfg)
+    cfg = make_cfg("train", "data=table", f"data.path={path}", "data.text_column=nope")
+    with pytest.raises(PipelineError, match="no column 'nope'"):
+        load_labelled(cfg)
+
+
+def test_class_weights_balance_the_classes():
+    from pipeline.splits import class_weights
+
+    labels = pd.Series(["neutral"] * 6 + ["positive"] * 3 + ["negative"] * 1)
+    w = class_weights(labels, "balanced")
+    counts = np.array([1, 6, 3])
+    assert np.allclose(w * counts, (w * counts)[0])  # every class carries the same total weight
+    assert np.isclose((w * counts).sum(), counts.sum())
+    assert class_weights(labels, "none") is None
+
+
+def test_metrics_and_bootstrap_interval():
+    from pipeline.metrics import bootstrap_macro_f1, classification_metrics, confusion
+
+    y_true = ["negative", "neutral", "positive", "positive", "neutral", "negative"] * 5
+    y_pred = ["negative", "neutral", "positive", "neutral", "neutral", "positive"] * 5
+    m = classification_metrics(y_true, y_pred)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["recall_negative"] == pytest.approx(0.5) and m["precision_neutral"] == pytest.approx(2 / 3)
+    assert m["macro_f1"] == pytest.approx(np.mean([m[f"f1_{x}"] for x in LABELS]))
+    lo, hi = bootstrap_macro_f1(y_true, y_pred, n_resamples=500, seed=1)
+    assert lo < m["macro_f1"] < hi and (lo, hi) == bootstrap_macro_f1(y_true, y_pred, n_resamples=500, seed=1)
+    cm = confusion(y_true, y_pred)
+    assert cm.loc["true_negative", "pred_positive"] == 5 and cm.to_numpy().sum() == 30
+
+
+def test_rules_and_majority_baselines(make_cfg, labelled):
+    from pipeline.baselines import majority_proba, rules_proba
+
+    test = pd.DataFrame({"rule_label": ["positive", None, "negative"], "label": ["positive"] * 3})
+    proba = rules_proba(test, "neutral")
+    assert [LABELS[i] for i in proba.argmax(1)] == ["positive", "neutral", "negative"]
+    maj = majority_proba(pd.Series(["neutral", "positive", "neutral"]), 2)
+    assert [LABELS[i] for i in maj.argmax(1)] == ["neutral", "neutral"]
+
+
+def test_weighted_loss_matches_torch_cross_entropy():
+    import torch
+
+    from pipeline.train import weighted_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 3)
+    labels = torch.tensor([0, 1, 1, 2, 2, 2])
+    weights = np.array([3.0, 1.5, 1.0])
+    expected = torch.nn.functional.cross_entropy(logits, labels, weight=torch.tensor(weights, dtype=torch.float32))
+    assert torch.isclose(weighted_loss(weights)({"logits": logits}, labels), expected)
+    assert torch.isclose(weighted_loss(None)({"logits": logits}, labels),
+                         torch.nn.functional.cross_entropy(logits, labels))
+    # Under gradient accumulation the Trainer passes the item count and sums the pieces.
+    pieces = [weighted_loss(None)({"logits": logits[i:i + 3]}, labels[i:i + 3], num_items_in_batch=6) for i in (0, 3)]
+    assert torch.isclose(sum(pieces), torch.nn.functional.cross_entropy(logits, labels))

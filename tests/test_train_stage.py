@@ -1,0 +1,205 @@
+"""The train stage end to end on the tiny BERT and TF-IDF: learning, MLflow run contents, determinism,
+crash → FAILED, resume, table data and sweeps. Every run takes seconds on one CPU thread."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import LABELS
+from test_train_data import labelled, make_labelled, write_table  # noqa: F401 (labelled is a fixture)
+
+pytestmark = pytest.mark.slow
+
+TINY = ["model=tiny", "train.baselines=[majority,rules]", "evaluate.bootstrap=100"]
+
+
+def runs_of(cfg):
+    import mlflow
+
+    from pipeline import tracking
+
+    tracking.setup(cfg)
+    exp = mlflow.get_experiment_by_name(str(cfg.tracking.experiment))
+    return mlflow.search_runs([exp.experiment_id], output_format="list")
+
+
+def test_tiny_model_learns_a_separable_task(make_cfg, tmp_path):
+    """Fails if the loss is not optimised: the model must fit its training set and beat chance on test."""
+    from pipeline.inference import load_predictor
+    from pipeline.splits import holdout_split, load_labelled
+    from pipeline.train import train
+
+    separable = make_labelled(make_cfg, tmp_path / "sep.parquet", separable=True)
+    cfg = make_cfg("train", *TINY, f"paths.labelled={separable}", "train.epochs=20", "train.lr=1e-3",
+                   "train.early_stopping_patience=0", "train.baselines=[majority]")
+    result = train(cfg)
+    assert result["metrics"]["test_macro_f1"] > 0.8, result["metrics"]  # chance is about 0.33
+    assert result["metrics"]["test_macro_f1"] > result["baselines"]["majority"]["macro_f1"] + 0.3
+    # It fits the sentences it was trained on (the held-out articles were never seen).
+    split = holdout_split(load_labelled(cfg), cfg)
+    pred = load_predictor(result["model_dir"]).predict(split.train["text"].tolist())
+    train_acc = float((pred["label"].to_numpy() == split.train["label"].to_numpy()).mean())
+    assert train_acc >= 0.95, train_acc
+
+
+def test_train_run_is_one_complete_mlflow_run_and_deterministic(make_cfg, labelled, tmp_path):
+    import mlflow
+
+    from pipeline.train import train
+
+    overrides = [*TINY, f"paths.labelled={labelled}", "train.epochs=3"]
+    first = train(make_cfg("train", *overrides))
+    second = train(make_cfg("train", *overrides))
+    # Same seed on CPU: same metrics, to the last digit.
+    assert first["metrics"] == second["metrics"]
+
+    cfg = make_cfg("train", *overrides)
+    runs = runs_of(cfg)
+    assert len(runs) == 2, [(r.info.run_name, r.data.tags.get("stage"), r.info.status) for r in runs]
+    run = mlflow.get_run(first["run_id"])
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert tags["stage"] == "train" and tags["has_model"] == "true" and tags["model_kind"] == "transformer"
+    assert tags["data_digest"] and "git_commit" in tags and tags["git_dirty"] in ("true", "false")
+    assert tags["labels_test"].startswith("negative=")
+    m = run.data.metrics
+    for key in ("test_macro_f1", "test_accuracy", "test_weighted_f1", "test_f1_negative", "test_precision_positive",
+                "test_recall_neutral", "test_macro_f1_ci_low", "test_macro_f1_ci_high",
+                "baseline_majority_test_macro_f1", "baseline_rules_test_macro_f1", "train_loss", "val_macro_f1"):
+        assert key in m, key
+    assert m["test_macro_f1_ci_low"] <= m["test_macro_f1"] <= m["test_macro_f1_ci_high"]
+    client = mlflow.MlflowClient()
+    assert len(client.get_metric_history(run.info.run_id, "val_macro_f1")) >= 2  # per epoch
+    assert run.data.params["train.batch_size"] == "16" and run.data.params["model.name"] == "tiny"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/confusion_matrix.png", "evaluation/confusion_matrix.csv", "evaluation/errors.csv"} <= artifacts
+    assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert run.inputs.dataset_inputs, "the training/test data are logged as run inputs"
+    # The model: an MLflow pyfunc returning the label and every class probability.
+    model = mlflow.pyfunc.load_model(first["model_uri"])
+    out = model.predict(pd.DataFrame({"text": ["رفضت موسكو الرد الأمريكي.", "اتفق الجانبان على مواصلة الحوار."]}))
+    assert list(out.columns) == ["label", *[f"p_{x}" for x in LABELS]]
+    assert np.allclose(out[[f"p_{x}" for x in LABELS]].sum(axis=1), 1.0)
+    meta = json.loads((Path(first["model_dir"]) / "stance_model.json").read_text())
+    assert meta["kind"] == "transformer" and meta["labels"] == list(LABELS)
+
+
+def test_evaluation_counts_gold_rows_only(make_cfg, labelled):
+    """The rule labels of test articles disagree with the labels: a leak would change the test set size."""
+    from pipeline.splits import holdout_split, load_labelled
+    from pipeline.train import train
+
+    cfg = make_cfg("train", "model=tfidf", f"paths.labelled={labelled}", "train.baselines=[]")
+    split = holdout_split(load_labelled(cfg), cfg)
+    frame = pd.read_parquet(labelled)
+    in_test = frame[frame["article_id"].isin(split.test_groups)]
+    result = train(cfg)
+    assert result["metrics"]["test_n"] == (in_test["source"] == "gold").sum() < len(in_test)
+
+
+class _CrashAfterFirstSave:
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class Crash(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                raise RuntimeError("simulated crash after the first checkpoint")
+
+        return Crash()
+
+
+def test_crash_marks_run_failed_and_resume_continues(make_cfg, labelled, tmp_path, monkeypatch):
+    import mlflow
+
+    from pipeline import train as train_module
+
+    run_dir = tmp_path / "outputs" / "train" / "interrupted"
+    overrides = [*TINY, f"paths.labelled={labelled}", "train.epochs=3", "train.early_stopping_patience=0"]
+    monkeypatch.setattr(train_module, "extra_callbacks", lambda: [_CrashAfterFirstSave()])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_module.train(make_cfg("train", *overrides, f"paths.run_dir={run_dir}"))
+    failed = runs_of(make_cfg("train", *overrides))
+    assert [r.info.status for r in failed] == ["FAILED"]
+    assert "has_model" not in failed[0].data.tags
+    checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and not (run_dir / "model").exists()
+
+    monkeypatch.setattr(train_module, "extra_callbacks", lambda: [])
+    result = train_module.train(make_cfg("train", *overrides, "train.resume=true"))
+    assert Path(result["model_dir"]) == run_dir / "model"
+    state = json.loads((sorted((run_dir / "checkpoints").glob("checkpoint-*"))[-1] / "trainer_state.json").read_text())
+    steps_per_epoch = int(checkpoints[0].name.split("-")[1])
+    assert state["global_step"] == 3 * steps_per_epoch and state["epoch"] == 3
+    # The resumed run logged only the epochs it trained itself (2 and 3), not epoch 1 again.
+    history = mlflow.MlflowClient().get_metric_history(result["run_id"], "train_loss")
+    assert sorted(h.step for h in history) == [2 * steps_per_epoch, 3 * steps_per_epoch]
+    run = mlflow.get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["resumed_from"].endswith(checkpoints[0].name)
+
+
+def test_nothing_to_resume_is_a_clear_error(make_cfg, labelled):
+    from pipeline.errors import PipelineError
+    from pipeline.train import train
+
+    with pytest.raises(PipelineError, match="no interrupted train run"):
+        train(make_cfg("train", *TINY, f"paths.labelled={labelled}", "train.resume=true"))
+
+
+def test_tfidf_on_a_table_through_the_cli(make_cfg, tmp_path):
+    """model=tfidf and data=table through `run_stage`: no segment/label stage runs, the run has a model,
+    registered under tracking.register with tracking.alias."""
+    import mlflow
+
+    from pipeline.cli import run_stage
+
+    path = write_table(tmp_path / "t.csv", n=90)
+    cfg = make_cfg("train", "model=tfidf", "data=table", f"data.path={path}", "data.text_column=tweet",
+                   "data.label_column=sentiment", "+data.label_map={POS:positive,NEG:negative,NEU:neutral}",
+                   f"paths.sentences={tmp_path}/never.parquet", "tracking.register=stance-tfidf",
+                   "tracking.alias=champion")
+    result = run_stage("train", cfg)
+    assert not (tmp_path / "never.parquet").exists()
+    assert result["metrics"]["test_macro_f1"] > 0.9
+    run = mlflow.get_run(result["run_id"])
+    assert run.data.tags["model_kind"] == "tfidf" and run.data.tags["has_model"] == "true"
+    assert "baseline_tfidf_test_macro_f1" not in run.data.metrics  # the model is the baseline here
+    assert "baseline_rules_test_macro_f1" not in run.data.metrics  # a plain table has no rules
+    # Registered under the configured name, with the alias pointing at this run's version.
+    out = mlflow.pyfunc.load_model("models:/stance-tfidf@champion").predict(pd.DataFrame({"text": ["اتفاق مثمر وبناء اليوم"]}))
+    assert out["label"].tolist() == ["positive"]
+    version = mlflow.MlflowClient().get_model_version_by_alias("stance-tfidf", "champion")
+    assert version.run_id == result["run_id"]
+
+
+def test_batches_are_padded_dynamically_and_grouped_by_length(make_cfg, tmp_path):
+    """The stage pads each batch to its own longest sentence (not to max_length) and groups similar lengths."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from pipeline.modeling import load_tokenizer_and_model
+    from pipeline.tiny_model import build_tiny_bert
+    from pipeline.train import build_trainer
+
+    words = ["موسكو", "واشنطن", "الضمانات", "الأمنية", "الحلف", "المحادثات"]
+    texts = [" ".join(words[i % 6] for i in range(n)) for n in range(1, 65)] * 4  # 3..66 tokens each
+    labels = [LABELS[i % 3] for i in range(len(texts))]
+    model_dir = build_tiny_bert(texts, tmp_path / "m", LABELS)
+    tokenizer, model = load_tokenizer_and_model(str(model_dir), LABELS)
+    cfg = make_cfg("train", "model=tiny", "train.batch_size=8")
+    trainer = build_trainer(cfg, model, tokenizer, texts, labels, [], [], tmp_path / "out", save=False)
+    loader = trainer.get_train_dataloader()
+    assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
+    widths = [batch["input_ids"].shape[1] for batch in loader]
+    assert max(widths) == 66 and min(widths) < 30  # padded per batch, never to 128
+    spans = []
+    for batch in loader:
+        lengths = batch["attention_mask"].sum(dim=1)
+        spans.append(int(lengths.max() - lengths.min()))
+    assert np.mean(spans) < 20  # random batches of 8 from lengths 3..66 would span about 50 tokens
+    pad_cfg = make_cfg("train", "model=tiny", "train.batch_size=8", "train.pad_to_max_length=true")
+    padded = build_trainer(pad_cfg, model, tokenizer, texts, labels, [], [], tmp_path / "out2", save=False)
+    assert {b["input_ids"].shape[1] for b in padded.get_train_dataloader()} == {128}

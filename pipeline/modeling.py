@@ -35,7 +35,7 @@ def remedy_text(name: str) -> str:
         f"{name} --local-dir /models/{name.split('/')[-1]}`);\n"
         f"  2. point the pipeline at a local copy: `python -m pipeline train model.name_or_path=/models/{name.split('/')[-1]}`;\n"
         "  3. run fully offline on the tiny locally built BERT (smoke runs only, not quality): "
-        "`python -m pipeline train model=tiny`."
+        "`python -m pipeline train model=tiny`, or `make run-offline` for the whole pipeline."
     )
 
 

@@ -1,0 +1,280 @@
+"""Sentences per second of the predict stage's predictor against transformers.pipeline and the machine's limit.
+
+    .venv/bin/python bench/predict_speed.py --data ../shared/data/arsarcasm_v2/testing_data.csv --column tweet
+
+Everything is measured side by side in one run, on the same model and the same sentences:
+  * stage       pipeline.inference.StancePredictor.predict (length-sorted batches padded per batch,
+                one tokenizer pass, torch.inference_mode, threads from the machine)
+  * pipe        transformers.pipeline("text-classification") with default settings (one sentence at a time)
+  * pipe bs64   the same with batch_size=64 (padding every batch to its longest sentence, unsorted)
+  * limit       matmul FLOP/s (fp32 torch.mm, best of several) ÷ (2 × non-embedding parameters × mean tokens)
+  * int8        the stage with predict.quantize=int8, and its label agreement with fp32
+Models: BERT-base size (AraBERT's shape: hidden 768, 12 layers, 12 heads, intermediate 3072) with random
+weights (speed does not depend on the weights), and the tiny test model. Their tokenizers are WordPiece models
+trained on the benchmark's own corpus (no hub here); the embedding matrix is sized to that vocabulary, which
+changes no FLOP count (a lookup) and is left out of the limit anyway.
+
+Random weights give near-tied probabilities, where int8 noise flips labels that no trained model would
+hesitate on; so int8 agreement is also measured on a small BERT (4 layers, hidden 256) trained from scratch,
+in this run, on other labelled sentences of --data (--label-column, NEG/NEU/POS): a model whose labels are decisions.
+The AraBERT text preprocessing (part of the stage, same for every method) is timed separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+warnings.filterwarnings("ignore")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from pipeline import LABELS  # noqa: E402
+from pipeline.arabic import has_arabic  # noqa: E402
+
+BERT_BASE = dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072)
+
+
+def seed_sentences() -> list[str]:
+    from pipeline.io import read_text_strict
+    from pipeline.segment import SegmentRules, split_sentences
+
+    return [s.text for p in sorted((REPO / "seeds").glob("*.txt"))
+            for s in split_sentences(read_text_strict(p), SegmentRules()).sentences]
+
+
+def load_corpus(args) -> tuple[list[str], list[str] | None]:
+    """All usable sentences (texts, labels or None) of --data, else the seed sentences."""
+    if args.data:
+        frame = pd.read_csv(args.data, dtype=str, keep_default_na=False)
+        frame = frame[frame[args.column].map(lambda t: bool(t.strip()) and has_arabic(t))]
+        labels = frame[args.label_column].tolist() if args.label_column in frame.columns else None
+        return frame[args.column].tolist(), labels
+    return seed_sentences(), None
+
+
+def matmul_flops(n: int = 2048, repeats: int = 8) -> float:
+    """Best fp32 matmul rate of this machine with the current thread setting, in FLOP/s."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def non_embedding_params(model) -> int:
+    return sum(p.numel() for name, p in model.named_parameters() if ".embeddings." not in name)
+
+
+def rate(fn, texts: list[str], warmup: int = 8) -> tuple[float, object]:
+    if warmup:
+        fn(texts[:warmup])
+    t = time.perf_counter()
+    out = fn(texts)
+    return len(texts) / (time.perf_counter() - t), out
+
+
+def train_small_model(model_dir: Path, corpus: list[str], texts: list[str], labels: list[str], epochs: int) -> Path:
+    """A small BERT (4 layers, hidden 256) trained from scratch on (texts, labels): a model whose labels are
+    decisions, for measuring int8 agreement; random weights only give near-ties."""
+    from transformers import AutoModelForSequenceClassification
+
+    from pipeline.inference import load_predictor, write_model_metadata
+    from pipeline.preprocess import TextPreprocessor
+    from pipeline.tiny_model import build_tiny_bert
+
+    build_tiny_bert(corpus, model_dir, LABELS, vocab_size=16000, hidden_size=256, num_layers=4, num_heads=4,
+                    intermediate_size=1024)
+    write_model_metadata(model_dir, kind="transformer", labels=LABELS, max_length=64, base_model="small-scratch",
+                         preprocessor=TextPreprocessor(None))
+    predictor = load_predictor(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    names = {"NEG": "negative", "NEU": "neutral", "POS": "positive"}
+    y = torch.tensor([LABELS.index(names.get(label, label)) for label in labels])
+    ids, _ = predictor.encode(texts)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(epochs):
+        for batch in torch.randperm(len(ids), generator=generator).split(32):
+            rows = [ids[i] for i in batch.tolist()]
+            width = max(map(len, rows))
+            input_ids = torch.full((len(rows), width), predictor.pad_id)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for j, row in enumerate(rows):
+                input_ids[j, :len(row)] = torch.tensor(row)
+                mask[j, :len(row)] = 1
+            loss = model(input_ids=input_ids, attention_mask=mask, labels=y[batch]).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    model.save_pretrained(model_dir)
+    return model_dir
+
+
+def agreement(model_dir: Path, texts: list[str], labels: list[str] | None, batch_size: int) -> dict:
+    from pipeline.inference import load_predictor
+
+    fp32 = load_predictor(model_dir).predict(texts, batch_size=batch_size)
+    int8 = load_predictor(model_dir, quantize="int8").predict(texts, batch_size=batch_size)
+    out = {"int8_agreement": float((fp32["label"] == int8["label"]).mean()),
+           "label_shares": fp32["label"].value_counts(normalize=True).round(3).to_dict()}
+    if labels is not None:
+        names = {"NEG": "negative", "NEU": "neutral", "POS": "positive"}
+        gold = np.array([names.get(x, x) for x in labels], dtype=object)
+        out["fp32_accuracy"] = float((fp32["label"].to_numpy() == gold).mean())
+        out["int8_accuracy"] = float((int8["label"].to_numpy() == gold).mean())
+    return out
+
+
+def bench_model(name: str, model_dir: Path, texts: list[str], args) -> dict:
+    """Every method on the same sentences, in `args.rounds` interleaved rounds, each next to a matmul probe.
+
+    The machine is shared: each method's best round and the best matmul probe of the run are kept, so that
+    a burst of someone else's load does not decide a ratio.
+    """
+    from transformers import pipeline as hf_pipeline
+
+    from pipeline.inference import load_predictor
+
+    stage = load_predictor(model_dir)
+    int8 = load_predictor(model_dir, quantize="int8")
+    pipe = hf_pipeline("text-classification", model=str(model_dir), tokenizer=str(model_dir), device="cpu")
+    ids, _ = stage.encode(stage.preprocessor(texts))
+    mean_tokens = float(np.mean([len(x) for x in ids]))
+    params = non_embedding_params(stage.model)
+    methods = {
+        "stage": lambda t: stage.predict(t, batch_size=args.batch_size),
+        "pipe_default": lambda t: pipe(t),
+        "pipe_bs64": lambda t: pipe(t, batch_size=64),
+        "int8": lambda t: int8.predict(t, batch_size=args.batch_size),
+    }
+    rates: dict[str, list[float]] = {k: [] for k in methods}
+    probes: list[float] = []
+    outputs = {}
+    for fn in methods.values():
+        fn(texts[:8])  # warm-up: first-call allocations and lazy initialisation
+    adjacent: dict[str, list[float]] = {k: [] for k in methods}  # rate ÷ limit from the probes around it
+    for _ in range(args.rounds):
+        for key, fn in methods.items():
+            before = matmul_flops(repeats=3)
+            r, outputs[key] = rate(fn, texts, warmup=0)
+            after = matmul_flops(repeats=3)
+            probes += [before, after]
+            rates[key].append(r)
+            adjacent[key].append(r / (max(before, after) / (2 * params * mean_tokens)))
+    flops = max(probes)
+    result = {"model": name, "sentences": len(texts), "mean_tokens": round(mean_tokens, 1),
+              "non_embedding_params": params, "threads": torch.get_num_threads(), "rounds": args.rounds,
+              "matmul_gflops": round(flops / 1e9, 1), "matmul_gflops_probes": [round(p / 1e9) for p in probes],
+              "limit": flops / (2 * params * mean_tokens),
+              "rates_per_round": {k: [round(x, 2) for x in v] for k, v in rates.items()},
+              "ratio_to_adjacent_limit_per_round": {k: [round(x, 3) for x in v] for k, v in adjacent.items()}}
+    result.update({k: max(v) for k, v in rates.items()})
+    fp32, q = outputs["stage"], outputs["int8"]
+    result["int8_agreement_random_head"] = float((q["label"] == fp32["label"]).mean())
+    result["int8_max_abs_prob_diff_random_head"] = float(np.abs(
+        q[stage.prob_columns].to_numpy() - fp32[stage.prob_columns].to_numpy()).max())
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", help="CSV of real Arabic sentences (e.g. ../shared/data/arsarcasm_v2/testing_data.csv)")
+    parser.add_argument("--column", default="tweet", help="text column of --data")
+    parser.add_argument("--label-column", default="sentiment", help="labels (NEG/NEU/POS) for the trained agreement model")
+    parser.add_argument("--n", type=int, default=300, help="sentences timed per method")
+    parser.add_argument("--train-n", type=int, default=1500, help="other labelled sentences to train the agreement model on (0 = skip)")
+    parser.add_argument("--train-epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds; each method keeps its best")
+    parser.add_argument("--base-vocab", type=int, default=8000,
+                        help="WordPiece vocabulary of the BERT-base tokenizer (8000 on tweets gives AraBERT-like "
+                             "token counts; the model's embedding is sized to it, which does not change its speed)")
+    parser.add_argument("--threads", type=int, default=0, help="0 = every core this process may use")
+    parser.add_argument("--models", default="tiny,base", help="comma list of tiny,base")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+
+    from pipeline.inference import set_threads, write_model_metadata
+    from pipeline.preprocess import TextPreprocessor
+    from pipeline.tiny_model import build_tiny_bert
+
+    threads = set_threads(args.threads or len(os.sched_getaffinity(0)))
+    corpus, labels = load_corpus(args)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(corpus))
+    texts = [corpus[i] for i in order[: args.n]]
+    timed_labels = [labels[i] for i in order[: args.n]] if labels is not None else None
+    rest = order[args.n: args.n + args.train_n]
+    while len(texts) < args.n:  # seed fallback: fewer sentences than asked, cycle them
+        texts += texts[: args.n - len(texts)]
+    print(f"{len(texts)} sentences from {args.data or 'seeds/'}; {threads} threads; torch {torch.__version__}")
+
+    pre = TextPreprocessor("bert-base-arabertv02")
+    t = time.perf_counter()
+    pre(texts)
+    preprocess_rate = len(texts) / (time.perf_counter() - t)
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            shape = {**BERT_BASE, "vocab_size": args.base_vocab} if name == "base" else {}
+            model_dir = build_tiny_bert(corpus, Path(tmp) / name, LABELS, **shape)
+            write_model_metadata(model_dir, kind="transformer", labels=LABELS, max_length=128, base_model=name,
+                                 preprocessor=TextPreprocessor(None))
+            results.append(bench_model(name, model_dir, texts, args))
+            print_result(results[-1])
+        if labels is not None and args.train_n and len(rest):
+            t = time.perf_counter()
+            small = train_small_model(Path(tmp) / "small", corpus, [corpus[i] for i in rest],
+                                      [labels[i] for i in rest], args.train_epochs)
+            trained = {"train_sentences": len(rest), "train_seconds": time.perf_counter() - t,
+                       **agreement(small, texts, timed_labels, args.batch_size)}
+            print(f"\n== int8 agreement on a trained model (4-layer BERT, hidden 256, trained from scratch on "
+                  f"{len(rest)} labelled sentences in {trained['train_seconds']:.0f} s): "
+                  f"{trained['int8_agreement']:.1%} identical labels on the {len(texts)} timed sentences "
+                  f"(accuracy fp32 {trained['fp32_accuracy']:.1%}, int8 {trained['int8_accuracy']:.1%}; "
+                  f"fp32 label shares {trained['label_shares']})")
+            results.append({"model": "small-trained", **trained})
+    print(f"\nAraBERT v02 text preprocessing (part of the stage, the same for every method): "
+          f"{preprocess_rate:,.0f} sentences/s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"preprocess_rate": preprocess_rate, "results": results}, indent=2))
+    return 0
+
+
+def print_result(r: dict) -> None:
+    print(f"\n== {r['model']}: {r['non_embedding_params'] / 1e6:.1f}M non-embedding params, "
+          f"{r['mean_tokens']} tokens/sentence, matmul {r['matmul_gflops']} GFLOP/s, {r['threads']} threads")
+    limit = r["limit"]
+    print(f"  {'method':<38} {'sent/s':>9}   {'÷ limit':>7}   {'÷ adjacent limit, per round':<28} vs pipeline default")
+    for key, label in (("stage", "stage (fp32)"), ("pipe_default", "transformers.pipeline default"),
+                       ("pipe_bs64", "transformers.pipeline batch_size=64"), ("int8", "stage int8")):
+        per_round = " ".join(f"{x:.0%}" for x in r["ratio_to_adjacent_limit_per_round"][key])
+        print(f"  {label:<38} {r[key]:>9.1f}   {r[key] / limit:7.1%}   {per_round:<28} "
+              f"{r[key] / r['pipe_default']:5.2f}x")
+    print(f"  {'fp32 limit':<38} {limit:>9.1f} sentences/s")
+    print(f"  int8 label agreement with fp32 (random weights: near-tied probabilities, see the trained model below): "
+          f"{r['int8_agreement_random_head']:.1%}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

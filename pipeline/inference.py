@@ -1,0 +1,417 @@
+"""Loading a trained stance model and predicting with it, fast, the same way everywhere.
+
+A *stance model directory* (written by the train stage) holds:
+    stance_model.json  {"format": 1, "kind": "transformer" | "tfidf", "labels": [...], "max_length": n,
+                        "base_model": "<what it was fine-tuned from>"}
+    preprocess.json    the text preprocessing the model was trained with (pipeline.preprocess)
+    transformer:       a Hugging Face model + tokenizer (save_pretrained)
+    tfidf:             model.joblib, a fitted sklearn Pipeline
+
+`load_predictor(dir)` gives a `StancePredictor` that takes raw sentences. The transformer path tokenises
+once, sorts by length and pads each batch only to its own longest sentence, under `torch.inference_mode`:
+on CPU that is what gets close to the machine's matmul limit (see bench/predict_speed.py).
+`log_stance_model(dir)` logs the same predictor as an MLflow pyfunc model, so `mlflow.pyfunc.load_model`,
+`spark_udf` and `mlflow models serve` all give the labels and probabilities of the predict stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Sequence
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import PipelineError
+from pipeline.preprocess import PREPROCESS_FILE, TextPreprocessor
+
+log = logging.getLogger(__name__)
+
+METADATA_FILE = "stance_model.json"
+FORMAT_VERSION = 1
+KINDS = ("transformer", "tfidf")
+TFIDF_FILE = "model.joblib"
+ARTIFACT_KEY = "stance_model"  # name of the model directory among the pyfunc model's artifacts
+# Packages the logged pyfunc model needs besides the pipeline code it carries (code_paths).
+RUNTIME_PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "pandas", "scikit-learn", "arabert", "mlflow")
+
+
+def write_model_metadata(model_dir, *, kind: str, labels: Sequence[str], max_length: int, base_model: str,
+                         preprocessor: TextPreprocessor) -> None:
+    """Write stance_model.json and preprocess.json into `model_dir` (the model files are the caller's)."""
+    if kind not in KINDS:
+        raise PipelineError(f"unknown stance model kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if not labels or len(set(labels)) != len(labels):
+        raise PipelineError(f"stance model labels must be distinct and non-empty, got {list(labels)}")
+    if int(max_length) < 3:
+        raise PipelineError(f"max_length={max_length} is too small; it must leave room for [CLS] and [SEP]")
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT_VERSION, "kind": kind, "labels": [str(x) for x in labels],
+            "max_length": int(max_length), "base_model": str(base_model)}
+    (model_dir / METADATA_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
+    preprocessor.save(model_dir)
+
+
+def read_model_metadata(model_dir) -> dict:
+    """stance_model.json of `model_dir`, validated; PipelineError naming the directory otherwise."""
+    model_dir = Path(model_dir)
+    path = model_dir / METADATA_FILE
+    if not model_dir.is_dir():
+        raise PipelineError(f"{model_dir}: no such model directory; give a directory written by `pipeline train` "
+                            "or an MLflow model URI (runs:/<run id>/model, models:/<name>@<alias>)")
+    if not path.exists():
+        raise PipelineError(f"{model_dir}: not a stance model directory ({METADATA_FILE} is missing); "
+                            "give a directory written by `pipeline train`")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PipelineError(f"{path}: unreadable ({exc}); re-train or re-download the model") from None
+    missing = [k for k in ("format", "kind", "labels", "max_length") if k not in meta]
+    if missing:
+        raise PipelineError(f"{path}: missing {', '.join(missing)}; this file was not written by `pipeline train`")
+    if meta["format"] != FORMAT_VERSION:
+        raise PipelineError(f"{path}: format {meta['format']} is not supported (this code reads format "
+                            f"{FORMAT_VERSION}); re-train the model with this version")
+    if meta["kind"] not in KINDS:
+        raise PipelineError(f"{path}: unknown kind {meta['kind']!r}; expected one of {', '.join(KINDS)}")
+    if not (model_dir / PREPROCESS_FILE).exists():
+        raise PipelineError(f"{model_dir / PREPROCESS_FILE}: missing; this model directory was not written by "
+                            "`pipeline train`")
+    return meta
+
+
+class StancePredictor:
+    """Raw sentences in, stance probabilities out. Subclasses implement `_scores`."""
+
+    kind: str = ""
+
+    def __init__(self, model_dir: Path, meta: dict):
+        self.model_dir = Path(model_dir)
+        self.labels: list[str] = list(meta["labels"])
+        self.max_length: int = int(meta["max_length"])
+        self.base_model: str = str(meta.get("base_model", ""))
+        self.preprocessor = TextPreprocessor.load(model_dir)
+
+    @property
+    def prob_columns(self) -> list[str]:
+        return [f"p_{label}" for label in self.labels]
+
+    def _scores(self, texts: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities (n, k) float64, truncated (n,) bool) for preprocessed texts."""
+        raise NotImplementedError
+
+    def predict_proba_truncated(self, texts: Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        texts = [("" if t is None else str(t)) for t in texts]
+        if not texts:
+            return np.zeros((0, len(self.labels))), np.zeros(0, dtype=bool)
+        if int(batch_size) < 1:
+            raise PipelineError(f"batch_size={batch_size} must be at least 1")
+        return self._scores(self.preprocessor(texts), int(batch_size))
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """(n, len(labels)) probabilities, rows summing to 1, columns in `labels` order."""
+        return self.predict_proba_truncated(texts, batch_size)[0]
+
+    def predict(self, texts: Sequence[str], batch_size: int = 64) -> pd.DataFrame:
+        """label, p_<label> per label, truncated (the sentence was longer than max_length tokens)."""
+        probs, truncated = self.predict_proba_truncated(texts, batch_size)
+        return self.frame(probs, truncated)
+
+    def frame(self, probs: np.ndarray, truncated: np.ndarray) -> pd.DataFrame:
+        labels = np.asarray(self.labels, dtype=object)
+        out = pd.DataFrame({"label": labels[probs.argmax(axis=1)] if len(probs) else np.array([], dtype=object)})
+        for j, col in enumerate(self.prob_columns):
+            out[col] = probs[:, j].astype(np.float64)
+        out["truncated"] = np.asarray(truncated, dtype=bool)
+        return out
+
+
+class TransformerPredictor(StancePredictor):
+    kind = "transformer"
+
+    def __init__(self, model_dir: Path, meta: dict, *, quantize: str | None = None):
+        super().__init__(model_dir, meta)
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+            model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+        except (OSError, ValueError) as exc:
+            raise PipelineError(f"{model_dir}: cannot load the transformer model ({str(exc).splitlines()[0]}); "
+                                "re-train or re-download it") from None
+        model.eval()
+        if model.config.num_labels != len(self.labels):
+            raise PipelineError(f"{model_dir}: the model has {model.config.num_labels} outputs but "
+                                f"{METADATA_FILE} lists {len(self.labels)} labels; the directory is inconsistent")
+        id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
+        if id2label and [id2label.get(i) for i in range(len(self.labels))] != self.labels \
+                and not all(v.startswith("LABEL_") for v in id2label.values()):
+            raise PipelineError(f"{model_dir}: config.id2label {id2label} disagrees with the labels "
+                                f"{self.labels} of {METADATA_FILE}")
+        positions = getattr(model.config, "max_position_embeddings", None)
+        if positions and self.max_length > positions:
+            log.warning("%s: max_length %d exceeds the model's %d positions; using %d",
+                        model_dir, self.max_length, positions, positions)
+            self.max_length = int(positions)
+        self.quantize = quantize
+        if quantize == "int8":
+            # Dynamic quantisation: Linear weights in int8, activations quantised on the fly (CPU only).
+            # Only the encoder: the small classification head stays fp32, where int8 rounding of its few
+            # weights would move decision boundaries for nothing in speed.
+            with warnings.catch_warnings():  # torch marks torch.ao as deprecated; it is still the CPU int8 path
+                warnings.simplefilter("ignore")
+                base = getattr(model, model.base_model_prefix)
+                setattr(model, model.base_model_prefix,
+                        torch.ao.quantization.quantize_dynamic(base, {torch.nn.Linear}, dtype=torch.qint8))
+        elif quantize not in (None, "", "none"):
+            raise PipelineError(f"predict.quantize={quantize!r}: choose null or int8")
+        self.model = model
+        keep_freed_memory()
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self._backend = None
+        if getattr(self.tokenizer, "backend_tokenizer", None) is not None:
+            from tokenizers import Tokenizer
+
+            # A private copy of the Rust tokenizer, set to truncate only (padding is done per batch).
+            self._backend = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+            self._backend.no_padding()
+            self._backend.enable_truncation(self.max_length)
+
+    def encode(self, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
+        """Token ids with special tokens, cut to max_length: the ids of tokenizer(truncation=True), with
+        per-sentence truncation flags, from one pass of the Rust tokenizer."""
+        if self._backend is not None:
+            encodings = self._backend.encode_batch(texts)
+            return [e.ids for e in encodings], np.fromiter((bool(e.overflowing) for e in encodings), bool, len(encodings))
+        full = self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+        cut = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        return cut, np.fromiter((len(f) > self.max_length for f in full), bool, len(full))
+
+    def _scores(self, texts: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        ids, truncated = self.encode(texts)
+        return self.scores_from_ids(ids, batch_size), truncated
+
+    # Batching: a batch is cut where the next (shorter) sentence would be padded by more than PAD_TOLERANCE
+    # of the batch's width, once the batch holds MIN_BATCH_TOKENS tokens (enough rows for the matrix
+    # multiplications to run at full speed); never more than batch_size sentences.
+    PAD_TOLERANCE = 0.08
+    MIN_BATCH_TOKENS = 768
+
+    def batches(self, lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+        """Row indices per batch: longest first, each batch of similar lengths."""
+        order = np.argsort(-lengths, kind="stable")
+        out, start, n = [], 0, len(order)
+        while start < n:
+            width = int(lengths[order[start]])
+            end = start + 1
+            while end < n and end - start < batch_size:
+                if lengths[order[end]] < width * (1 - self.PAD_TOLERANCE) and (end - start) * width >= self.MIN_BATCH_TOKENS:
+                    break
+                end += 1
+            out.append(order[start:end])
+            start = end
+        return out
+
+    def scores_from_ids(self, ids: list[list[int]], batch_size: int) -> np.ndarray:
+        import torch
+
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        probs = np.empty((len(ids), len(self.labels)), dtype=np.float64)
+        with torch.inference_mode():
+            # Longest first: padding stays small, and a batch too big for memory fails at once.
+            for rows in self.batches(lengths, batch_size):
+                width = int(lengths[rows].max())
+                batch = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+                mask = np.zeros((len(rows), width), dtype=np.int64)
+                for i, r in enumerate(rows):
+                    batch[i, :lengths[r]] = ids[r]
+                    mask[i, :lengths[r]] = 1
+                # No padding in the batch: no mask, so attention can take its unmasked fast path.
+                attention = None if mask.all() else torch.from_numpy(mask)
+                logits = self.model(input_ids=torch.from_numpy(batch), attention_mask=attention).logits
+                probs[rows] = torch.softmax(logits.double(), dim=-1).numpy()
+        return probs
+
+
+class TfidfPredictor(StancePredictor):
+    kind = "tfidf"
+
+    def __init__(self, model_dir: Path, meta: dict):
+        super().__init__(model_dir, meta)
+        import joblib
+
+        path = Path(model_dir) / TFIDF_FILE
+        if not path.exists():
+            raise PipelineError(f"{path}: missing; a tfidf stance model needs its fitted sklearn pipeline")
+        self.pipeline = joblib.load(path)
+        classes = [str(c) for c in getattr(self.pipeline, "classes_", [])]
+        if sorted(classes) == sorted(self.labels):
+            self.columns = [classes.index(label) for label in self.labels]
+        elif classes == [str(i) for i in range(len(self.labels))]:
+            self.columns = list(range(len(self.labels)))  # trained on class ids
+        else:
+            raise PipelineError(f"{path}: classes {classes} do not match the labels {self.labels} of {METADATA_FILE}")
+
+    def _scores(self, texts: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        probs = np.asarray(self.pipeline.predict_proba(texts), dtype=np.float64)[:, self.columns]
+        probs /= probs.sum(axis=1, keepdims=True)
+        return probs, np.zeros(len(texts), dtype=bool)
+
+
+def load_predictor(model_dir, *, quantize: str | None = None) -> StancePredictor:
+    """The predictor of a stance model directory; PipelineError if it is not one."""
+    model_dir = Path(model_dir)
+    meta = read_model_metadata(model_dir)
+    if meta["kind"] == "transformer":
+        return TransformerPredictor(model_dir, meta, quantize=quantize)
+    if quantize not in (None, "", "none"):
+        raise PipelineError(f"predict.quantize={quantize!r} applies to transformer models only; this one is tfidf")
+    return TfidfPredictor(model_dir, meta)
+
+
+_ALLOCATOR_TUNED = False
+
+
+def keep_freed_memory() -> None:
+    """Let glibc reuse freed activation buffers instead of unmapping and re-faulting them every batch.
+
+    By default every activation tensor above the mmap threshold gets fresh pages from the kernel, zeroed and
+    faulted in one by one (about a million page faults per 128 BERT-base sentences, ~10% of the time). Raising
+    the mmap and trim thresholds keeps those buffers in the heap for the next batch. Linux/glibc only; once
+    per process; the memory kept is bounded by the largest batch's activations.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED or not sys.platform.startswith("linux") or os.environ.get("PIPELINE_KEEP_MALLOC") == "0":
+        return
+    _ALLOCATOR_TUNED = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers from <malloc.h>
+        libc.mallopt(m_mmap_threshold, 512 << 20)
+        libc.mallopt(m_trim_threshold, 1 << 30)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+        pass
+
+
+def set_threads(threads: int | None) -> int:
+    """Use `threads` intra-op threads, or, when unset, every core this process may run on
+    (unless OMP_NUM_THREADS already says otherwise). Returns the number in use."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    elif "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return torch.get_num_threads()
+
+
+# ---------------------------------------------------------------- MLflow pyfunc
+
+def texts_from_model_input(model_input) -> list[str]:
+    """The sentences of a pyfunc input: a DataFrame with a `text` column (or a single column), a Series or a list."""
+    if isinstance(model_input, pd.DataFrame):
+        if "text" in model_input.columns:
+            column = model_input["text"]
+        elif model_input.shape[1] == 1:
+            column = model_input.iloc[:, 0]
+        else:
+            raise PipelineError(f"model input needs a 'text' column; got columns {list(model_input.columns)}")
+        return ["" if v is None else str(v) for v in column.tolist()]
+    if isinstance(model_input, pd.Series):
+        return ["" if v is None else str(v) for v in model_input.tolist()]
+    if isinstance(model_input, str):
+        return [model_input]
+    if isinstance(model_input, dict) and "text" in model_input:
+        value = model_input["text"]
+        return [value] if isinstance(value, str) else [str(v) for v in value]
+    return [str(v) for v in np.asarray(model_input, dtype=object).ravel().tolist()]
+
+
+class StancePyfuncModel(mlflow.pyfunc.PythonModel):
+    """The MLflow face of a stance model directory: text in, label + p_<label> out."""
+
+    def load_context(self, context):
+        self.predictor = load_predictor(context.artifacts[ARTIFACT_KEY])
+
+    # The DataFrame hint tells MLflow that the logged signature, not the hint, describes the input.
+    def predict(self, context, model_input: pd.DataFrame, params=None):
+        batch_size = int((params or {}).get("batch_size", 64))
+        out = self.predictor.predict(texts_from_model_input(model_input), batch_size=batch_size)
+        return out[["label", *self.predictor.prob_columns]]
+
+
+def _pinned_requirements() -> list[str]:
+    pins = []
+    for name in RUNTIME_PACKAGES:
+        try:
+            version = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+        pins.append(f"{name}=={version.split('+')[0]}")  # a local tag (2.13.0+cpu) is not on PyPI
+    return pins
+
+
+def log_stance_model(model_dir, *, name: str = "model", registered_model_name: str | None = None,
+                     input_example: Sequence[str] | None = None):
+    """Log `model_dir` as an MLflow pyfunc model in the active run; returns the ModelInfo.
+
+    The pyfunc carries the model directory as an artifact and this package's code (code_paths), so
+    `mlflow.pyfunc.load_model(info.model_uri)` works in a fresh process, in Spark and in `mlflow models serve`.
+    """
+    from mlflow.models import infer_signature
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    model_dir = Path(model_dir)
+    predictor = load_predictor(model_dir)  # refuses a broken directory before anything is logged
+    if mlflow.active_run() is None:
+        raise PipelineError("log_stance_model needs an active MLflow run (use pipeline.tracking.start_run)")
+    examples = [str(t) for t in (input_example or ["تم التوصل إلى اتفاق بين الجانبين."])][:5]
+    example_in = pd.DataFrame({"text": examples})
+    example_out = predictor.predict(examples)[["label", *predictor.prob_columns]]
+    params = ParamSchema([ParamSpec("batch_size", "long", 64)])
+    signature = infer_signature(example_in, example_out)
+    signature = type(signature)(inputs=signature.inputs, outputs=signature.outputs, params=params)
+    package_dir = Path(__file__).resolve().parent
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=StancePyfuncModel(),
+        artifacts={ARTIFACT_KEY: str(model_dir)},
+        code_paths=[str(package_dir)],
+        signature=signature,
+        input_example=example_in,
+        pip_requirements=_pinned_requirements(),
+        registered_model_name=registered_model_name,
+    )
+
+
+def model_dir_of_pyfunc(local_model_path) -> Path:
+    """The stance model directory inside a downloaded pyfunc model (artifacts/<ARTIFACT_KEY>)."""
+    import yaml
+
+    local = Path(local_model_path)
+    if (local / METADATA_FILE).exists():
+        return local
+    mlmodel = local / "MLmodel"
+    if mlmodel.exists():
+        conf = yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}
+        artifacts = (conf.get("flavors", {}).get("python_function", {}).get("artifacts") or {})
+        entry = artifacts.get(ARTIFACT_KEY)
+        if entry:
+            candidate = local / entry.get("path", "")
+            if (candidate / METADATA_FILE).exists():
+                return candidate
+    for candidate in sorted(local.rglob(METADATA_FILE)):
+        return candidate.parent
+    raise PipelineError(f"{local}: this MLflow model holds no stance model directory ({METADATA_FILE}); "
+                        "was it logged by `pipeline train`?")

@@ -1,0 +1,266 @@
+"""predict stage: inputs of every kind, bad input, model URIs, summary, resume, same answer as the MLflow model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import LABELS
+from pipeline.config import compose_config
+from pipeline.errors import PipelineError
+from pipeline.io import read_table
+from pipeline.predict import predict
+from test_inference import make_stance_model
+
+REPO = Path(__file__).resolve().parent.parent
+SEEDS = sorted((REPO / "seeds").glob("*.txt"))
+PROBS = ["p_negative", "p_neutral", "p_positive"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """An MLflow store with two fake training runs of the same tiny model; the second has the better F1
+    and was trained with blank-line paragraphs (to check that predict segments as the model's run did)."""
+    import mlflow
+
+    from pipeline import tracking
+    from pipeline.inference import log_stance_model
+
+    root = tmp_path_factory.mktemp("store")
+    overrides = [f"tracking.uri=sqlite:///{root}/mlflow.db", f"tracking.artifact_root={root}/artifacts"]
+    model_dir = make_stance_model(root / "model")
+    runs = {}
+    for name, f1, extra in (("worse", 0.2, []), ("better", 0.6, ["segment.paragraph_break=blank_line"])):
+        cfg = compose_config("train", [*overrides, *extra])
+        with tracking.start_run(cfg, name, tags={"has_model": "true", "model_kind": "transformer"}) as run:
+            info = log_stance_model(model_dir, registered_model_name="stance")
+            mlflow.log_metric("test_macro_f1", f1)
+        runs[name] = (run.info.run_id, info)
+    mlflow.MlflowClient().set_registered_model_alias("stance", "champion", "2")
+    return {"overrides": overrides, "model_dir": model_dir, "runs": runs, "root": root}
+
+
+@pytest.fixture
+def run_predict(make_cfg, store, tmp_path):
+    def _run(*overrides, expect_error: bool = False):
+        cfg = make_cfg("predict", *store["overrides"], *overrides)
+        if expect_error:
+            with pytest.raises(PipelineError) as info:
+                predict(cfg)
+            return info.value
+        return predict(cfg)
+
+    return _run
+
+
+def bad_inputs(folder: Path) -> dict[str, str]:
+    """Files each of which must be reported and skipped: name -> expected reason."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "empty.txt").write_bytes(b"")
+    (folder / "english.txt").write_text("Only English words here.\n", encoding="utf-8")
+    (folder / "cp1256.txt").write_bytes("روسيا والناتو".encode("cp1256"))
+    (folder / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    return {"empty.txt": "empty", "english.txt": "no_arabic", "cp1256.txt": "not_utf8", "image.png": "binary"}
+
+
+def test_directory_with_bad_files_default_model_and_summary(run_predict, store, tmp_path):
+    folder = tmp_path / "articles"
+    expected_reasons = bad_inputs(folder)
+    for p in SEEDS:
+        (folder / p.name).write_bytes(p.read_bytes())
+    # Hard-wrapped: two sentences with blank-line paragraphs, three with one paragraph per line.
+    (folder / "wrapped.txt").write_text("قالت روسيا إن المحادثات مع واشنطن\nلم تحقق تقدما.\n\nالناتو يرفض المطالب.\n",
+                                        encoding="utf-8")
+    out = tmp_path / "out" / "pred.csv"
+    report = run_predict(f"input={folder}", f"output={out}", "predict.plot=true", "predict.chunk_sentences=16")
+
+    better_run = store["runs"]["better"][0]
+    assert report["model_uri"] == f"runs:/{better_run}/model"  # the best run by test_macro_f1
+    table = read_table(out)
+    assert list(table.columns) == ["article_id", "sentence_id", "idx", "text", "label", *PROBS, "truncated"]
+    table[PROBS] = table[PROBS].astype(float)
+    assert sorted(table["article_id"].unique()) == sorted([p.stem for p in SEEDS] + ["wrapped"])
+    np.testing.assert_allclose(table[PROBS].sum(axis=1), 1.0, atol=1e-9)
+    assert table["sentence_id"].is_unique and report["sentences"] == len(table)
+
+    # Segmented with the training run's rules (blank_line), not today's config (line).
+    from pipeline.io import read_text_strict
+    from pipeline.segment import SegmentRules, article_rows
+
+    trained = SegmentRules.from_cfg(compose_config("predict", ["segment.paragraph_break=blank_line"]).segment)
+    expected_ids = [r["sentence_id"] for p in [*SEEDS, folder / "wrapped.txt"]
+                    for r in article_rows(p.stem, read_text_strict(p), trained)[0]]
+    assert table["sentence_id"].tolist() == expected_ids
+    assert (table["article_id"] == "wrapped").sum() == 2
+
+    errors = pd.read_csv(report["errors"], keep_default_na=False)
+    by_file = {Path(s).name: r for s, r in zip(errors["source"], errors["reason"]) if r != "truncated"}
+    assert by_file == expected_reasons
+    truncated = errors[errors["reason"] == "truncated"]
+    assert set(truncated["sentence_id"]) == set(table.loc[table["truncated"] == "True", "sentence_id"])
+    assert len(truncated) > 0
+
+    summary = pd.read_csv(report["summary"])
+    assert list(summary.columns) == ["article_id", "sentences", "n_negative", "n_neutral", "n_positive",
+                                     "share_negative", "share_neutral", "share_positive", "net_stance",
+                                     "dominant_label", "truncated_sentences"]
+    for row in summary.itertuples():
+        part = table[table["article_id"] == row.article_id]
+        assert row.sentences == len(part)
+        assert row.n_positive == (part["label"] == "positive").sum()
+        assert row.share_neutral == pytest.approx((part["label"] == "neutral").mean())
+        assert row.net_stance == pytest.approx((part["p_positive"] - part["p_negative"]).mean())
+        assert row.dominant_label == part["label"].value_counts().idxmax()
+    assert Path(report["plot"]).read_bytes()[:4] == b"\x89PNG"
+    assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # no temp or parts left behind
+
+
+def test_stage_and_mlflow_pyfunc_model_give_the_same_answer(run_predict, store, tmp_path):
+    import mlflow
+
+    out = tmp_path / "p.parquet"
+    run_predict(f"input={SEEDS[0]}", f"output={out}")
+    stage = pd.read_parquet(out)
+    run_id, info = store["runs"]["better"]
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    got = model.predict(pd.DataFrame({"text": stage["text"]}))
+    assert (got["label"].to_numpy() == stage["label"].to_numpy()).all()
+    np.testing.assert_allclose(got[PROBS].to_numpy(), stage[PROBS].to_numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("which", ["models_alias", "logged_model", "local_dir", "downloaded_pyfunc"])
+def test_model_uri_forms(run_predict, store, tmp_path, which):
+    import mlflow
+
+    run_id, info = store["runs"]["worse"]
+    if which == "models_alias":
+        uri = "models:/stance@champion"
+    elif which == "logged_model":
+        uri = info.model_uri  # models:/m-…
+    elif which == "local_dir":
+        uri = str(store["model_dir"])
+    else:
+        uri = mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(tmp_path / "dl"))
+    out = tmp_path / "p.jsonl"
+    report = run_predict(f"input={SEEDS[1]}", f"output={out}", f"model_uri={uri}")
+    assert report["model_uri"] == uri
+    table = pd.read_json(out, lines=True)
+    assert len(table) > 0 and set(table["label"]) <= set(LABELS)
+
+
+def test_unknown_model_uri_and_missing_input(run_predict, tmp_path):
+    out = tmp_path / "p.csv"
+    err = run_predict(f"input={SEEDS[0]}", f"output={out}", "model_uri=models:/no-such-model@prod", expect_error=True)
+    assert "models:/no-such-model@prod" in str(err)
+    assert not out.exists()
+    errors = pd.read_csv(tmp_path / "p.errors.csv")
+    assert errors["reason"].tolist() == ["model"]
+    err = run_predict(f"input={SEEDS[0]}", f"output={out}", f"model_uri={tmp_path}/nowhere", expect_error=True)
+    assert "nowhere" in str(err)
+
+    # A missing input among others: reported, the rest predicted.
+    report = run_predict(f"input=[{SEEDS[0]},{tmp_path}/missing.txt,{tmp_path}/none-*.txt]", f"output={out}")
+    errors = pd.read_csv(report["errors"], keep_default_na=False)
+    assert sorted(errors.loc[errors["reason"] == "missing", "source"]) == sorted(
+        [f"{tmp_path}/missing.txt", f"{tmp_path}/none-*.txt"])
+    assert report["articles"] == 1
+    # Nothing usable at all: a clear error, and the report says why.
+    err = run_predict(f"input={tmp_path}/missing.txt", f"output={tmp_path}/q.csv", expect_error=True)
+    assert "no usable article" in str(err) and not (tmp_path / "q.csv").exists()
+
+
+def test_table_inputs(run_predict, tmp_path):
+    from pipeline.io import read_text_strict
+
+    articles = pd.DataFrame({"article_id": [p.stem for p in SEEDS[:2]], "text": [read_text_strict(p) for p in SEEDS[:2]]})
+    articles.to_csv(tmp_path / "articles.csv", index=False)
+    sentences = pd.DataFrame({"sentence_id": ["s1", "s2", "s3"], "article_id": ["a", "a", "b"],
+                              "body": ["روسيا ترفض العرض", "", "واشنطن توافق على الحوار"]})
+    sentences.to_json(tmp_path / "sentences.jsonl", orient="records", lines=True, force_ascii=False)
+    pd.DataFrame({"other": ["x"]}).to_csv(tmp_path / "bad.csv", index=False)
+    (tmp_path / "empty.csv").write_text("")
+    out = tmp_path / "p.csv"
+    report = run_predict(f"input=[{tmp_path}/articles.csv,{tmp_path}/bad.csv,{tmp_path}/empty.csv]", f"output={out}")
+    table = read_table(out)
+    assert sorted(table["article_id"].unique()) == sorted(articles["article_id"])
+    reasons = pd.read_csv(report["errors"], keep_default_na=False).set_index("source")["reason"]
+    assert reasons[f"{tmp_path}/bad.csv"] == "bad_table" and reasons[f"{tmp_path}/empty.csv"] == "empty"
+
+    report = run_predict(f"input={tmp_path}/sentences.jsonl", f"output={tmp_path}/s.csv", "predict.text_column=body")
+    table = read_table(tmp_path / "s.csv")
+    assert table["sentence_id"].tolist() == ["s1", "s3"] and table["article_id"].tolist() == ["a", "b"]
+    errors = pd.read_csv(report["errors"], keep_default_na=False)
+    assert errors["reason"].tolist() == ["empty_sentence"] and errors["sentence_id"].tolist() == ["s2"]
+
+
+def test_interrupted_run_leaves_no_output_and_resume_skips_done_articles(run_predict, tmp_path, monkeypatch):
+    from pipeline.inference import TransformerPredictor
+
+    out = tmp_path / "p.csv"
+    calls = {"n": 0}
+    real = TransformerPredictor.predict
+
+    def dies_on_second_chunk(self, texts, batch_size=64):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C in the middle of the batch
+        return real(self, texts, batch_size)
+
+    monkeypatch.setattr(TransformerPredictor, "predict", dies_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        run_predict(f"input=[{SEEDS[0]},{SEEDS[1]},{SEEDS[2]}]", f"output={out}", "predict.chunk_sentences=1")
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".p.csv")] == [".p.csv.parts"]
+    monkeypatch.setattr(TransformerPredictor, "predict", real)
+
+    report = run_predict(f"input=[{SEEDS[0]},{SEEDS[1]},{SEEDS[2]}]", f"output={out}", "predict.resume=true")
+    assert report["skipped_done"] == 1 and report["articles"] == 2
+    first = read_table(out)
+    assert sorted(first["article_id"].unique()) == [p.stem for p in SEEDS[:3]] and first["sentence_id"].is_unique
+
+    # Resume onto a finished output: only the new articles are predicted, the old rows are kept.
+    report = run_predict(f"input={REPO / 'seeds'}", f"output={out}", "predict.resume=true")
+    assert report["skipped_done"] == 3 and report["articles"] == len(SEEDS) - 3
+    final = read_table(out)
+    assert sorted(final["article_id"].unique()) == [p.stem for p in SEEDS] and final["sentence_id"].is_unique
+    pd.testing.assert_frame_equal(final.iloc[: len(first)], first)
+    assert len(pd.read_csv(report["summary"])) == len(SEEDS)
+    assert not (tmp_path / ".p.csv.parts").exists()
+
+
+def test_output_formats_agree(run_predict, tmp_path):
+    frames = []
+    for suffix in (".csv", ".jsonl", ".parquet"):
+        out = tmp_path / f"p{suffix}"
+        run_predict(f"input={SEEDS[2]}", f"output={out}")
+        frame = read_table(out) if suffix != ".csv" else pd.read_csv(out)
+        frames.append(frame.reset_index(drop=True))
+    for other in frames[1:]:
+        assert (other["sentence_id"] == frames[0]["sentence_id"]).all()
+        np.testing.assert_allclose(other[PROBS].to_numpy(float), frames[0][PROBS].to_numpy(float), atol=1e-9)
+    with pytest.raises(PipelineError, match="unsupported format"):
+        run_predict(f"input={SEEDS[2]}", f"output={tmp_path}/p.xlsx")
+
+
+def test_cli_command_as_written(store, tmp_path):
+    """`python -m pipeline predict input=seeds output=... model_uri=...` in a fresh process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    out = tmp_path / "p.csv"
+    common = [f"paths.output_root={tmp_path}/outputs", *store["overrides"]]
+    done = subprocess.run([sys.executable, "-m", "pipeline", "predict", "input=seeds", f"output={out}",
+                           f"model_uri={store['model_dir']}", *common],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(read_table(out)["article_id"].unique()) == [p.stem for p in SEEDS]
+    bad = subprocess.run([sys.executable, "-m", "pipeline", "predict", "input=seeds", f"output={out}",
+                          "model_uri=runs:/0123456789abcdef/model", *common],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "error: model_uri='runs:/0123456789abcdef/model'" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -5,6 +5,7 @@ Needs the `spark` extra (`pip install -e ".[spark]"`) and a Java runtime; skippe
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -40,6 +41,8 @@ def many_sentences(n: int) -> list[str]:
 def spark():
     from pyspark.sql import SparkSession
 
+    # py4j logs "closing connection" at interpreter exit, after pytest has closed the captured stream.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     session = (SparkSession.builder.master("local[2]").appName("stance-test")

@@ -415,3 +415,39 @@ def model_dir_of_pyfunc(local_model_path) -> Path:
         return candidate.parent
     raise PipelineError(f"{local}: this MLflow model holds no stance model directory ({METADATA_FILE}); "
                         "was it logged by `pipeline train`?")
+
+
+def is_mlflow_uri(uri: str) -> bool:
+    return "://" in uri or uri.startswith(("runs:/", "models:/"))
+
+
+def fetch_model_dir(cfg, uri: str, *, key: str, download_to=None) -> Path:
+    """A local stance model directory for `uri`: a model dir, a downloaded MLflow model, or an MLflow URI
+    (runs:/…, models:/<name>@<alias>, models:/m-…) fetched from the configured tracking store.
+    `key` is the config key the URI came from, named in errors."""
+    uri = str(uri)
+    if not is_mlflow_uri(uri):
+        local = Path(uri)
+        if not local.exists():
+            raise PipelineError(f"{key}={uri!r}: no such directory, and not an MLflow URI "
+                                "(runs:/<run id>/model, models:/<name>@<alias>, models:/m-<id>)")
+        if (local / "MLmodel").exists():  # a downloaded MLflow model: the stance model is inside it
+            return model_dir_of_pyfunc(local)
+        read_model_metadata(local)  # else it must be a stance model dir itself: clear error if not
+        return local
+
+    from pipeline import tracking
+
+    mlflow = tracking.setup(cfg)  # the store the config names, whatever ran before in this process
+    if download_to is not None:
+        Path(download_to).mkdir(parents=True, exist_ok=True)
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=None if download_to is None else str(download_to))
+    except Exception as exc:  # MLflow raises many types; the user needs the URI and the reason
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PipelineError(
+            f"{key}={uri!r}: cannot be loaded from {tracking.tracking_uri(cfg)} ({first[:300]}); "
+            "check the run id / model name and alias (`mlflow ui`), or give a local model directory"
+        ) from None
+    return model_dir_of_pyfunc(local)

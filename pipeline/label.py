@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from pipeline import LABELS
 from pipeline.errors import PipelineError
 from pipeline.gold import label_distribution, load_gold
+from pipeline.metrics import plot_confusion
 from pipeline.io import read_table, write_table_atomic, write_text_atomic
 from pipeline import labelstudio
 from pipeline.rules import Lexicon, load_lexicon, rule_ids
@@ -189,33 +190,9 @@ def write_quality_files(quality: dict, run_dir: Path) -> None:
     write_table_atomic(quality["per_cue"], run_dir / "rules_per_cue.csv")
     write_text_atomic(run_dir / "rules_quality.json", json.dumps(quality["metrics"], indent=2))
     try:
-        _confusion_png(quality["confusion"], run_dir / "rules_confusion.png")
+        plot_confusion(quality["confusion"], run_dir / "rules_confusion.png", title="rules vs gold", xlabel="rules")
     except Exception as exc:  # a missing font or backend must not fail the stage
         log.warning("label: confusion matrix plot skipped (%s)", exc)
-
-
-def _confusion_png(confusion: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from pipeline.io import atomic_path
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    ax.imshow(confusion.to_numpy(), cmap="Blues")
-    ax.set_xticks(range(confusion.shape[1]), [c.replace("rules_", "") for c in confusion.columns], rotation=30)
-    ax.set_yticks(range(confusion.shape[0]), [r.replace("gold_", "") for r in confusion.index])
-    ax.set_xlabel("rules"); ax.set_ylabel("gold")
-    high = confusion.to_numpy().max() / 2
-    for i in range(confusion.shape[0]):
-        for j in range(confusion.shape[1]):
-            value = int(confusion.iat[i, j])
-            ax.text(j, i, value, ha="center", va="center", color="white" if value > high else "black")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------- stats
@@ -246,23 +223,11 @@ def print_stats(cfg: DictConfig, sentences: pd.DataFrame) -> dict:
 
 # ---------------------------------------------------------------- Label Studio
 
-def model_probabilities(uri: str, texts: list[str]) -> np.ndarray:
+def model_probabilities(cfg: DictConfig, uri: str, texts: list[str]) -> np.ndarray:
     """Class probabilities (columns in LABELS order) from a local stance model dir or an MLflow model URI."""
-    from pipeline.inference import load_predictor, model_dir_of_pyfunc
+    from pipeline.inference import fetch_model_dir, load_predictor
 
-    local = Path(uri)
-    if not local.exists():
-        if "://" not in uri and not uri.startswith(("runs:", "models:")):
-            raise PipelineError(f"labeling.export_model_uri={uri!r}: no such directory and not an MLflow URI "
-                                "(runs:/<run id>/model, models:/<name>@<alias>)")
-        import mlflow
-
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-        except Exception as exc:  # MLflow raises many types; the user needs the URI and the reason
-            raise PipelineError(f"labeling.export_model_uri={uri!r}: cannot download it from MLflow "
-                                f"({str(exc).splitlines()[0]})") from None
-        local = model_dir_of_pyfunc(local)
+    local = fetch_model_dir(cfg, uri, key="labeling.export_model_uri")
     predictor = load_predictor(local)
     probs = predictor.predict_proba(texts)
     if list(predictor.labels) != list(LABELS):
@@ -278,7 +243,7 @@ def export_tasks(cfg: DictConfig, labelled: pd.DataFrame, lexicon_sha: str) -> t
         from pipeline import tracking
 
         tracking.setup(cfg)  # so runs:/ and models:/ resolve against the configured store
-        probs = model_probabilities(str(lab.export_model_uri), labelled["text"].tolist())
+        probs = model_probabilities(cfg, str(lab.export_model_uri), labelled["text"].tolist())
         version = str(lab.export_model_uri)
     tasks = labelstudio.build_tasks(
         labelled, candidates, probs=probs, model_version=version, method=str(lab.uncertainty),

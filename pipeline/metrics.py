@@ -78,19 +78,19 @@ def confusion(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str
     return pd.DataFrame(cm, index=[f"true_{x}" for x in labels], columns=[f"pred_{x}" for x in labels])
 
 
-def plot_confusion(cm: pd.DataFrame, path: Path | str, title: str) -> Path:
+def plot_confusion(cm: pd.DataFrame, path: Path | str, title: str, xlabel: str = "predicted") -> Path:
+    """Heat map of a confusion table whose index/columns are `<who>_<label>` (e.g. true_neutral, rules_abstain)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [c.removeprefix("pred_") for c in cm.columns]
     values = cm.to_numpy()
     fig, ax = plt.subplots(figsize=(4.6, 4))
     ax.imshow(values, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
+    ax.set_xticks(range(values.shape[1]), [str(c).split("_", 1)[-1] for c in cm.columns], rotation=30)
+    ax.set_yticks(range(values.shape[0]), [str(r).split("_", 1)[-1] for r in cm.index])
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("gold")
     ax.set_title(title, fontsize=9)
     top = values.max() if values.size else 0

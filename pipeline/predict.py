@@ -74,10 +74,6 @@ class ResolvedModel:
     run_id: str | None       # the training run, when known: its config gives the segmentation rules
 
 
-def _is_mlflow_uri(uri: str) -> bool:
-    return "://" in uri or uri.startswith(("runs:/", "models:/"))
-
-
 def best_model_uri(cfg: DictConfig) -> tuple[str, str]:
     """(runs:/<id>/model, run id) of the best has_model=true run of `tracking.experiment` by test_macro_f1."""
     from pipeline import tracking
@@ -132,35 +128,17 @@ def _source_run_id(uri: str) -> str | None:
 
 def resolve_model(cfg: DictConfig, download_to: Path) -> ResolvedModel:
     """Turn `model_uri` (or the experiment's best run) into a local stance model directory."""
-    from pipeline.inference import METADATA_FILE, model_dir_of_pyfunc
+    from pipeline.inference import fetch_model_dir, is_mlflow_uri
 
     uri = OmegaConf.select(cfg, "model_uri", default=None)
     run_id = None
     if uri in (None, ""):
         uri, run_id = best_model_uri(cfg)
     uri = str(uri)
-    if not _is_mlflow_uri(uri):
-        local = Path(uri)
-        if not local.exists():
-            raise PipelineError(f"model_uri={uri!r}: no such directory, and not an MLflow URI "
-                                "(runs:/<run id>/model, models:/<name>@<alias>, models:/m-<id>)")
-        if (local / METADATA_FILE).exists():
-            return ResolvedModel(local, uri, None)
-        return ResolvedModel(model_dir_of_pyfunc(local), uri, None)
-
-    from pipeline import tracking
-
-    mlflow = tracking.setup(cfg)
-    download_to.mkdir(parents=True, exist_ok=True)
-    try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(download_to))
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise PipelineError(
-            f"model_uri={uri!r}: cannot be loaded from {tracking.tracking_uri(cfg)} ({first[:300]}); "
-            "check the run id / model name and alias (`mlflow ui`), or give a local model directory"
-        ) from None
-    return ResolvedModel(model_dir_of_pyfunc(local), uri, run_id or _source_run_id(uri))
+    model_dir = fetch_model_dir(cfg, uri, key="model_uri", download_to=download_to)
+    if not is_mlflow_uri(uri):
+        return ResolvedModel(model_dir, uri, None)
+    return ResolvedModel(model_dir, uri, run_id or _source_run_id(uri))
 
 
 def segment_rules_for(cfg: DictConfig, model: ResolvedModel) -> SegmentRules:

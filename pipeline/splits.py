@@ -24,8 +24,9 @@ from pipeline.io import read_table
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["sentence_id", "group", "text", "label", "source", "rule_label"]
+COLUMNS = ["sentence_id", "group", "text", "label", "source", "rule_label", "rule_confidence"]
 LABELLED_REQUIRED = ["article_id", "sentence_id", "text", "label", "source", "rule_label"]
+WEAK_SOURCE = "rules"
 
 
 @dataclass
@@ -80,6 +81,7 @@ def load_labelled(cfg: DictConfig) -> LabelledSet:
             "label": df["label"].where(df["label"].notna(), None),
             "source": df["source"].fillna("none").astype(str),
             "rule_label": df["rule_label"].where(df["rule_label"].notna(), None),
+            "rule_confidence": pd.to_numeric(df.get("rule_confidence", 0.0), errors="coerce").fillna(0.0),
         }
     )
     _check_labels(frame, path)
@@ -127,6 +129,7 @@ def _read_label_table(cfg: DictConfig, path: Path, *, sample: bool) -> pd.DataFr
             "label": labels,
             "source": "gold",
             "rule_label": None,
+            "rule_confidence": 0.0,
         }
     )[keep].reset_index(drop=True)
     max_rows = OmegaConf.select(cfg, "data.max_rows", default=None)
@@ -200,6 +203,49 @@ def _trainable(rows: pd.DataFrame, sources: Sequence[str]) -> pd.DataFrame:
     return rows[rows["label"].notna() & rows["source"].isin(list(sources))]
 
 
+def weak_settings(cfg: DictConfig) -> dict:
+    """`train.weak`: how rule labels (source=rules) join training; defaults keep older configs working."""
+    weak = OmegaConf.select(cfg, "train.weak", default=None) or {}
+    source_weights = OmegaConf.select(cfg, "train.source_weights", default=None) or {}
+    settings = {
+        "min_confidence": float(weak.get("min_confidence", 0.0)),
+        "abstained": str(weak.get("abstained", "keep")),
+        "weights": {str(k): float(v) for k, v in dict(source_weights).items()},
+    }
+    if settings["abstained"] not in ("keep", "drop"):
+        raise PipelineError(f"train.weak.abstained={settings['abstained']!r}: choose keep or drop")
+    bad = {k: v for k, v in settings["weights"].items() if v < 0}
+    if bad:
+        raise PipelineError(f"train.source_weights {bad}: weights must be >= 0")
+    return settings
+
+
+def training_rows(rows: pd.DataFrame, cfg: DictConfig) -> pd.DataFrame:
+    """The rows that train a model, each with a `weight`: labelled, of a source in `train.sources`; a rule label
+    must reach `train.weak.min_confidence` (a sentence where no rule fired, labelled by `labeling.abstain`, is
+    kept or dropped by `train.weak.abstained`); the weight is `train.source_weights[source]` (default 1)."""
+    settings = weak_settings(cfg)
+    picked = _trainable(rows, list(cfg.train.sources))
+    weak = picked["source"] == WEAK_SOURCE
+    fired = picked["rule_label"].notna()
+    confident = pd.to_numeric(picked["rule_confidence"], errors="coerce").fillna(0.0) >= settings["min_confidence"]
+    keep = ~weak | (fired & confident) | (~fired & (settings["abstained"] == "keep"))
+    picked = picked[keep].copy()
+    picked["weight"] = picked["source"].map(lambda src: settings["weights"].get(src, 1.0)).astype(float)
+    return picked[picked["weight"] > 0]
+
+
+def as_unlabelled(rows: pd.DataFrame, cfg: DictConfig) -> pd.DataFrame:
+    """Held-out articles treated as the articles a user labels: their gold is hidden, their rule labels
+    (abstentions per `labeling.abstain`) join training as source=rules."""
+    abstain = str(OmegaConf.select(cfg, "labeling.abstain", default="neutral"))
+    weak = rows.copy()
+    weak["label"] = [r if isinstance(r, str) else ("neutral" if abstain == "neutral" else None)
+                     for r in weak["rule_label"]]
+    weak["source"] = WEAK_SOURCE
+    return weak[weak["label"].notna()]
+
+
 def _finish(name: str, data: LabelledSet, rest: pd.DataFrame, test: pd.DataFrame, cfg: DictConfig,
             test_groups: Sequence[str] = ()) -> Split:
     """Carve the validation part out of `rest` (grouped when the data is) and keep the trainable rows."""
@@ -222,7 +268,10 @@ def _finish(name: str, data: LabelledSet, rest: pd.DataFrame, test: pd.DataFrame
     else:
         val_idx = _pick_rows(_trainable(labelled, sources), val_share, seed)
         val, train_rows = rest.loc[val_idx], rest.drop(index=val_idx)
-    train = _trainable(train_rows, sources)
+    if test_groups and bool(OmegaConf.select(cfg, "train.transductive", default=False)) and data.has_rules:
+        # Measured as used: the held-out articles are the unlabelled ones, their rule labels join training.
+        train_rows = pd.concat([train_rows, as_unlabelled(data.frame[data.frame["group"].isin(test_groups)], cfg)])
+    train = training_rows(train_rows, cfg)
     if train.empty:
         raise PipelineError(
             f"{name}: no training rows (sources {sources}); label more sentences or widen train.sources"

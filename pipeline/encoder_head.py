@@ -1,0 +1,135 @@
+"""Stance models made of a transformer encoder, a pooling and a linear head (stance model kind "encoder").
+
+Two ways to get one, one format and one predictor for both:
+  * frozen encoder (`model.kind=frozen`): sentence embeddings of a pretrained encoder, untouched, and a
+    logistic-regression head fitted on them (scikit-learn), exported as plain weights;
+  * the same layout for any future fine-tuned encoder with a pooled head.
+
+A model directory of kind "encoder" holds the encoder (`save_pretrained`: config, weights, tokenizer) and
+`head.json`: the pooling (mean over tokens, or the first token), whether embeddings are L2-normalised, and
+the head's weight matrix and bias in label order. JSON weights load without unpickling anything, so such a
+directory is as safe to load as its safetensors weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+HEAD_FILE = "head.json"
+POOLINGS = ("mean", "cls")
+
+
+def pool(hidden, mask, pooling: str):
+    """(batch, tokens, dim) hidden states → (batch, dim): the mean over real tokens, or the first token."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if mask is None:
+        return hidden.mean(dim=1)
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def check_pooling(pooling: str, key: str = "model.pooling") -> str:
+    if pooling not in POOLINGS:
+        raise PipelineError(f"{key}={pooling!r}: choose one of {', '.join(POOLINGS)}")
+    return pooling
+
+
+class LinearHead:
+    """logits = embeddings · weightᵀ + bias, in label order; saved as JSON."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, *, pooling: str, normalize: bool):
+        self.weight = np.asarray(weight, dtype=np.float64)
+        self.bias = np.asarray(bias, dtype=np.float64)
+        self.pooling = check_pooling(pooling)
+        self.normalize = bool(normalize)
+        if self.weight.ndim != 2 or self.bias.shape != (self.weight.shape[0],):
+            raise PipelineError(f"head weights of shape {self.weight.shape} and bias {self.bias.shape} do not fit")
+
+    @classmethod
+    def from_logistic_regression(cls, clf, labels: Sequence[str], *, pooling: str, normalize: bool) -> "LinearHead":
+        """The head of a fitted sklearn LogisticRegression, rows in `labels` order (absent classes never win)."""
+        classes = [str(c) for c in clf.classes_]
+        coef, intercept = np.asarray(clf.coef_), np.asarray(clf.intercept_)
+        if len(classes) == 2:  # sklearn keeps one row for two classes: logit(class 1) vs class 0
+            coef = np.vstack([-coef[0] / 2, coef[0] / 2])
+            intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+        weight = np.zeros((len(labels), coef.shape[1]))
+        # A class never seen in training gets a very low bias: probability ~0, as the other model kinds give it.
+        bias = np.full(len(labels), -30.0)
+        for row, label in enumerate(classes):
+            weight[list(labels).index(label)] = coef[row]
+            bias[list(labels).index(label)] = intercept[row]
+        return cls(weight, bias, pooling=pooling, normalize=normalize)
+
+    def logits(self, embeddings: np.ndarray) -> np.ndarray:
+        x = np.asarray(embeddings, dtype=np.float64)
+        if self.normalize:
+            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        return x @ self.weight.T + self.bias
+
+    def save(self, model_dir: Path | str) -> Path:
+        path = Path(model_dir) / HEAD_FILE
+        data = {"pooling": self.pooling, "normalize": self.normalize,
+                "weight": self.weight.tolist(), "bias": self.bias.tolist()}
+        path.write_text(json.dumps(data), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, model_dir: Path | str) -> "LinearHead":
+        path = Path(model_dir) / HEAD_FILE
+        if not path.exists():
+            raise PipelineError(f"{path}: missing; an encoder stance model needs its head weights")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(np.array(data["weight"]), np.array(data["bias"]), pooling=str(data["pooling"]),
+                       normalize=bool(data["normalize"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PipelineError(f"{path}: unreadable head ({exc}); re-train the model") from None
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def pooled_classifier(encoder, num_labels: int, *, pooling: str, dropout: float):
+    """A torch module for fine-tuning: encoder → pooling → dropout → linear head, returning `.logits`.
+
+    transformers' sequence-classification heads read the first token through a pooler layer; an encoder
+    trained for mean-pooled sentence embeddings (e5) has no trained pooler, so with tens of gold sentences
+    that randomly initialised layer is what the model has to learn first. Mean pooling starts from the
+    embeddings the encoder was trained to produce."""
+    import torch
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    check_pooling(pooling, "model.pooling")
+
+    class PooledClassifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = encoder
+            self.dropout = torch.nn.Dropout(dropout)
+            self.head = torch.nn.Linear(encoder.config.hidden_size, num_labels)
+            self.config = encoder.config  # Trainer reads model.config
+
+        def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **_):
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                  token_type_ids=token_type_ids).last_hidden_state
+            return SequenceClassifierOutput(logits=self.head(self.dropout(pool(hidden, attention_mask, pooling))))
+
+        def export_head(self) -> LinearHead:
+            return LinearHead(self.head.weight.detach().double().cpu().numpy(),
+                              self.head.bias.detach().double().cpu().numpy(), pooling=pooling, normalize=False)
+
+    return PooledClassifier()

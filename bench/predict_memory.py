@@ -22,15 +22,9 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+from pipeline.segmentation import seed_sentences  # noqa: E402
+
 SENTENCES_PER_ARTICLE = 20
-
-
-def seed_sentences() -> list[str]:
-    from pipeline.io import read_text_strict
-    from pipeline.segment import SegmentRules, split_sentences
-
-    return [s.text for p in sorted((REPO / "seeds").glob("*.txt"))
-            for s in split_sentences(read_text_strict(p), SegmentRules()).sentences]
 
 
 def write_articles(folder: Path, n_sentences: int, pool: list[str]) -> int:

@@ -16,7 +16,8 @@ changes no FLOP count (a lookup) and is left out of the limit anyway.
 
 Random weights give near-tied probabilities, where int8 noise flips labels that no trained model would
 hesitate on; so int8 agreement is also measured on a small BERT (4 layers, hidden 256) trained from scratch,
-in this run, on other labelled sentences of --data (--label-column, NEG/NEU/POS): a model whose labels are decisions.
+in this run, on other labelled sentences of --data (--label-column, mapped by conf/data/arsarcasm.yaml): a model
+whose labels are decisions.
 The AraBERT text preprocessing (part of the stage, same for every method) is timed separately.
 """
 
@@ -44,16 +45,16 @@ import torch  # noqa: E402
 
 from pipeline import LABELS  # noqa: E402
 from pipeline.arabic import has_arabic  # noqa: E402
+from pipeline.segmentation import seed_sentences  # noqa: E402
 
 BERT_BASE = dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072)
 
 
-def seed_sentences() -> list[str]:
-    from pipeline.io import read_text_strict
-    from pipeline.segment import SegmentRules, split_sentences
+def arsarcasm_label_map() -> dict[str, str]:
+    """ArSarcasm's raw labels (--label-column) -> ours, from conf/data/arsarcasm.yaml."""
+    from omegaconf import OmegaConf
 
-    return [s.text for p in sorted((REPO / "seeds").glob("*.txt"))
-            for s in split_sentences(read_text_strict(p), SegmentRules()).sentences]
+    return {str(k): str(v) for k, v in OmegaConf.load(REPO / "conf" / "data" / "arsarcasm.yaml").label_map.items()}
 
 
 def load_corpus(args) -> tuple[list[str], list[str] | None]:
@@ -105,7 +106,7 @@ def train_small_model(model_dir: Path, corpus: list[str], texts: list[str], labe
                          preprocessor=TextPreprocessor(None))
     predictor = load_predictor(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-    names = {"NEG": "negative", "NEU": "neutral", "POS": "positive"}
+    names = arsarcasm_label_map()
     y = torch.tensor([LABELS.index(names.get(label, label)) for label in labels])
     ids, _ = predictor.encode(texts)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
@@ -137,7 +138,7 @@ def agreement(model_dir: Path, texts: list[str], labels: list[str] | None, batch
     out = {"int8_agreement": float((fp32["label"] == int8["label"]).mean()),
            "label_shares": fp32["label"].value_counts(normalize=True).round(3).to_dict()}
     if labels is not None:
-        names = {"NEG": "negative", "NEU": "neutral", "POS": "positive"}
+        names = arsarcasm_label_map()
         gold = np.array([names.get(x, x) for x in labels], dtype=object)
         out["fp32_accuracy"] = float((fp32["label"].to_numpy() == gold).mean())
         out["int8_accuracy"] = float((int8["label"].to_numpy() == gold).mean())
@@ -199,7 +200,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="CSV of real Arabic sentences (e.g. ../shared/data/arsarcasm_v2/testing_data.csv)")
     parser.add_argument("--column", default="tweet", help="text column of --data")
-    parser.add_argument("--label-column", default="sentiment", help="labels (NEG/NEU/POS) for the trained agreement model")
+    parser.add_argument("--label-column", default="sentiment", help="raw labels, mapped by conf/data/arsarcasm.yaml, for the trained agreement model")
     parser.add_argument("--n", type=int, default=300, help="sentences timed per method")
     parser.add_argument("--train-n", type=int, default=1500, help="other labelled sentences to train the agreement model on (0 = skip)")
     parser.add_argument("--train-epochs", type=int, default=2)

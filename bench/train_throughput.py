@@ -1,6 +1,6 @@
 """Training throughput of the train stage against run_classification.py's padding, side by side.
 
-Both setups run the stage's own Trainer (pipeline.train.build_trainer) on the same model and sentences;
+Both setups run the stage's own Trainer (pipeline.fitting.build_trainer) on the same model and sentences;
 only what the issue compares differs:
   stage:      dynamic padding (DataCollatorWithPadding) + length-grouped batches (train.group_by_length)
   pad-to-128: every batch padded to max_length 128, random batches: transformers' examples/pytorch/
@@ -46,11 +46,9 @@ def load_texts(args) -> list[str]:
         texts = [str(t) for t in table[column] if str(t).strip()]
     else:
         from pipeline.config import compose_config
-        from pipeline.segment import SegmentRules, find_articles, segment_files
+        from pipeline.segmentation import SegmentRules, seed_sentences
 
-        cfg = compose_config("segment")
-        table, _ = segment_files(find_articles(str(cfg.data.articles_glob)), SegmentRules.from_cfg(cfg.segment))
-        texts = table["text"].tolist()
+        texts = seed_sentences(SegmentRules.from_cfg(compose_config("segment").segment))
     rng = np.random.default_rng(0)
     rng.shuffle(texts)
     return texts[: args.max_sentences]
@@ -87,7 +85,7 @@ def run_setup(model_dir: Path, texts, labels, *, pad_to_max: bool, group: bool, 
               out_dir: Path) -> dict:
     from pipeline.config import compose_config
     from pipeline.modeling import load_tokenizer_and_model
-    from pipeline.train import build_trainer
+    from pipeline.fitting import build_trainer
 
     cfg = compose_config("train", [
         "model=tiny", f"train.batch_size={batch_size}", "train.max_length=128",

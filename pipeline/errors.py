@@ -12,8 +12,3 @@ class UsageError(PipelineError):
 
     exit_code = 2
 
-
-class NotBuiltError(PipelineError):
-    """A stage whose implementation has not landed yet."""
-
-    exit_code = 3

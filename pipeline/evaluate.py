@@ -21,13 +21,12 @@ from tqdm import tqdm
 from pipeline import LABELS, tracking
 from pipeline.errors import PipelineError
 from pipeline.io import write_table_atomic
-from pipeline.metrics import classification_metrics, prefixed, write_report
+from pipeline.fitting import CHECKPOINT_SUBDIR, fit_model, preflight, stance_kind
+from pipeline.metrics import SUMMARY_METRICS, classification_metrics, prefixed, write_report
+from pipeline.scoring import comparison_table, log_data, log_scored, score_split
 from pipeline.splits import cv_splits, holdout_split, load_labelled
-from pipeline.train import CHECKPOINT_SUBDIR, comparison_table, fit_model, log_data, log_scored, preflight, score_split, stance_kind
 
 log = logging.getLogger(__name__)
-
-SUMMARY_KEYS = ("macro_f1", "accuracy", "weighted_f1")
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -60,7 +59,7 @@ def _evaluate_model_dir(cfg: DictConfig) -> dict:
 
 def _spread(per_fold: list[dict[str, float]], prefix: str) -> dict[str, float]:
     out = {}
-    for key in SUMMARY_KEYS:
+    for key in SUMMARY_METRICS:
         values = np.array([m[key] for m in per_fold if key in m])
         if len(values):
             out[f"{prefix}{key}_mean"] = float(values.mean())
@@ -114,7 +113,7 @@ def _cross_validate(cfg: DictConfig) -> dict:
             oof_proba.append(scored.proba)
             fold_rows.append({"fold": split.name, "test_articles": ",".join(split.test_groups), "n_train": len(split.train),
                               "n_val": len(split.val), "n_test": len(split.test),
-                              **{k: scored.metrics.get(k) for k in SUMMARY_KEYS},
+                              **{k: scored.metrics.get(k) for k in SUMMARY_METRICS},
                               **{f"{n}_macro_f1": m["macro_f1"] for n, m in scored.baselines.items()}})
         # Pooled out-of-fold predictions: every gold sentence scored once by a model that never saw its article.
         test = pd.concat(oof_tests, ignore_index=True)
@@ -129,7 +128,7 @@ def _cross_validate(cfg: DictConfig) -> dict:
             if len(oof_base[name]) == len(folds):
                 pred = [LABELS[i] for i in np.vstack(oof_base[name]).argmax(axis=1)]
                 base_pooled[name] = classification_metrics(test["label"], pred)
-                summary.update(prefixed({k: base_pooled[name][k] for k in SUMMARY_KEYS}, f"baseline_{name}_oof_"))
+                summary.update(prefixed({k: base_pooled[name][k] for k in SUMMARY_METRICS}, f"baseline_{name}_oof_"))
         mlflow.log_metrics(summary)
         folds_csv = write_table_atomic(pd.DataFrame(fold_rows), run_dir / "evaluation" / "folds.csv")
         comparison = write_table_atomic(comparison_table(str(cfg.model.name), pooled, base_pooled),

@@ -10,8 +10,7 @@ A *stance model directory* (written by the train stage) holds:
 `load_predictor(dir)` gives a `StancePredictor` that takes raw sentences. The transformer path tokenises
 once, sorts by length and pads each batch only to its own longest sentence, under `torch.inference_mode`:
 on CPU that is what gets close to the machine's matmul limit (see bench/predict_speed.py).
-`log_stance_model(dir)` logs the same predictor as an MLflow pyfunc model, so `mlflow.pyfunc.load_model`,
-`spark_udf` and `mlflow models serve` all give the labels and probabilities of the predict stage.
+pipeline.model_store logs the same predictor as an MLflow pyfunc model and fetches models back from MLflow.
 """
 
 from __future__ import annotations
@@ -21,11 +20,9 @@ import logging
 import os
 import sys
 import warnings
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Sequence
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
@@ -38,9 +35,17 @@ METADATA_FILE = "stance_model.json"
 FORMAT_VERSION = 1
 KINDS = ("transformer", "tfidf")
 TFIDF_FILE = "model.joblib"
-ARTIFACT_KEY = "stance_model"  # name of the model directory among the pyfunc model's artifacts
-# Packages the logged pyfunc model needs besides the pipeline code it carries (code_paths).
-RUNTIME_PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "pandas", "scikit-learn", "arabert", "mlflow")
+
+# Batching: a batch is cut where the next (shorter) sentence would be padded by more than PAD_TOLERANCE
+# of the batch's width, once the batch holds MIN_BATCH_TOKENS tokens (enough rows for the matrix
+# multiplications to run at full speed); never more than batch_size sentences.
+PAD_TOLERANCE = 0.08
+MIN_BATCH_TOKENS = 768
+
+# glibc allocator thresholds for keep_freed_memory: freed blocks up to 512 MiB stay in the heap (above the largest
+# batch's activation buffers), and the heap is given back to the kernel only when 1 GiB of it is free at the top.
+MMAP_THRESHOLD_BYTES = 512 << 20
+TRIM_THRESHOLD_BYTES = 1 << 30
 
 
 def write_model_metadata(model_dir, *, kind: str, labels: Sequence[str], max_length: int, base_model: str,
@@ -200,12 +205,6 @@ class TransformerPredictor(StancePredictor):
         ids, truncated = self.encode(texts)
         return self.scores_from_ids(ids, batch_size), truncated
 
-    # Batching: a batch is cut where the next (shorter) sentence would be padded by more than PAD_TOLERANCE
-    # of the batch's width, once the batch holds MIN_BATCH_TOKENS tokens (enough rows for the matrix
-    # multiplications to run at full speed); never more than batch_size sentences.
-    PAD_TOLERANCE = 0.08
-    MIN_BATCH_TOKENS = 768
-
     def batches(self, lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
         """Row indices per batch: longest first, each batch of similar lengths."""
         order = np.argsort(-lengths, kind="stable")
@@ -214,7 +213,7 @@ class TransformerPredictor(StancePredictor):
             width = int(lengths[order[start]])
             end = start + 1
             while end < n and end - start < batch_size:
-                if lengths[order[end]] < width * (1 - self.PAD_TOLERANCE) and (end - start) * width >= self.MIN_BATCH_TOKENS:
+                if lengths[order[end]] < width * (1 - PAD_TOLERANCE) and (end - start) * width >= MIN_BATCH_TOKENS:
                     break
                 end += 1
             out.append(order[start:end])
@@ -298,8 +297,8 @@ def keep_freed_memory() -> None:
 
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers from <malloc.h>
-        libc.mallopt(m_mmap_threshold, 512 << 20)
-        libc.mallopt(m_trim_threshold, 1 << 30)
+        libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD_BYTES)
+        libc.mallopt(m_trim_threshold, TRIM_THRESHOLD_BYTES)
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
         pass
 
@@ -314,140 +313,3 @@ def set_threads(threads: int | None) -> int:
     elif "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     return torch.get_num_threads()
-
-
-# ---------------------------------------------------------------- MLflow pyfunc
-
-def texts_from_model_input(model_input) -> list[str]:
-    """The sentences of a pyfunc input: a DataFrame with a `text` column (or a single column), a Series or a list."""
-    if isinstance(model_input, pd.DataFrame):
-        if "text" in model_input.columns:
-            column = model_input["text"]
-        elif model_input.shape[1] == 1:
-            column = model_input.iloc[:, 0]
-        else:
-            raise PipelineError(f"model input needs a 'text' column; got columns {list(model_input.columns)}")
-        return ["" if v is None else str(v) for v in column.tolist()]
-    if isinstance(model_input, pd.Series):
-        return ["" if v is None else str(v) for v in model_input.tolist()]
-    if isinstance(model_input, str):
-        return [model_input]
-    if isinstance(model_input, dict) and "text" in model_input:
-        value = model_input["text"]
-        return [value] if isinstance(value, str) else [str(v) for v in value]
-    return [str(v) for v in np.asarray(model_input, dtype=object).ravel().tolist()]
-
-
-class StancePyfuncModel(mlflow.pyfunc.PythonModel):
-    """The MLflow face of a stance model directory: text in, label + p_<label> out."""
-
-    def load_context(self, context):
-        self.predictor = load_predictor(context.artifacts[ARTIFACT_KEY])
-
-    # The DataFrame hint tells MLflow that the logged signature, not the hint, describes the input.
-    def predict(self, context, model_input: pd.DataFrame, params=None):
-        batch_size = int((params or {}).get("batch_size", 64))
-        out = self.predictor.predict(texts_from_model_input(model_input), batch_size=batch_size)
-        return out[["label", *self.predictor.prob_columns]]
-
-
-def _pinned_requirements() -> list[str]:
-    pins = []
-    for name in RUNTIME_PACKAGES:
-        try:
-            version = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            continue
-        pins.append(f"{name}=={version.split('+')[0]}")  # a local tag (2.13.0+cpu) is not on PyPI
-    return pins
-
-
-def log_stance_model(model_dir, *, name: str = "model", registered_model_name: str | None = None,
-                     input_example: Sequence[str] | None = None):
-    """Log `model_dir` as an MLflow pyfunc model in the active run; returns the ModelInfo.
-
-    The pyfunc carries the model directory as an artifact and this package's code (code_paths), so
-    `mlflow.pyfunc.load_model(info.model_uri)` works in a fresh process, in Spark and in `mlflow models serve`.
-    """
-    from mlflow.models import infer_signature
-    from mlflow.types.schema import ParamSchema, ParamSpec
-
-    model_dir = Path(model_dir)
-    predictor = load_predictor(model_dir)  # refuses a broken directory before anything is logged
-    if mlflow.active_run() is None:
-        raise PipelineError("log_stance_model needs an active MLflow run (use pipeline.tracking.start_run)")
-    examples = [str(t) for t in (input_example or ["تم التوصل إلى اتفاق بين الجانبين."])][:5]
-    example_in = pd.DataFrame({"text": examples})
-    example_out = predictor.predict(examples)[["label", *predictor.prob_columns]]
-    params = ParamSchema([ParamSpec("batch_size", "long", 64)])
-    signature = infer_signature(example_in, example_out)
-    signature = type(signature)(inputs=signature.inputs, outputs=signature.outputs, params=params)
-    package_dir = Path(__file__).resolve().parent
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=StancePyfuncModel(),
-        artifacts={ARTIFACT_KEY: str(model_dir)},
-        code_paths=[str(package_dir)],
-        signature=signature,
-        input_example=example_in,
-        pip_requirements=_pinned_requirements(),
-        registered_model_name=registered_model_name,
-    )
-
-
-def model_dir_of_pyfunc(local_model_path) -> Path:
-    """The stance model directory inside a downloaded pyfunc model (artifacts/<ARTIFACT_KEY>)."""
-    import yaml
-
-    local = Path(local_model_path)
-    if (local / METADATA_FILE).exists():
-        return local
-    mlmodel = local / "MLmodel"
-    if mlmodel.exists():
-        conf = yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}
-        artifacts = (conf.get("flavors", {}).get("python_function", {}).get("artifacts") or {})
-        entry = artifacts.get(ARTIFACT_KEY)
-        if entry:
-            candidate = local / entry.get("path", "")
-            if (candidate / METADATA_FILE).exists():
-                return candidate
-    for candidate in sorted(local.rglob(METADATA_FILE)):
-        return candidate.parent
-    raise PipelineError(f"{local}: this MLflow model holds no stance model directory ({METADATA_FILE}); "
-                        "was it logged by `pipeline train`?")
-
-
-def is_mlflow_uri(uri: str) -> bool:
-    return "://" in uri or uri.startswith(("runs:/", "models:/"))
-
-
-def fetch_model_dir(cfg, uri: str, *, key: str, download_to=None) -> Path:
-    """A local stance model directory for `uri`: a model dir, a downloaded MLflow model, or an MLflow URI
-    (runs:/…, models:/<name>@<alias>, models:/m-…) fetched from the configured tracking store.
-    `key` is the config key the URI came from, named in errors."""
-    uri = str(uri)
-    if not is_mlflow_uri(uri):
-        local = Path(uri)
-        if not local.exists():
-            raise PipelineError(f"{key}={uri!r}: no such directory, and not an MLflow URI "
-                                "(runs:/<run id>/model, models:/<name>@<alias>, models:/m-<id>)")
-        if (local / "MLmodel").exists():  # a downloaded MLflow model: the stance model is inside it
-            return model_dir_of_pyfunc(local)
-        read_model_metadata(local)  # else it must be a stance model dir itself: clear error if not
-        return local
-
-    from pipeline import tracking
-
-    mlflow = tracking.setup(cfg)  # the store the config names, whatever ran before in this process
-    if download_to is not None:
-        Path(download_to).mkdir(parents=True, exist_ok=True)
-    try:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=uri, dst_path=None if download_to is None else str(download_to))
-    except Exception as exc:  # MLflow raises many types; the user needs the URI and the reason
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise PipelineError(
-            f"{key}={uri!r}: cannot be loaded from {tracking.tracking_uri(cfg)} ({first[:300]}); "
-            "check the run id / model name and alias (`mlflow ui`), or give a local model directory"
-        ) from None
-    return model_dir_of_pyfunc(local)

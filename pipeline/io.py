@@ -1,4 +1,5 @@
-"""Small, shared file helpers: strict text reading and atomic writes (temp file + rename)."""
+"""Small, shared file helpers: strict text reading, reading tables (whole or in chunks) and atomic writes
+(temp file + rename)."""
 
 from __future__ import annotations
 
@@ -93,7 +94,11 @@ def write_table_atomic(df: pd.DataFrame, target: Path | str) -> Path:
     return target
 
 
+TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
+
+
 def read_table(path: Path | str) -> pd.DataFrame:
+    """A whole .parquet / .csv / .jsonl table; CSV cells are read as text (no NaN for empty cells)."""
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"{path}: file not found")
@@ -105,6 +110,44 @@ def read_table(path: Path | str) -> pd.DataFrame:
     if suffix in (".jsonl", ".json"):
         return pd.read_json(path, lines=True, dtype=False)
     raise PipelineError(f"{path}: unsupported table format {suffix!r}; use .parquet, .csv or .jsonl")
+
+
+def iter_table_chunks(path: Path | str, rows: int, *, as_text: bool = False) -> Iterator[pd.DataFrame]:
+    """A .parquet / .csv / .jsonl table in chunks of `rows` rows, never held whole.
+
+    `as_text=True` (input tables) gives every cell as str, empty for missing. A file that cannot be read as a
+    table (empty, binary, not UTF-8, malformed) raises BadInputFile with a reason tag and what to do about it.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if path.stat().st_size == 0:
+            raise BadInputFile(path, "empty", "file is empty; remove it or give it some rows")
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
+                yield batch.to_pandas().astype(str) if as_text else batch.to_pandas()
+            return
+        with open(path, "rb") as fh:
+            if b"\x00" in fh.read(1 << 16):
+                raise BadInputFile(path, "binary", "looks binary (NUL bytes); give a UTF-8 table")
+        if suffix == ".csv":
+            reader = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", chunksize=rows)
+        else:
+            reader = pd.read_json(path, lines=True, dtype=str if as_text else False, encoding="utf-8", chunksize=rows)
+        with reader:
+            for chunk in reader:
+                yield chunk.fillna("").astype(str) if as_text else chunk
+    except BadInputFile:
+        raise
+    except UnicodeDecodeError as exc:
+        raise BadInputFile(path, "not_utf8", f"not valid UTF-8 (byte {exc.start}); re-save it as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise BadInputFile(path, "empty", "table is empty; give it a header and rows") from None
+    except (ValueError, pd.errors.ParserError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BadInputFile(path, "bad_table", f"cannot be read as a {suffix} table ({first[:200]})") from None
 
 
 def backup_file(path: Path | str) -> Path | None:

@@ -225,7 +225,8 @@ def print_stats(cfg: DictConfig, sentences: pd.DataFrame) -> dict:
 
 def model_probabilities(cfg: DictConfig, uri: str, texts: list[str]) -> np.ndarray:
     """Class probabilities (columns in LABELS order) from a local stance model dir or an MLflow model URI."""
-    from pipeline.inference import fetch_model_dir, load_predictor
+    from pipeline.inference import load_predictor
+    from pipeline.model_store import fetch_model_dir
 
     local = fetch_model_dir(cfg, uri, key="labeling.export_model_uri")
     predictor = load_predictor(local)

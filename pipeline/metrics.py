@@ -14,6 +14,9 @@ from pipeline.io import write_table_atomic, atomic_path
 
 log = logging.getLogger(__name__)
 
+# The headline numbers of a model, in the order tables show them: fold spreads, comparison tables, baseline logs.
+SUMMARY_METRICS = ("macro_f1", "accuracy", "weighted_f1")
+
 
 def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str] = LABELS) -> dict[str, float]:
     """accuracy, macro/weighted F1 and per-class precision/recall/F1/support, as flat names."""
@@ -37,12 +40,6 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels:
         out[f"f1_{label}"] = float(f[i])
         out[f"support_{label}"] = float(s[i])
     return out
-
-
-def macro_f1(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str] = LABELS) -> float:
-    from sklearn.metrics import f1_score
-
-    return float(f1_score(list(y_true), list(y_pred), labels=list(labels), average="macro", zero_division=0))
 
 
 def bootstrap_macro_f1(y_true: Sequence[str], y_pred: Sequence[str], *, n_resamples: int = 1000, ci: float = 0.95,

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 from omegaconf import DictConfig
 
 from pipeline.errors import PipelineError
+from pipeline.preprocess import refuse_segmented, short_name
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +89,11 @@ def resolve_source(name_or_path: str, *, hub_timeout_s: float = 3.0) -> tuple[st
 def check_preprocessing_matches(name_or_path: str, preprocess_as: str | None) -> None:
     """A Farasa-segmented AraBERT is refused by its own name too; another AraBERT variant than
     `model.preprocess_as` gets a warning (v02 base/large/twitter share one preprocessing)."""
-    from arabert.preprocess import ACCEPTED_MODELS, SEGMENTED_MODELS
+    from arabert.preprocess import ACCEPTED_MODELS
 
-    short = str(name_or_path).rstrip("/").split("/")[-1]
-    if short in SEGMENTED_MODELS:
-        raise PipelineError(
-            f"model.name_or_path={name_or_path!r} was pre-trained on Farasa-segmented text, which cannot be "
-            "produced here (Farasa returns empty text offline); use a v02 model such as aubmindlab/bert-base-arabertv02"
-        )
-    wanted = str(preprocess_as or "").rstrip("/").split("/")[-1]
+    refuse_segmented(name_or_path, "model.name_or_path")
+    short = short_name(name_or_path)
+    wanted = short_name(preprocess_as or "")
     if short in ACCEPTED_MODELS and short != wanted:
         log.warning("model %s is preprocessed as %r (model.preprocess_as); set model.preprocess_as=%s if that is "
                     "not intended", name_or_path, preprocess_as, short)

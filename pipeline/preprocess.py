@@ -18,8 +18,22 @@ log = logging.getLogger(__name__)
 PREPROCESS_FILE = "preprocess.json"
 
 
-def _short_name(name: str) -> str:
-    return name.rstrip("/").split("/")[-1]
+def short_name(name: str) -> str:
+    """The model name without its hub organisation or directory: aubmindlab/bert-base-arabertv02 → bert-base-arabertv02."""
+    return str(name).rstrip("/").split("/")[-1]
+
+
+def refuse_segmented(name: str, key: str) -> None:
+    """PipelineError when `name` is an AraBERT variant that needs Farasa-segmented text (`key` is the config key).
+
+    Offline, Farasa silently returns '' for every sentence: refuse rather than train or predict on nothing."""
+    from arabert.preprocess import SEGMENTED_MODELS
+
+    if short_name(name) in SEGMENTED_MODELS:
+        raise PipelineError(
+            f"{key}={name!r} needs Farasa-segmented text, which cannot be produced here (Farasa returns empty "
+            "text offline); use a v02 model such as aubmindlab/bert-base-arabertv02"
+        )
 
 
 class TextPreprocessor:
@@ -29,15 +43,10 @@ class TextPreprocessor:
         self.arabert_model = arabert_model
         self._impl = None
         if arabert_model:
-            from arabert.preprocess import ACCEPTED_MODELS, SEGMENTED_MODELS
+            from arabert.preprocess import ACCEPTED_MODELS
 
-            short = _short_name(arabert_model)
-            if short in SEGMENTED_MODELS:
-                # Offline, Farasa silently returns '' for every sentence: refuse rather than train on nothing.
-                raise PipelineError(
-                    f"model.preprocess_as={arabert_model!r} needs Farasa segmentation, which cannot run here "
-                    "(it returns empty text offline); use a v02 model such as aubmindlab/bert-base-arabertv02"
-                )
+            short = short_name(arabert_model)
+            refuse_segmented(arabert_model, "model.preprocess_as")
             if short not in ACCEPTED_MODELS:
                 raise PipelineError(
                     f"model.preprocess_as={arabert_model!r} is not an AraBERT model arabert knows "

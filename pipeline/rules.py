@@ -354,13 +354,5 @@ def load_lexicon(path: Path | str) -> Lexicon:
     return Lexicon.from_file(path)
 
 
-def cue_table(lexicon: Lexicon) -> pd.DataFrame:
-    """One row per cue, for documentation and MLflow artifacts."""
-    return pd.DataFrame(
-        [{"id": c.id, "label": c.label, "weight": c.weight, "on_negation": c.on_negation,
-          "phrases": " | ".join(" ".join(p) for p in c.phrases)} for c in lexicon.cues]
-    )
-
-
 def rule_ids(fired: str) -> Sequence[str]:
     return [x for x in str(fired).split(";") if x]

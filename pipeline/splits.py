@@ -115,7 +115,7 @@ def _read_label_table(cfg: DictConfig, path: Path, *, sample: bool) -> pd.DataFr
         listing = ", ".join(f"{k!r} ({v} rows)" for k, v in unknown.head(10).items())
         raise PipelineError(
             f"{path}: label(s) {listing} in column {label_col!r} are not {', '.join(LABELS)}; "
-            "map them with data.label_map (e.g. data.label_map={POS:positive,NEG:negative,NEU:neutral})"
+            "map them with data.label_map (raw label: negative/neutral/positive; see conf/data/arsarcasm.yaml)"
         )
     text = df[text_col].astype(str).str.strip()
     keep = text.str.len() > 0

@@ -53,6 +53,11 @@ class Stage:
         return any(p.exists() and p.stat().st_mtime > oldest_output for p in self.inputs(cfg))
 
 
+def _modelling_stage(name: str, help: str) -> Stage:
+    """train / evaluate: read the labelled set, made by `label` unless the data is a labelled table."""
+    return Stage(name, help, f"pipeline.{name}:{name}", needs=("label",), skip_needs=_table_data)
+
+
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
@@ -72,20 +77,9 @@ STAGES: dict[str, Stage] = {
             outputs=lambda cfg: _paths(cfg, "paths.labelled"),
             flags={"--stats": "labeling.stats_only=true", "--export": "labeling.export=true"},
         ),
-        Stage(
-            "train",
-            "fine-tune the configured model on the labelled set, evaluate on gold, log to MLflow",
-            "pipeline.train:train",
-            needs=("label",),
-            skip_needs=lambda cfg: _table_data(cfg),
-        ),
-        Stage(
-            "evaluate",
-            "metrics on gold labels (cross-validated on small corpora) against baselines, logged to MLflow",
-            "pipeline.evaluate:evaluate",
-            needs=("label",),
-            skip_needs=lambda cfg: _table_data(cfg),
-        ),
+        _modelling_stage("train", "fine-tune the configured model on the labelled set, evaluate on gold, log to MLflow"),
+        _modelling_stage("evaluate", "metrics on gold labels (cross-validated on small corpora) against baselines, "
+                                     "logged to MLflow"),
         Stage(
             "predict",
             "batch-predict new articles with a model from MLflow: per-sentence and per-article stance",

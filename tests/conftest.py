@@ -7,9 +7,16 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SEEDS = REPO / "seeds"
+
+# ArSarcasm's raw sentiment labels -> ours, read from their one home, conf/data/arsarcasm.yaml.
+ARSARCASM_LABEL_MAP = {str(k): str(v) for k, v in
+                       yaml.safe_load((REPO / "conf" / "data" / "arsarcasm.yaml").read_text(encoding="utf-8"))["label_map"].items()}
+# The same map as a Hydra override, for tests that label a table the way data=arsarcasm does.
+ARSARCASM_LABEL_MAP_OVERRIDE = "+data.label_map={" + ",".join(f"{k}:{v}" for k, v in ARSARCASM_LABEL_MAP.items()) + "}"
 
 # Set before anything imports mlflow/transformers.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import ARSARCASM_LABEL_MAP_OVERRIDE
 from test_train_data import labelled  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
@@ -63,7 +64,7 @@ def test_kfold_on_a_table_without_groups(make_cfg, tmp_path):
 
     path = write_table(tmp_path / "t.csv", n=60)
     cfg = make_cfg("evaluate", "model=tfidf", "data=table", f"data.path={path}", "data.text_column=tweet",
-                   "data.label_column=sentiment", "+data.label_map={POS:positive,NEG:negative,NEU:neutral}",
+                   "data.label_column=sentiment", ARSARCASM_LABEL_MAP_OVERRIDE,
                    "evaluate.cv=kfold", "evaluate.folds=3", "evaluate.bootstrap=50")
     result = evaluate(cfg)
     assert len(result["folds"]) == 3 and sum(f["n_test"] for f in result["folds"]) == 60
@@ -78,7 +79,7 @@ def test_loao_without_articles_falls_back_to_stratified_folds(make_cfg, tmp_path
 
     path = write_table(tmp_path / "t.csv", n=30)
     cfg = make_cfg("evaluate", "model=tfidf", "data=table", f"data.path={path}", "data.text_column=tweet",
-                   "data.label_column=sentiment", "+data.label_map={POS:positive,NEG:negative,NEU:neutral}",
+                   "data.label_column=sentiment", ARSARCASM_LABEL_MAP_OVERRIDE,
                    "evaluate.folds=3")
     assert cfg.evaluate.cv == "loao"
     folds = cv_splits(load_labelled(cfg), cfg)

@@ -13,18 +13,12 @@ import pytest
 
 from pipeline import LABELS
 from pipeline.errors import PipelineError
-from pipeline.inference import load_predictor, log_stance_model, read_model_metadata, write_model_metadata
-from pipeline.io import read_text_strict
+from pipeline.inference import load_predictor, read_model_metadata, write_model_metadata
+from pipeline.model_store import log_stance_model
 from pipeline.preprocess import TextPreprocessor
-from pipeline.segment import SegmentRules, split_sentences
+from pipeline.segmentation import seed_sentences
 
-REPO = Path(__file__).resolve().parent.parent
 MAX_LENGTH = 24  # short on purpose: several seed sentences are longer, so truncation is exercised
-
-
-def seed_sentences() -> list[str]:
-    return [s.text for p in sorted((REPO / "seeds").glob("*.txt"))
-            for s in split_sentences(read_text_strict(p), SegmentRules()).sentences]
 
 
 def make_stance_model(out_dir: Path, *, max_length: int = MAX_LENGTH, preprocess_as: str | None = None) -> Path:

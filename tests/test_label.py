@@ -197,7 +197,7 @@ def test_uncertainty_ordering_with_model_probabilities():
 
 
 def test_export_with_a_stance_model_dir(seeds, tmp_path):
-    """Pre-annotations and order from a (tf-idf) stance model directory, through pipeline.inference."""
+    """Pre-annotations and order from a (tf-idf) stance model directory, through pipeline.model_store."""
     import joblib
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression

@@ -31,7 +31,7 @@ def store(tmp_path_factory):
     import mlflow
 
     from pipeline import tracking
-    from pipeline.inference import log_stance_model
+    from pipeline.model_store import log_stance_model
 
     root = tmp_path_factory.mktemp("store")
     overrides = [f"tracking.uri=sqlite:///{root}/mlflow.db", f"tracking.artifact_root={root}/artifacts"]
@@ -92,7 +92,7 @@ def test_directory_with_bad_files_default_model_and_summary(run_predict, store, 
 
     # Segmented with the training run's rules (blank_line), not today's config (line).
     from pipeline.io import read_text_strict
-    from pipeline.segment import SegmentRules, article_rows
+    from pipeline.segmentation import SegmentRules, article_rows
 
     trained = SegmentRules.from_cfg(compose_config("predict", ["segment.paragraph_break=blank_line"]).segment)
     expected_ids = [r["sentence_id"] for p in [*SEEDS, folder / "wrapped.txt"]

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.segment import SegmentRules, segment, split_sentences
+from pipeline.segment import segment
+from pipeline.segmentation import SegmentRules, split_sentences
 
 from conftest import REPO, SEEDS
 

@@ -6,7 +6,7 @@ import re
 
 from hypothesis import given, settings, strategies as st
 
-from pipeline.segment import SegmentRules, sentence_ids, split_sentences
+from pipeline.segmentation import SegmentRules, sentence_ids, split_sentences
 
 ARABIC = "ابتثجحخدذرزسشصضطظعغفقكلمنهويءأإآةى"
 ALPHABET = ARABIC + "0123456789" + " \t\n\r" + ".!?؟…،؛:\"'”“«»()[]-" + "abc"

@@ -40,7 +40,7 @@ def post(url: str, payload: dict) -> dict:
 @pytest.mark.server
 def test_rest_answers_match_the_stage(make_cfg, tmp_path):
     from pipeline import tracking
-    from pipeline.inference import log_stance_model
+    from pipeline.model_store import log_stance_model
 
     model_dir = make_stance_model(tmp_path / "model")
     cfg = make_cfg("train")

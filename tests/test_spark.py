@@ -61,7 +61,7 @@ def test_spark_udf_matches_the_predict_stage(spark, make_cfg, tmp_path):
     import mlflow
 
     from pipeline import tracking
-    from pipeline.inference import log_stance_model
+    from pipeline.model_store import log_stance_model
 
     model_dir = make_stance_model(tmp_path / "model")
     cfg = make_cfg("train")

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import ARSARCASM_LABEL_MAP, ARSARCASM_LABEL_MAP_OVERRIDE
 from pipeline import LABELS
 from pipeline.errors import PipelineError
 
@@ -131,7 +132,7 @@ def test_missing_labelled_file_says_run_label(make_cfg, tmp_path):
 
 def write_table(path: Path, n: int = 60, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
-    raw = {"negative": "NEG", "neutral": "NEU", "positive": "POS"}
+    raw = {ours: theirs for theirs, ours in ARSARCASM_LABEL_MAP.items()}
     rows = []
     for i in range(n):
         label = LABELS[i % 3]
@@ -146,7 +147,7 @@ def test_table_data_with_label_map(make_cfg, tmp_path):
 
     path = write_table(tmp_path / "t.csv")
     cfg = make_cfg("train", "data=table", f"data.path={path}", "data.text_column=tweet", "data.label_column=sentiment",
-                   "+data.label_map={POS:positive,NEG:negative,NEU:neutral}")
+                   ARSARCASM_LABEL_MAP_OVERRIDE)
     data = load_labelled(cfg)
     assert set(data.frame["label"]) == set(LABELS) and not data.grouped
     split = holdout_split(data, cfg)
@@ -205,7 +206,7 @@ def test_rules_and_majority_baselines(make_cfg, labelled):
 def test_weighted_loss_matches_torch_cross_entropy():
     import torch
 
-    from pipeline.train import weighted_loss
+    from pipeline.fitting import weighted_loss
 
     torch.manual_seed(0)
     logits = torch.randn(6, 3)

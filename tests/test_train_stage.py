@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import ARSARCASM_LABEL_MAP_OVERRIDE
 from pipeline import LABELS
 from test_train_data import labelled, make_labelled, write_table  # noqa: F401 (labelled is a fixture)
 
@@ -116,11 +117,12 @@ class _CrashAfterFirstSave:
 def test_crash_marks_run_failed_and_resume_continues(make_cfg, labelled, tmp_path, monkeypatch):
     import mlflow
 
+    from pipeline import fitting
     from pipeline import train as train_module
 
     run_dir = tmp_path / "outputs" / "train" / "interrupted"
     overrides = [*TINY, f"paths.labelled={labelled}", "train.epochs=3", "train.early_stopping_patience=0"]
-    monkeypatch.setattr(train_module, "extra_callbacks", lambda: [_CrashAfterFirstSave()])
+    monkeypatch.setattr(fitting, "extra_callbacks", lambda: [_CrashAfterFirstSave()])
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_module.train(make_cfg("train", *overrides, f"paths.run_dir={run_dir}"))
     failed = runs_of(make_cfg("train", *overrides))
@@ -129,7 +131,7 @@ def test_crash_marks_run_failed_and_resume_continues(make_cfg, labelled, tmp_pat
     checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint-*"))
     assert len(checkpoints) == 1 and not (run_dir / "model").exists()
 
-    monkeypatch.setattr(train_module, "extra_callbacks", lambda: [])
+    monkeypatch.setattr(fitting, "extra_callbacks", lambda: [])
     result = train_module.train(make_cfg("train", *overrides, "train.resume=true"))
     assert Path(result["model_dir"]) == run_dir / "model"
     state = json.loads((sorted((run_dir / "checkpoints").glob("checkpoint-*"))[-1] / "trainer_state.json").read_text())
@@ -159,7 +161,7 @@ def test_tfidf_on_a_table_through_the_cli(make_cfg, tmp_path):
 
     path = write_table(tmp_path / "t.csv", n=90)
     cfg = make_cfg("train", "model=tfidf", "data=table", f"data.path={path}", "data.text_column=tweet",
-                   "data.label_column=sentiment", "+data.label_map={POS:positive,NEG:negative,NEU:neutral}",
+                   "data.label_column=sentiment", ARSARCASM_LABEL_MAP_OVERRIDE,
                    f"paths.sentences={tmp_path}/never.parquet", "tracking.register=stance-tfidf",
                    "tracking.alias=champion")
     result = run_stage("train", cfg)
@@ -182,7 +184,7 @@ def test_batches_are_padded_dynamically_and_grouped_by_length(make_cfg, tmp_path
 
     from pipeline.modeling import load_tokenizer_and_model
     from pipeline.tiny_model import build_tiny_bert
-    from pipeline.train import build_trainer
+    from pipeline.fitting import build_trainer
 
     words = ["موسكو", "واشنطن", "الضمانات", "الأمنية", "الحلف", "المحادثات"]
     texts = [" ".join(words[i % 6] for i in range(n)) for n in range(1, 65)] * 4  # 3..66 tokens each

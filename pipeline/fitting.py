@@ -1,0 +1,258 @@
+"""Fitting a stance model, shared by the train and evaluate stages (and any new model kind).
+
+`fit_model(cfg, split, work_dir)` trains on a split and writes a complete stance model directory
+(`<work_dir>/model`, renamed into place when finished); `build_trainer` is the Hugging Face Trainer it uses:
+dynamic padding, length grouping, class-weighted loss, early stopping on validation macro-F1, and per-epoch
+metrics into the caller's MLflow run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline import LABELS
+from pipeline.errors import PipelineError
+from pipeline.preprocess import TextPreprocessor
+from pipeline.splits import Split, class_weights
+
+log = logging.getLogger(__name__)
+
+# On a GPU, padded widths that are multiples of 8 hit the tensor-core kernels; on a CPU every extra token costs.
+GPU_PAD_MULTIPLE = 8
+
+MODEL_SUBDIR = "model"
+CHECKPOINT_SUBDIR = "checkpoints"
+
+
+def extra_callbacks() -> list:
+    """Trainer callbacks added to every fine-tuning run (empty; a seam for tests and experiments)."""
+    return []
+
+
+def stance_kind(cfg: DictConfig) -> str:
+    kind = str(cfg.model.kind)
+    if kind not in ("transformer", "tiny", "tfidf"):
+        raise PipelineError(f"model.kind={kind!r} is not known; use transformer, tiny or tfidf")
+    return "tfidf" if kind == "tfidf" else "transformer"
+
+
+def preflight(cfg: DictConfig) -> None:
+    """Refuse a bad preprocessing choice or an unavailable model before any run is opened or data is split."""
+    from pipeline.modeling import check_preprocessing_matches, resolve_source
+
+    preprocess_as = OmegaConf.select(cfg, "model.preprocess_as", default=None)
+    TextPreprocessor(preprocess_as)
+    if str(cfg.model.kind) == "transformer":
+        check_preprocessing_matches(str(cfg.model.name_or_path), preprocess_as)
+        resolve_source(str(cfg.model.name_or_path), hub_timeout_s=float(cfg.model.hub_timeout_s))
+
+
+def fit_model(cfg: DictConfig, split: Split, work_dir: Path, *, resume_from: str | None = None) -> Path:
+    """Train on split.train (early stopping on split.val) and write a stance model dir; returns its path."""
+    work_dir = Path(work_dir)
+    preprocess = TextPreprocessor(OmegaConf.select(cfg, "model.preprocess_as", default=None))
+    target = work_dir / MODEL_SUBDIR
+    partial = work_dir / f"{MODEL_SUBDIR}.partial"
+    if partial.exists():
+        shutil.rmtree(partial)
+    if stance_kind(cfg) == "tfidf":
+        _fit_tfidf(cfg, split, partial, preprocess)
+    else:
+        _fit_transformer(cfg, split, work_dir, partial, preprocess, resume_from)
+    # The finished model appears in one rename: a directory named `model` is always complete.
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(partial, target)
+    return target
+
+
+def _fit_tfidf(cfg: DictConfig, split: Split, out: Path, preprocess: TextPreprocessor) -> None:
+    import joblib
+
+    from pipeline.baselines import fit_tfidf
+    from pipeline.inference import TFIDF_FILE, write_model_metadata
+
+    pipe = fit_tfidf(preprocess(split.train["text"]), split.train["label"], cfg.model.tfidf, int(cfg.seed))
+    out.mkdir(parents=True, exist_ok=True)
+    joblib.dump(pipe, out / TFIDF_FILE)
+    write_model_metadata(out, kind="tfidf", labels=LABELS, max_length=int(cfg.model.max_length),
+                         base_model="tfidf+logistic-regression", preprocessor=preprocess)
+    if len(split.val):
+        from pipeline.baselines import tfidf_proba
+        from pipeline.metrics import classification_metrics
+
+        pred = [LABELS[i] for i in tfidf_proba(pipe, preprocess(split.val["text"])).argmax(axis=1)]
+        val = classification_metrics(split.val["label"], pred)
+        _log_metrics({"val_macro_f1": val["macro_f1"], "val_accuracy": val["accuracy"]}, step=1)
+
+
+def _log_metrics(metrics: dict[str, float], step: int) -> None:
+    import mlflow
+
+    if mlflow.active_run() is not None and metrics:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def encode(tokenizer, texts: Sequence[str], labels: Sequence[str], max_length: int, pad_to_max: bool):
+    import datasets
+
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length,
+                    padding="max_length" if pad_to_max else False)
+    columns = {k: list(v) for k, v in enc.items()}
+    columns["labels"] = [LABELS.index(x) for x in labels]
+    return datasets.Dataset.from_dict(columns)
+
+
+def _macro_f1_metrics(eval_pred) -> dict[str, float]:
+    from pipeline.metrics import classification_metrics
+
+    logits, label_ids = eval_pred
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    pred = [LABELS[i] for i in np.asarray(logits).argmax(axis=-1)]
+    gold = [LABELS[int(i)] for i in np.asarray(label_ids)]
+    m = classification_metrics(gold, pred)
+    return {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"]}
+
+
+def weighted_loss(weights: np.ndarray | None):
+    """compute_loss_func for Trainer: cross-entropy with class weights (None = plain cross-entropy)."""
+    import torch
+
+    weight_tensor = None if weights is None else torch.tensor(weights, dtype=torch.float32)
+
+    def loss_fn(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        w = None if weight_tensor is None else weight_tensor.to(logits.device, logits.dtype)
+        per_item = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1),
+                                                     weight=w, reduction="none")
+        if num_items_in_batch is not None:
+            # Trainer sums over gradient-accumulation steps and expects normalisation by the item count.
+            return per_item.sum() / num_items_in_batch
+        denom = per_item.new_tensor(len(per_item)) if w is None else w[labels.view(-1)].sum()
+        return per_item.sum() / denom
+
+    return loss_fn
+
+
+def mlflow_epoch_logger():
+    from transformers import TrainerCallback
+
+    renames = {"loss": "train_loss", "eval_loss": "val_loss", "eval_macro_f1": "val_macro_f1",
+               "eval_accuracy": "val_accuracy", "learning_rate": "learning_rate", "grad_norm": "grad_norm"}
+
+    class MlflowEpochLogger(TrainerCallback):
+        """Per-epoch train loss and validation metrics into the caller's MLflow run (no run of its own)."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            picked = {renames[k]: v for k, v in (logs or {}).items() if k in renames and isinstance(v, (int, float))}
+            if picked:
+                picked["epoch"] = float(state.epoch or 0)
+                _log_metrics(picked, step=int(state.global_step))
+
+    return MlflowEpochLogger()
+
+
+def training_arguments(cfg: DictConfig, output_dir: Path, *, has_val: bool, max_steps: int | None = None,
+                       save: bool = True):
+    import torch
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    if t.lr is None or t.epochs is None:
+        raise PipelineError("train.lr and train.epochs must be set for a transformer model")
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=float(t.epochs),
+        max_steps=int(max_steps) if max_steps else -1,
+        learning_rate=float(t.lr),
+        per_device_train_batch_size=int(t.batch_size),
+        per_device_eval_batch_size=int(t.eval_batch_size),
+        gradient_accumulation_steps=int(t.grad_accumulation),
+        weight_decay=float(t.weight_decay),
+        warmup_steps=float(t.warmup_ratio),  # a float below 1 is a share of the total steps
+        train_sampling_strategy="group_by_length" if bool(t.group_by_length) else "random",
+        eval_strategy="epoch" if has_val else "no",
+        save_strategy="epoch" if save else "no",
+        logging_strategy="epoch",
+        load_best_model_at_end=has_val,
+        metric_for_best_model="macro_f1" if has_val else None,
+        greater_is_better=True,
+        save_total_limit=int(t.save_total_limit),
+        seed=int(cfg.seed),
+        data_seed=int(cfg.seed),
+        report_to="none",  # our own callback logs into the one run; the stock one would end it
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def build_trainer(cfg: DictConfig, model, tokenizer, train_texts: Sequence[str], train_labels: Sequence[str],
+                  val_texts: Sequence[str], val_labels: Sequence[str], output_dir: Path, *,
+                  max_steps: int | None = None, callbacks: Sequence = (), save: bool = True):
+    """The stage's Trainer: dynamic padding, length grouping, class-weighted loss, early stopping on val macro-F1."""
+    import torch
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
+
+    max_length = int(cfg.train.max_length)
+    pad_to_max = bool(cfg.train.pad_to_max_length)
+    train_ds = encode(tokenizer, train_texts, train_labels, max_length, pad_to_max)
+    has_val = len(val_texts) > 0
+    val_ds = encode(tokenizer, val_texts, val_labels, max_length, pad_to_max) if has_val else None
+    weights = class_weights(pd.Series(list(train_labels)), str(cfg.train.class_weights))
+    all_callbacks = [mlflow_epoch_logger(), *callbacks]
+    if has_val and int(cfg.train.early_stopping_patience) > 0:
+        all_callbacks.insert(0, EarlyStoppingCallback(early_stopping_patience=int(cfg.train.early_stopping_patience)))
+    return Trainer(
+        model=model,
+        args=training_arguments(cfg, output_dir, has_val=has_val, max_steps=max_steps, save=save),
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer,
+                                              pad_to_multiple_of=GPU_PAD_MULTIPLE if torch.cuda.is_available() else None),
+        compute_metrics=_macro_f1_metrics if has_val else None,
+        compute_loss_func=weighted_loss(weights),
+        callbacks=all_callbacks,
+    )
+
+
+def _fit_transformer(cfg: DictConfig, split: Split, work_dir: Path, out: Path, preprocess: TextPreprocessor,
+                     resume_from: str | None) -> None:
+    import torch
+    from transformers import set_seed
+
+    from pipeline.inference import write_model_metadata
+    from pipeline.modeling import base_model_dir, load_tokenizer_and_model
+
+    if cfg.train.num_threads:
+        torch.set_num_threads(int(cfg.train.num_threads))
+    train_texts = preprocess(split.train["text"])
+    val_texts = preprocess(split.val["text"])
+    base = base_model_dir(cfg, train_texts, work_dir / "base_model", LABELS)
+    set_seed(int(cfg.seed))  # the new classification head is initialised from this seed
+    tokenizer, model = load_tokenizer_and_model(base, LABELS, hub_timeout_s=float(cfg.model.hub_timeout_s))
+    trainer = build_trainer(cfg, model, tokenizer, train_texts, split.train["label"].tolist(), val_texts,
+                            split.val["label"].tolist(), work_dir / CHECKPOINT_SUBDIR, callbacks=extra_callbacks())
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+    trainer.train(resume_from_checkpoint=resume_from)
+    best = trainer.state.best_metric
+    if trainer.state.best_model_checkpoint and best is not None:
+        log.info("best checkpoint %s (validation macro-F1 %.4f)", trainer.state.best_model_checkpoint, best)
+    trainer.save_model(str(out))  # model + tokenizer (the processing class); config has our id2label
+    base_name = str(cfg.model.name_or_path) if str(cfg.model.kind) != "tiny" else f"tiny-bert (built from {len(train_texts)} training sentences)"
+    write_model_metadata(out, kind="transformer", labels=LABELS, max_length=int(cfg.train.max_length),
+                         base_model=base_name, preprocessor=preprocess)
+    summary = {"epochs_trained": float(trainer.state.epoch or 0)}
+    if best is not None:
+        summary["best_val_macro_f1"] = float(best)
+    _log_metrics(summary, step=int(trainer.state.global_step))

@@ -1,0 +1,166 @@
+"""predict's inputs: the files named by `input=` (paths, directories, globs) read into articles of sentences.
+
+A text file is one article, segmented with the model's segmentation rules; a table (.csv / .jsonl / .parquet) holds
+whole articles or ready sentences (see pipeline.predict). Unusable inputs become rows of the errors report.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from omegaconf import DictConfig
+
+from pipeline.arabic import has_arabic, squeeze_spaces
+from pipeline.errors import PipelineError
+from pipeline.io import TABLE_SUFFIXES, BadInputFile, iter_table_chunks, read_text_strict
+from pipeline.predict_outputs import ErrorLog
+from pipeline.segmentation import SegmentRules, article_id_for, article_rows, sentence_ids
+
+log = logging.getLogger(__name__)
+
+GLOB_CHARS = set("*?[")
+
+
+@dataclass
+class Article:
+    article_id: str
+    source: str
+    rows: list[dict]  # sentence_id, idx, text
+
+
+def expand_inputs(inputs: Sequence[str], errors: ErrorLog) -> list[Path]:
+    """Files named by paths, directories (recursively, hidden files skipped) and glob patterns."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if GLOB_CHARS & set(item) and not path.exists():
+            matched = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            if not matched:
+                errors.add(item, "missing", f"{item}: no file matches this pattern")
+                log.warning("predict: %s matches no file", item)
+            files.extend(matched)
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob("*")
+                           if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not found:
+                errors.add(path, "empty", f"{path}: directory holds no files")
+                log.warning("predict: directory %s holds no files", path)
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            errors.add(path, "missing", f"{path}: no such file or directory")
+            log.warning("predict: input %s does not exist", path)
+    return files
+
+
+class ArticleReader:
+    """Yields the articles of all inputs one at a time; unusable ones become error rows."""
+
+    def __init__(self, cfg: DictConfig, rules: SegmentRules, errors: ErrorLog):
+        self.rules = rules
+        self.errors = errors
+        self.text_column = str(cfg.predict.text_column)
+        self.table_rows = str(cfg.predict.table_rows)
+        self.chunk_rows = int(cfg.predict.chunk_sentences)
+        if self.table_rows not in ("auto", "articles", "sentences"):
+            raise PipelineError(f"predict.table_rows={self.table_rows!r}: choose auto, articles or sentences")
+        self.owners: dict[str, str] = {}
+
+    def read(self, files: Iterable[Path]) -> Iterator[Article]:
+        for path in files:
+            try:
+                if path.suffix.lower() in TABLE_SUFFIXES:
+                    yield from self._table(path)
+                else:
+                    article = self._text_file(path)
+                    if article is not None:
+                        yield article
+            except BadInputFile as exc:
+                self.errors.file_error(exc)
+
+    def _claim(self, article_id: str, source: str) -> bool:
+        if article_id in self.owners:
+            message = (f"{source}: article id {article_id!r} already used by {self.owners[article_id]}; "
+                       "skipped (ids are file stems or the table's article_id: make them unique)")
+            log.warning("predict: %s", message)
+            self.errors.add(source, "duplicate_article", message, article_id=article_id)
+            return False
+        self.owners[article_id] = source
+        return True
+
+    def _segmented(self, article_id: str, text: str, source: str) -> Article | None:
+        if not has_arabic(text):
+            raise BadInputFile(source, "no_arabic", "holds no Arabic text; is it the right file?")
+        rows, _removed = article_rows(article_id, text, self.rules)
+        if not rows:
+            self.errors.add(source, "no_sentences", f"{source}: no sentence left after segmentation "
+                            "(only boilerplate or punctuation)", article_id=article_id)
+            return None
+        if not self._claim(article_id, source):
+            return None
+        return Article(article_id, source, [{k: r[k] for k in ("sentence_id", "idx", "text")} for r in rows])
+
+    def _text_file(self, path: Path) -> Article | None:
+        return self._segmented(article_id_for(path), read_text_strict(path), str(path))
+
+    def _table(self, path: Path) -> Iterator[Article]:
+        sentences_mode: bool | None = None
+        pending: tuple[str, list[str], list[str]] | None = None  # article id, texts, sentence ids
+        row_number = 0
+        for chunk in iter_table_chunks(path, self.chunk_rows, as_text=True):
+            if self.text_column not in chunk.columns:
+                raise BadInputFile(path, "bad_table", f"has no {self.text_column!r} column (columns: "
+                                   f"{', '.join(map(str, chunk.columns))}); set predict.text_column")
+            if sentences_mode is None:
+                sentences_mode = (self.table_rows == "sentences"
+                                  or (self.table_rows == "auto" and "sentence_id" in chunk.columns))
+            has_ids = "article_id" in chunk.columns
+            for record in chunk.to_dict("records"):
+                row_number += 1
+                text = str(record[self.text_column])
+                if sentences_mode:
+                    article_id = str(record["article_id"]) if has_ids and record["article_id"] else path.stem
+                else:
+                    article_id = str(record["article_id"]) if has_ids and record["article_id"] else f"{path.stem}:{row_number}"
+                if pending is not None and pending[0] != article_id:
+                    yield from self._finish_table_article(pending, path, sentences_mode)
+                    pending = None
+                if pending is None:
+                    pending = (article_id, [], [])
+                pending[1].append(text)
+                pending[2].append(str(record.get("sentence_id", "") or ""))
+        if sentences_mode is None:
+            raise BadInputFile(path, "empty", "table has a header but no rows")
+        if pending is not None:
+            yield from self._finish_table_article(pending, path, sentences_mode)
+
+    def _finish_table_article(self, pending, path: Path, sentences_mode: bool) -> Iterator[Article]:
+        article_id, texts, given_ids = pending
+        source = f"{path}#{article_id}"
+        if not sentences_mode:
+            try:
+                article = self._segmented(article_id, "\n".join(texts), source)
+            except BadInputFile as exc:
+                self.errors.file_error(exc)
+                return
+            if article is not None:
+                yield article
+            return
+        keep = [i for i, t in enumerate(texts) if squeeze_spaces(t)]
+        for i in set(range(len(texts))) - set(keep):
+            self.errors.add(source, "empty_sentence", f"{source}: sentence row {i} is empty; skipped",
+                            article_id=article_id, sentence_id=given_ids[i])
+        if not keep or not self._claim(article_id, str(path)):
+            return
+        texts = [squeeze_spaces(texts[i]) for i in keep]
+        ids = [given_ids[i] for i in keep]
+        if not all(ids):
+            made = sentence_ids(article_id, texts)
+            ids = [given or generated for given, generated in zip(ids, made)]
+        yield Article(article_id, str(path), [{"sentence_id": s, "idx": i, "text": t}
+                                              for i, (s, t) in enumerate(zip(ids, texts))])

@@ -1,0 +1,266 @@
+"""predict's outputs: the per-sentence table, the per-article summary and plot, and the errors report.
+
+Sentences are predicted and written in parts (`PartsWriter`) and merged into the output at the end; every output
+has the fixed schema of `output_columns` / `conform_dtypes` whatever its format.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from pipeline.io import BadInputFile, atomic_path, iter_table_chunks, write_table_atomic
+
+log = logging.getLogger(__name__)
+
+ERROR_COLUMNS = ["source", "article_id", "sentence_id", "reason", "message"]
+
+
+@dataclass
+class ErrorLog:
+    rows: list[dict] = field(default_factory=list)
+
+    def add(self, source, reason: str, message: str, article_id: str = "", sentence_id: str = "") -> None:
+        self.rows.append({"source": str(source), "article_id": article_id, "sentence_id": sentence_id,
+                          "reason": reason, "message": message})
+
+    def file_error(self, exc: BadInputFile) -> None:
+        log.warning("skipping %s", exc)
+        self.add(exc.path, exc.reason, str(exc))
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=ERROR_COLUMNS)
+
+
+def output_columns(labels: Sequence[str]) -> list[str]:
+    return ["article_id", "sentence_id", "idx", "text", "label", *[f"p_{x}" for x in labels], "truncated"]
+
+
+def conform(df: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
+    """The output schema with fixed dtypes, whatever format the rows were read back from."""
+    out = pd.DataFrame({
+        "article_id": df["article_id"].astype(str),
+        "sentence_id": df["sentence_id"].astype(str),
+        "idx": pd.to_numeric(df["idx"]).astype("int64"),
+        "text": df["text"].astype(str),
+        "label": df["label"].astype(str),
+    })
+    for x in labels:
+        out[f"p_{x}"] = pd.to_numeric(df[f"p_{x}"]).astype("float64")
+    truncated = df["truncated"]
+    if truncated.dtype != bool:
+        truncated = truncated.astype(str).str.lower().isin(["true", "1"])
+    out["truncated"] = truncated.astype(bool)
+    return out
+
+
+def conform_dtypes(labels: Sequence[str]) -> dict[str, str]:
+    return {"article_id": "object", "sentence_id": "object", "idx": "int64", "text": "object", "label": "object",
+            **{f"p_{x}": "float64" for x in labels}, "truncated": "bool"}
+
+
+class TableWriter:
+    """Appends DataFrames to one .csv / .jsonl / .parquet file without holding them all."""
+
+    def __init__(self, path: Path, suffix: str):
+        self.path = Path(path)
+        self.suffix = suffix.lower()
+        self._parquet = None
+        self._started = False
+
+    def write(self, df: pd.DataFrame) -> None:
+        if self.suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            if self._parquet is None:
+                self._parquet = pq.ParquetWriter(self.path, table.schema)
+            self._parquet.write_table(table.cast(self._parquet.schema))
+        elif self.suffix == ".csv":
+            df.to_csv(self.path, mode="a" if self._started else "w", header=not self._started, index=False,
+                      encoding="utf-8")
+        else:
+            with open(self.path, "a" if self._started else "w", encoding="utf-8") as fh:
+                if len(df):
+                    df.to_json(fh, orient="records", lines=True, force_ascii=False)
+        self._started = True
+
+    def close(self, empty_like: pd.DataFrame) -> None:
+        if not self._started:  # no rows at all: still a valid, empty table with the right columns
+            self.write(empty_like)
+        if self._parquet is not None:
+            self._parquet.close()
+
+
+class Summary:
+    """Per-article counts and shares per label, mean(p_positive − p_negative), dominant label.
+
+    Accumulated chunk by chunk as one small table per article, never holding the sentences."""
+
+    def __init__(self, labels: Sequence[str]):
+        self.labels = list(labels)
+        self.columns = ["sentences", "truncated", *[f"n_{x}" for x in self.labels], "net_sum",
+                        *[f"psum_{x}" for x in self.labels]]
+        self.totals = pd.DataFrame(columns=self.columns, dtype="float64")
+        self.order: dict[str, None] = {}  # articles in first-seen order
+
+    def add(self, df: pd.DataFrame) -> None:
+        if df.empty:
+            return
+        ids = df["article_id"].astype(str)
+        part = pd.DataFrame({"sentences": 1.0, "truncated": df["truncated"].astype(float)})
+        for x in self.labels:
+            part[f"n_{x}"] = (df["label"] == x).astype(float)
+        net = df["p_positive"] - df["p_negative"] if {"p_positive", "p_negative"} <= set(df.columns) else 0.0
+        part["net_sum"] = net
+        for x in self.labels:
+            part[f"psum_{x}"] = df[f"p_{x}"].astype(float)
+        sums = part.groupby(ids.to_numpy(), sort=False).sum()
+        self.order.update(dict.fromkeys(sums.index))
+        self.totals = sums if self.totals.empty else self.totals.add(sums, fill_value=0.0)
+
+    def frame(self) -> pd.DataFrame:
+        t = self.totals.reindex(list(self.order))
+        out = pd.DataFrame({"article_id": t.index.astype(str), "sentences": t["sentences"].astype("int64").to_numpy()})
+        for x in self.labels:
+            out[f"n_{x}"] = t[f"n_{x}"].astype("int64").to_numpy()
+        for x in self.labels:
+            out[f"share_{x}"] = (t[f"n_{x}"] / t["sentences"]).to_numpy()
+        out["net_stance"] = (t["net_sum"] / t["sentences"]).to_numpy()
+        # Most sentences wins; a tie goes to the label with the larger summed probability.
+        keys = np.stack([t[f"n_{x}"].to_numpy() + t[f"psum_{x}"].to_numpy() / (t["sentences"].to_numpy() + 1)
+                         for x in self.labels], axis=1) if len(t) else np.zeros((0, len(self.labels)))
+        out["dominant_label"] = np.asarray(self.labels, dtype=object)[keys.argmax(axis=1)] if len(t) else []
+        out["truncated_sentences"] = t["truncated"].astype("int64").to_numpy()
+        return out
+
+
+def plot_net_stance(summary: pd.DataFrame, target: Path, max_bars: int) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = summary.sort_values("net_stance")
+    with atomic_path(target) as tmp:
+        if len(data) <= max_bars:
+            fig, ax = plt.subplots(figsize=(8, max(2.5, 0.28 * len(data) + 1)))
+            colors = ["#2a9d8f" if v > 0 else "#e76f51" for v in data["net_stance"]]
+            ax.barh(range(len(data)), data["net_stance"], color=colors)
+            ax.set_yticks(range(len(data)), data["article_id"], fontsize=7)
+            ax.axvline(0, color="black", linewidth=0.8)
+            ax.set_xlabel("net stance = mean(p_positive − p_negative)")
+        else:  # too many articles for one bar each: their distribution
+            fig, ax = plt.subplots(figsize=(8, 4))
+            ax.hist(data["net_stance"], bins=40, color="#457b9d")
+            ax.set_xlabel("net stance = mean(p_positive − p_negative)")
+            ax.set_ylabel("articles")
+        ax.set_xlim(-1, 1)
+        ax.set_title(f"Net stance toward agreement, {len(data)} articles")
+        fig.tight_layout()
+        fig.savefig(tmp, format="png", dpi=120)
+        plt.close(fig)
+    return target
+
+
+
+def done_articles(paths: Iterable[Path], chunk_rows: int) -> set[str]:
+    """The article ids already in earlier outputs or parts."""
+    done: set[str] = set()
+    for path in paths:
+        for chunk in iter_table_chunks(path, chunk_rows):
+            done.update(chunk["article_id"].astype(str))
+    return done
+
+
+class PartsWriter:
+    """Buffers the sentences of articles, predicts them a chunk at a time and writes each chunk atomically as a
+    part file in a hidden directory beside the output; `merge` then writes the output in one rename.
+
+    An interrupted run leaves only the parts directory, never something that looks like a finished output. With
+    `resume`, the articles already in the output or in those parts are `done` and the parts are kept.
+    """
+
+    def __init__(self, output: Path, predictor, errors: ErrorLog, *, chunk_sentences: int, batch_size: int,
+                 resume: bool):
+        self.output = Path(output)
+        self.parts_dir = self.output.with_name(f".{self.output.name}.parts")
+        self.predictor = predictor
+        self.labels = list(predictor.labels)
+        self.columns = output_columns(self.labels)
+        self.errors = errors
+        self.chunk_sentences = chunk_sentences
+        self.batch_size = batch_size
+        self.resume = resume
+        self.sentences = 0
+        self.truncated = 0
+        self._buffer: list[dict] = []
+        self._sources: dict[str, str] = {}  # article id -> source, for the chunk being buffered
+        if resume:
+            self.done = done_articles([p for p in [self.output] if p.exists()] + self._parts(), chunk_sentences)
+            log.info("predict: resume: %d articles already done", len(self.done))
+        else:
+            self.done = set()
+            if self.parts_dir.exists():
+                log.info("predict: removing the parts of an earlier, unfinished run in %s", self.parts_dir)
+                shutil.rmtree(self.parts_dir)
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        self._next_part = 1 + max((int(p.stem.split("-")[1]) for p in self._parts()), default=0)
+
+    def _parts(self) -> list[Path]:
+        return sorted(self.parts_dir.glob("part-*.parquet"))
+
+    def add(self, article) -> bool:
+        """Buffer one article's sentences; True when a full buffer was predicted and written first."""
+        flushed = len(self._buffer) >= self.chunk_sentences
+        if flushed:
+            self.flush()
+        self._sources[article.article_id] = article.source
+        self._buffer.extend({"source": article.source, "article_id": article.article_id, **row}
+                            for row in article.rows)
+        return flushed
+
+    def flush(self) -> None:
+        """Predict the buffered sentences and write them as the next part; truncated sentences become error rows."""
+        if not self._buffer:
+            return
+        frame = pd.DataFrame(self._buffer)
+        sources = self._sources
+        self._buffer, self._sources = [], {}
+        max_length = self.predictor.max_length
+        scored = self.predictor.predict(frame["text"].tolist(), batch_size=self.batch_size)
+        frame = pd.concat([frame.drop(columns=["source"]).reset_index(drop=True), scored], axis=1)
+        for row in frame.loc[frame["truncated"], ["article_id", "sentence_id"]].itertuples(index=False):
+            self.errors.add(sources[row.article_id], "truncated",
+                            f"{sources[row.article_id]}: sentence {row.sentence_id} is longer than the model's "
+                            f"max_length={max_length} tokens; predicted from its first "
+                            f"{max_length} tokens", article_id=row.article_id, sentence_id=row.sentence_id)
+        self.sentences += len(frame)
+        self.truncated += int(frame["truncated"].sum())
+        write_table_atomic(conform(frame, self.labels)[self.columns], self.parts_dir / f"part-{self._next_part:06d}.parquet")
+        self._next_part += 1
+
+    def discard(self) -> None:
+        shutil.rmtree(self.parts_dir, ignore_errors=True)
+
+    def merge(self) -> pd.DataFrame:
+        """Earlier output (resume) + parts → temp file → rename over the output; returns the per-article summary."""
+        summary = Summary(self.labels)
+        with atomic_path(self.output) as tmp:
+            writer = TableWriter(tmp, self.output.suffix)
+            merged = ([self.output] if self.resume and self.output.exists() else []) + self._parts()
+            for path in merged:
+                for chunk in iter_table_chunks(path, self.chunk_sentences):
+                    chunk = conform(chunk, self.labels)[self.columns]
+                    writer.write(chunk)
+                    summary.add(chunk)
+            writer.close(pd.DataFrame({c: pd.Series(dtype=t) for c, t in conform_dtypes(self.labels).items()}))
+        self.discard()
+        return summary.frame()

@@ -64,13 +64,13 @@ def build_tfidf_pipeline(params: DictConfig | dict | None, seed: int):
     return Pipeline([("features", features), ("classifier", classifier)])
 
 
-def fit_tfidf(texts: Sequence[str], labels: Sequence[str], params, seed: int):
-    """Fit the TF-IDF pipeline; its predict_proba columns come out in LABELS order."""
+def fit_tfidf(texts: Sequence[str], labels: Sequence[str], params, seed: int, sample_weight=None):
+    """Fit the TF-IDF pipeline (optionally with per-row weights); predict_proba columns come out in LABELS order."""
     labels = list(labels)
     if len(set(labels)) < 2:
         raise PipelineError("TF-IDF + LR needs at least two classes in the training rows")
     pipe = build_tfidf_pipeline(params, seed)
-    pipe.fit(list(texts), labels)
+    pipe.fit(list(texts), labels, **({} if sample_weight is None else {"classifier__sample_weight": sample_weight}))
     return pipe
 
 

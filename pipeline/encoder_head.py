@@ -133,3 +133,43 @@ def pooled_classifier(encoder, num_labels: int, *, pooling: str, dropout: float)
                               self.head.bias.detach().double().cpu().numpy(), pooling=pooling, normalize=False)
 
     return PooledClassifier()
+
+
+def _transformer_predictor():
+    from pipeline.inference import TransformerPredictor
+
+    return TransformerPredictor
+
+
+class EncoderHeadPredictor(_transformer_predictor()):
+    """Stance from an encoder's pooled sentence embedding through a linear head (kind "encoder").
+
+    Tokenisation, length-sorted batching, truncation flags and int8 are the transformer predictor's; only the
+    forward pass differs. `embed` gives the pooled embeddings themselves: the features a frozen-encoder head is
+    fitted on are computed by exactly the code that serves it."""
+
+    kind = "encoder"
+
+    def load_model(self, model_dir: Path):
+        from transformers import AutoModel
+
+        self.head = LinearHead.load(model_dir)
+        model = AutoModel.from_pretrained(str(model_dir))
+        if self.head.weight.shape != (len(self.labels), model.config.hidden_size):
+            raise PipelineError(f"{model_dir / HEAD_FILE}: head of shape {self.head.weight.shape} does not fit "
+                                f"{len(self.labels)} labels and hidden size {model.config.hidden_size}")
+        return model
+
+    def pooled(self, input_ids, attention_mask):
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return pool(hidden, attention_mask, self.head.pooling)
+
+    def logits(self, input_ids, attention_mask):
+        import torch
+
+        return torch.from_numpy(self.head.logits(self.pooled(input_ids, attention_mask).double().numpy()))
+
+    def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """(n, hidden) pooled embeddings of raw sentences (preprocessed as the model was trained)."""
+        ids, _ = self.encode(self.preprocessor([("" if t is None else str(t)) for t in texts]))
+        return self.outputs_from_ids(ids, int(batch_size), int(self.model.config.hidden_size), self.pooled)

@@ -8,6 +8,7 @@ metrics into the caller's MLflow run.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import LABELS
 from pipeline.errors import PipelineError
+from pipeline.io import write_text_atomic
 from pipeline.preprocess import TextPreprocessor
 from pipeline.splits import Split, class_weights
 
@@ -37,11 +39,16 @@ def extra_callbacks() -> list:
     return []
 
 
+MODEL_KINDS = ("transformer", "tiny", "tfidf", "frozen")
+TRAINING_FILE = "training.json"  # in a model dir: how it was fitted (epochs), read back by a refit
+
+
 def stance_kind(cfg: DictConfig) -> str:
+    """How the configured model is fitted: transformer (fine-tuning; `tiny` too), tfidf, or frozen (encoder + LR)."""
     kind = str(cfg.model.kind)
-    if kind not in ("transformer", "tiny", "tfidf"):
-        raise PipelineError(f"model.kind={kind!r} is not known; use transformer, tiny or tfidf")
-    return "tfidf" if kind == "tfidf" else "transformer"
+    if kind not in MODEL_KINDS:
+        raise PipelineError(f"model.kind={kind!r} is not known; use {', '.join(MODEL_KINDS)}")
+    return "transformer" if kind == "tiny" else kind
 
 
 def preflight(cfg: DictConfig) -> None:
@@ -50,7 +57,11 @@ def preflight(cfg: DictConfig) -> None:
 
     preprocess_as = OmegaConf.select(cfg, "model.preprocess_as", default=None)
     TextPreprocessor(preprocess_as)
-    if str(cfg.model.kind) == "transformer":
+    if hybrid_enabled(cfg):
+        from pipeline.rules import load_lexicon
+
+        load_lexicon(cfg.labeling.lexicon)
+    if str(cfg.model.kind) in ("transformer", "frozen") and OmegaConf.select(cfg, "model.name_or_path", default=None):
         check_preprocessing_matches(str(cfg.model.name_or_path), preprocess_as)
         resolve_source(str(cfg.model.name_or_path), hub_timeout_s=float(cfg.model.hub_timeout_s))
 
@@ -58,15 +69,25 @@ def preflight(cfg: DictConfig) -> None:
 def fit_model(cfg: DictConfig, split: Split, work_dir: Path, *, resume_from: str | None = None) -> Path:
     """Train on split.train (early stopping on split.val) and write a stance model dir; returns its path."""
     work_dir = Path(work_dir)
-    preprocess = TextPreprocessor(OmegaConf.select(cfg, "model.preprocess_as", default=None))
+    preprocess = TextPreprocessor.from_cfg(cfg)
     target = work_dir / MODEL_SUBDIR
     partial = work_dir / f"{MODEL_SUBDIR}.partial"
     if partial.exists():
         shutil.rmtree(partial)
-    if stance_kind(cfg) == "tfidf":
-        _fit_tfidf(cfg, split, partial, preprocess)
+    kind = stance_kind(cfg)
+    learned = partial / "learned" if hybrid_enabled(cfg) else partial
+    if kind == "tfidf":
+        _fit_tfidf(cfg, split, learned, preprocess)
+    elif kind == "frozen":
+        from pipeline.frozen import fit_frozen
+
+        fit_frozen(cfg, split, work_dir, learned, preprocess)
     else:
-        _fit_transformer(cfg, split, work_dir, partial, preprocess, resume_from)
+        _fit_transformer(cfg, split, work_dir, learned, preprocess, resume_from)
+    if hybrid_enabled(cfg):
+        from pipeline.hybrid import write_hybrid_model
+
+        write_hybrid_model(partial, learned, cfg)
     # The finished model appears in one rename: a directory named `model` is always complete.
     if target.exists():
         shutil.rmtree(target)
@@ -80,7 +101,8 @@ def _fit_tfidf(cfg: DictConfig, split: Split, out: Path, preprocess: TextPreproc
     from pipeline.baselines import fit_tfidf
     from pipeline.inference import TFIDF_FILE, write_model_metadata
 
-    pipe = fit_tfidf(preprocess(split.train["text"]), split.train["label"], cfg.model.tfidf, int(cfg.seed))
+    pipe = fit_tfidf(preprocess(split.train["text"]), split.train["label"], cfg.model.tfidf, int(cfg.seed),
+                     sample_weight=sample_weights(split.train))
     out.mkdir(parents=True, exist_ok=True)
     joblib.dump(pipe, out / TFIDF_FILE)
     write_model_metadata(out, kind="tfidf", labels=LABELS, max_length=int(cfg.model.max_length),
@@ -91,10 +113,22 @@ def _fit_tfidf(cfg: DictConfig, split: Split, out: Path, preprocess: TextPreproc
 
         pred = [LABELS[i] for i in tfidf_proba(pipe, preprocess(split.val["text"])).argmax(axis=1)]
         val = classification_metrics(split.val["label"], pred)
-        _log_metrics({"val_macro_f1": val["macro_f1"], "val_accuracy": val["accuracy"]}, step=1)
+        log_metrics({"val_macro_f1": val["macro_f1"], "val_accuracy": val["accuracy"]}, step=1)
 
 
-def _log_metrics(metrics: dict[str, float], step: int) -> None:
+def hybrid_enabled(cfg: DictConfig) -> bool:
+    return bool(OmegaConf.select(cfg, "train.hybrid.enabled", default=False))
+
+
+def sample_weights(rows: pd.DataFrame) -> np.ndarray:
+    """Per-row training weights (`train.source_weights`, set by splits.training_rows); 1 where there are none."""
+    if "weight" not in rows.columns:
+        return np.ones(len(rows))
+    return pd.to_numeric(rows["weight"], errors="coerce").fillna(1.0).to_numpy(dtype=float)
+
+
+def log_metrics(metrics: dict[str, float], step: int) -> None:
+    """Into the caller's MLflow run, if there is one (fold fits and tests may have none)."""
     import mlflow
 
     if mlflow.active_run() is not None and metrics:
@@ -142,6 +176,33 @@ def weighted_loss(weights: np.ndarray | None):
     return loss_fn
 
 
+def sample_weighted_trainer(class_weight: np.ndarray | None):
+    """Trainer whose loss multiplies each example's loss by its `sample_weight` column, when the data has one
+    (gold and rule labels weighted per `train.source_weights`), on top of the class weights; otherwise the stock
+    loss path (`compute_loss_func`)."""
+    import torch
+    from transformers import Trainer
+
+    class_w_tensor = None if class_weight is None else torch.tensor(class_weight, dtype=torch.float32)
+
+    class SampleWeightedTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            weight = inputs.pop("sample_weight", None)
+            if weight is None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+            class_w = None if class_w_tensor is None else class_w_tensor.to(logits.device, logits.dtype)
+            per_item = torch.nn.functional.cross_entropy(logits, labels, weight=class_w, reduction="none")
+            weight = weight.to(logits.device, logits.dtype)
+            scale = weight if class_w is None else weight * class_w[labels]
+            loss = (per_item * weight).sum() / scale.sum().clamp(min=1e-12)
+            return (loss, outputs) if return_outputs else loss
+
+    return SampleWeightedTrainer
+
+
 def mlflow_epoch_logger():
     from transformers import TrainerCallback
 
@@ -155,13 +216,13 @@ def mlflow_epoch_logger():
             picked = {renames[k]: v for k, v in (logs or {}).items() if k in renames and isinstance(v, (int, float))}
             if picked:
                 picked["epoch"] = float(state.epoch or 0)
-                _log_metrics(picked, step=int(state.global_step))
+                log_metrics(picked, step=int(state.global_step))
 
     return MlflowEpochLogger()
 
 
 def training_arguments(cfg: DictConfig, output_dir: Path, *, has_val: bool, max_steps: int | None = None,
-                       save: bool = True):
+                       save: bool = True, epochs: float | None = None):
     import torch
     from transformers import TrainingArguments
 
@@ -170,7 +231,7 @@ def training_arguments(cfg: DictConfig, output_dir: Path, *, has_val: bool, max_
         raise PipelineError("train.lr and train.epochs must be set for a transformer model")
     return TrainingArguments(
         output_dir=str(output_dir),
-        num_train_epochs=float(t.epochs),
+        num_train_epochs=float(t.epochs if epochs is None else epochs),
         max_steps=int(max_steps) if max_steps else -1,
         learning_rate=float(t.lr),
         per_device_train_batch_size=int(t.batch_size),
@@ -189,6 +250,7 @@ def training_arguments(cfg: DictConfig, output_dir: Path, *, has_val: bool, max_
         seed=int(cfg.seed),
         data_seed=int(cfg.seed),
         report_to="none",  # our own callback logs into the one run; the stock one would end it
+        remove_unused_columns=False,  # our datasets hold model inputs, labels and sample_weight only
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         disable_tqdm=False,
@@ -197,23 +259,26 @@ def training_arguments(cfg: DictConfig, output_dir: Path, *, has_val: bool, max_
 
 def build_trainer(cfg: DictConfig, model, tokenizer, train_texts: Sequence[str], train_labels: Sequence[str],
                   val_texts: Sequence[str], val_labels: Sequence[str], output_dir: Path, *,
-                  max_steps: int | None = None, callbacks: Sequence = (), save: bool = True):
+                  max_steps: int | None = None, callbacks: Sequence = (), save: bool = True,
+                  epochs: float | None = None, sample_weight: Sequence[float] | None = None):
     """The stage's Trainer: dynamic padding, length grouping, class-weighted loss, early stopping on val macro-F1."""
     import torch
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback
 
     max_length = int(cfg.train.max_length)
     pad_to_max = bool(cfg.train.pad_to_max_length)
     train_ds = encode(tokenizer, train_texts, train_labels, max_length, pad_to_max)
+    if sample_weight is not None and not np.allclose(sample_weight, 1.0):
+        train_ds = train_ds.add_column("sample_weight", [float(w) for w in sample_weight])
     has_val = len(val_texts) > 0
     val_ds = encode(tokenizer, val_texts, val_labels, max_length, pad_to_max) if has_val else None
     weights = class_weights(pd.Series(list(train_labels)), str(cfg.train.class_weights))
     all_callbacks = [mlflow_epoch_logger(), *callbacks]
     if has_val and int(cfg.train.early_stopping_patience) > 0:
         all_callbacks.insert(0, EarlyStoppingCallback(early_stopping_patience=int(cfg.train.early_stopping_patience)))
-    return Trainer(
+    return sample_weighted_trainer(weights)(
         model=model,
-        args=training_arguments(cfg, output_dir, has_val=has_val, max_steps=max_steps, save=save),
+        args=training_arguments(cfg, output_dir, has_val=has_val, max_steps=max_steps, save=save, epochs=epochs),
         train_dataset=train_ds,
         eval_dataset=val_ds,
         processing_class=tokenizer,
@@ -238,21 +303,99 @@ def _fit_transformer(cfg: DictConfig, split: Split, work_dir: Path, out: Path, p
     train_texts = preprocess(split.train["text"])
     val_texts = preprocess(split.val["text"])
     base = base_model_dir(cfg, train_texts, work_dir / "base_model", LABELS)
+    pooling = OmegaConf.select(cfg, "model.pooling", default=None)
     set_seed(int(cfg.seed))  # the new classification head is initialised from this seed
-    tokenizer, model = load_tokenizer_and_model(base, LABELS, hub_timeout_s=float(cfg.model.hub_timeout_s))
+    tokenizer, model = load_tokenizer_and_model(base, LABELS, hub_timeout_s=float(cfg.model.hub_timeout_s),
+                                                encoder_only=bool(pooling))
+    if pooling:
+        from pipeline.encoder_head import pooled_classifier
+
+        model = pooled_classifier(model, len(LABELS), pooling=str(pooling),
+                                  dropout=float(getattr(model.config, "hidden_dropout_prob", 0.1)))
+    if bool(OmegaConf.select(cfg, "train.freeze_embeddings", default=False)):
+        # Tens of sentences cannot re-learn a 250k-word embedding table, and Adam over it dominates a CPU step.
+        for param in (model.encoder if pooling else model).get_input_embeddings().parameters():
+            param.requires_grad = False
+    epochs = epochs_for(cfg, len(train_texts))
     trainer = build_trainer(cfg, model, tokenizer, train_texts, split.train["label"].tolist(), val_texts,
-                            split.val["label"].tolist(), work_dir / CHECKPOINT_SUBDIR, callbacks=extra_callbacks())
+                            split.val["label"].tolist(), work_dir / CHECKPOINT_SUBDIR, callbacks=extra_callbacks(),
+                            epochs=epochs, sample_weight=sample_weights(split.train))
     if resume_from:
         log.info("resuming from %s", resume_from)
     trainer.train(resume_from_checkpoint=resume_from)
     best = trainer.state.best_metric
     if trainer.state.best_model_checkpoint and best is not None:
         log.info("best checkpoint %s (validation macro-F1 %.4f)", trainer.state.best_model_checkpoint, best)
-    trainer.save_model(str(out))  # model + tokenizer (the processing class); config has our id2label
     base_name = str(cfg.model.name_or_path) if str(cfg.model.kind) != "tiny" else f"tiny-bert (built from {len(train_texts)} training sentences)"
-    write_model_metadata(out, kind="transformer", labels=LABELS, max_length=int(cfg.train.max_length),
+    if pooling:
+        out.mkdir(parents=True, exist_ok=True)
+        model.encoder.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        model.export_head().save(out)
+        kind = "encoder"
+    else:
+        trainer.save_model(str(out))  # model + tokenizer (the processing class); config has our id2label
+        kind = "transformer"
+    write_model_metadata(out, kind=kind, labels=LABELS, max_length=int(cfg.train.max_length),
                          base_model=base_name, preprocessor=preprocess)
-    summary = {"epochs_trained": float(trainer.state.epoch or 0)}
+    best_epoch = best_epoch_of(trainer.state)
+    summary = {"epochs_trained": float(trainer.state.epoch or 0), "epochs_planned": float(epochs)}
     if best is not None:
         summary["best_val_macro_f1"] = float(best)
-    _log_metrics(summary, step=int(trainer.state.global_step))
+    if best_epoch:
+        summary["best_epoch"] = float(best_epoch)
+    write_text_atomic(out / TRAINING_FILE, json.dumps({"epochs": epochs, "best_epoch": best_epoch,
+                                                        "train_rows": len(train_texts)}))
+    log_metrics(summary, step=int(trainer.state.global_step))
+
+
+def epochs_for(cfg: DictConfig, n_train: int) -> float:
+    """`train.epochs`, raised so that training takes at least `train.min_steps` optimiser steps.
+
+    Pretrained weights need on the order of a hundred updates before a new head and the top layers agree; on
+    tens of sentences a fixed epoch count is a handful of steps (the default recipe once made 15 and learned
+    nothing). Warm-up is a share of the total, so it scales with the floor."""
+    import math
+
+    t = cfg.train
+    if t.epochs is None:
+        raise PipelineError("train.epochs must be set for a transformer model")
+    min_steps = int(OmegaConf.select(cfg, "train.min_steps", default=0) or 0)
+    steps_per_epoch = max(1, math.ceil(n_train / (int(t.batch_size) * int(t.grad_accumulation))))
+    epochs = float(t.epochs)
+    if min_steps and epochs * steps_per_epoch < min_steps:
+        raised = float(math.ceil(min_steps / steps_per_epoch))
+        log.info("train: %g epochs of %d rows are %d optimiser steps, below train.min_steps=%d: training %g epochs",
+                 epochs, n_train, int(epochs * steps_per_epoch), min_steps, raised)
+        epochs = raised
+    return epochs
+
+
+def best_epoch_of(state) -> int | None:
+    """The epoch of the best validation macro-F1 in a finished Trainer's log, or None without validation."""
+    scored = [(e.get("eval_macro_f1"), e.get("epoch")) for e in state.log_history if "eval_macro_f1" in e]
+    if not scored:
+        return None
+    best_f1 = max(f for f, _ in scored)
+    return int(round(next(ep for f, ep in scored if f == best_f1)))
+
+
+def refit_on_all(cfg: DictConfig, data, fitted_dir: Path, work_dir: Path) -> Path:
+    """`train.refit=all`: the served model, fitted again on every labelled training row (all gold articles, the
+    test ones included, annotations and rule labels as `train.sources` / `train.weak` say) for the epoch count
+    the first fit chose on validation (or trained, without validation). Written to `<work_dir>/final/model`."""
+    from pipeline.splits import Split, training_rows
+
+    frame = data.frame if data.test_frame is None else pd.concat([data.frame, data.test_frame], ignore_index=True)
+    rows = training_rows(frame, cfg)
+    refit_cfg = cfg.copy()
+    record = next((p / TRAINING_FILE for p in (Path(fitted_dir), Path(fitted_dir) / "inner")
+                   if (p / TRAINING_FILE).exists()), None)
+    if record is not None:
+        fitted = json.loads(record.read_text(encoding="utf-8"))
+        refit_cfg.train.epochs = float(fitted.get("best_epoch") or fitted["epochs"])
+        refit_cfg.train.min_steps = 0  # the count is decided; more rows now make more steps per epoch
+    log.info("train: refit on all %d labelled rows for the served model%s", len(rows),
+             f" ({refit_cfg.train.epochs:g} epochs)" if record is not None else "")
+    empty = rows.iloc[:0]
+    return fit_model(refit_cfg, Split("refit", rows.reset_index(drop=True), empty, empty), Path(work_dir) / "final")

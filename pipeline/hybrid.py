@@ -88,3 +88,70 @@ def combine(model_proba: np.ndarray, rules: pd.DataFrame, labels: Sequence[str])
         proba[row] = w * onehot + (1.0 - w) * proba[row]
         decided_by[row] = "rules"
     return proba, decided_by
+
+
+class HybridPredictor:
+    """Rules where they are confident, the inner model elsewhere; see the module docstring."""
+
+    kind = "hybrid"
+
+    def __init__(self, model_dir: Path, meta: dict, *, quantize: str | None = None):
+        from pipeline.inference import load_predictor
+        from pipeline.rules import load_lexicon
+
+        self.model_dir = Path(model_dir)
+        hybrid = read_hybrid_meta(model_dir)
+        self.min_rule_confidence = float(hybrid["min_rule_confidence"])
+        self.inner = load_predictor(self.model_dir / hybrid.get("inner", INNER_DIR), quantize=quantize)
+        self.lexicon = load_lexicon(self.model_dir / LEXICON_FILE)
+        self.labels: list[str] = list(meta["labels"])
+        if self.labels != list(self.inner.labels):
+            raise PipelineError(f"{model_dir}: labels {self.labels} differ from the inner model's {self.inner.labels}")
+        self.max_length = self.inner.max_length
+        self.base_model = f"rules + {self.inner.base_model}"
+        self.preprocessor = self.inner.preprocessor
+        self.quantize = quantize
+
+    @property
+    def prob_columns(self) -> list[str]:
+        return self.inner.prob_columns
+
+    @property
+    def output_columns(self) -> list[str]:
+        return ["label", *self.prob_columns, "decided_by", "rules_fired"]
+
+    def predict(self, texts: Sequence[str], batch_size: int = 64) -> pd.DataFrame:
+        texts = [("" if t is None else str(t)) for t in texts]
+        probs, truncated = self.inner.predict_proba_truncated(texts, batch_size)
+        rules = rule_decisions(self.lexicon, texts, self.min_rule_confidence)
+        probs, decided_by = combine(probs, rules, self.labels)
+        out = self.inner.frame(probs, truncated)
+        out["decided_by"] = pd.Series(decided_by, dtype=object)
+        out["rules_fired"] = rules["rules_fired"].astype(object).to_numpy()
+        return out
+
+    def predict_proba_truncated(self, texts: Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        out = self.predict(texts, batch_size)
+        return out[self.prob_columns].to_numpy(dtype=np.float64), out["truncated"].to_numpy(dtype=bool)
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        return self.predict_proba_truncated(texts, batch_size)[0]
+
+    def frame(self, probs: np.ndarray, truncated: np.ndarray) -> pd.DataFrame:
+        return self.inner.frame(probs, truncated)
+
+
+def write_hybrid_model(out_dir: Path, learned_dir: Path, cfg) -> Path:
+    """Turn `out_dir` (holding the learned model in `learned_dir`) into a hybrid model dir with the config's lexicon."""
+    from omegaconf import OmegaConf
+
+    from pipeline.inference import read_model_metadata, write_model_metadata
+    from pipeline.preprocess import TextPreprocessor
+
+    inner = read_model_metadata(learned_dir)
+    threshold = float(OmegaConf.select(cfg, "train.hybrid.min_rule_confidence", default=0.0))
+    write_hybrid_dir(out_dir, learned_dir, cfg.labeling.lexicon, threshold)
+    write_model_metadata(out_dir, kind="hybrid", labels=inner["labels"], max_length=int(inner["max_length"]),
+                         base_model=f"rules (min confidence {threshold}) + {inner.get('base_model', '')}",
+                         preprocessor=TextPreprocessor.load(Path(out_dir) / INNER_DIR))
+    return Path(out_dir)

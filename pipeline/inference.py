@@ -1,11 +1,13 @@
 """Loading a trained stance model and predicting with it, fast, the same way everywhere.
 
 A *stance model directory* (written by the train stage) holds:
-    stance_model.json  {"format": 1, "kind": "transformer" | "tfidf", "labels": [...], "max_length": n,
-                        "base_model": "<what it was fine-tuned from>"}
+    stance_model.json  {"format": 1, "kind": "transformer" | "tfidf" | "encoder" | "hybrid", "labels": [...],
+                        "max_length": n, "base_model": "<what it was fine-tuned from>"}
     preprocess.json    the text preprocessing the model was trained with (pipeline.preprocess)
-    transformer:       a Hugging Face model + tokenizer (save_pretrained)
+    transformer:       a Hugging Face sequence-classification model + tokenizer (save_pretrained)
     tfidf:             model.joblib, a fitted sklearn Pipeline
+    encoder:           a Hugging Face encoder + tokenizer and head.json (pipeline.encoder_head)
+    hybrid:            the cue lexicon + an inner stance model dir of another kind (pipeline.hybrid)
 
 `load_predictor(dir)` gives a `StancePredictor` that takes raw sentences. The transformer path tokenises
 once, sorts by length and pads each batch only to its own longest sentence, under `torch.inference_mode`:
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 
 METADATA_FILE = "stance_model.json"
 FORMAT_VERSION = 1
-KINDS = ("transformer", "tfidf")
+KINDS = ("transformer", "tfidf", "encoder", "hybrid")
 TFIDF_FILE = "model.joblib"
 
 # Batching: a batch is cut where the next (shorter) sentence would be padded by more than PAD_TOLERANCE
@@ -109,6 +111,11 @@ class StancePredictor:
     def prob_columns(self) -> list[str]:
         return [f"p_{label}" for label in self.labels]
 
+    @property
+    def output_columns(self) -> list[str]:
+        """What the served model returns per sentence (the hybrid adds who decided and the rules that fired)."""
+        return ["label", *self.prob_columns]
+
     def _scores(self, texts: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities (n, k) float64, truncated (n,) bool) for preprocessed texts."""
         raise NotImplementedError
@@ -144,24 +151,15 @@ class TransformerPredictor(StancePredictor):
 
     def __init__(self, model_dir: Path, meta: dict, *, quantize: str | None = None):
         super().__init__(model_dir, meta)
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-            model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+            model = self.load_model(Path(model_dir))
         except (OSError, ValueError) as exc:
             raise PipelineError(f"{model_dir}: cannot load the transformer model ({str(exc).splitlines()[0]}); "
                                 "re-train or re-download it") from None
         model.eval()
-        if model.config.num_labels != len(self.labels):
-            raise PipelineError(f"{model_dir}: the model has {model.config.num_labels} outputs but "
-                                f"{METADATA_FILE} lists {len(self.labels)} labels; the directory is inconsistent")
-        id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
-        if id2label and [id2label.get(i) for i in range(len(self.labels))] != self.labels \
-                and not all(v.startswith("LABEL_") for v in id2label.values()):
-            raise PipelineError(f"{model_dir}: config.id2label {id2label} disagrees with the labels "
-                                f"{self.labels} of {METADATA_FILE}")
         positions = getattr(model.config, "max_position_embeddings", None)
         if positions and self.max_length > positions:
             log.warning("%s: max_length %d exceeds the model's %d positions; using %d",
@@ -169,14 +167,7 @@ class TransformerPredictor(StancePredictor):
             self.max_length = int(positions)
         self.quantize = quantize
         if quantize == "int8":
-            # Dynamic quantisation: Linear weights in int8, activations quantised on the fly (CPU only).
-            # Only the encoder: the small classification head stays fp32, where int8 rounding of its few
-            # weights would move decision boundaries for nothing in speed.
-            with warnings.catch_warnings():  # torch marks torch.ao as deprecated; it is still the CPU int8 path
-                warnings.simplefilter("ignore")
-                base = getattr(model, model.base_model_prefix)
-                setattr(model, model.base_model_prefix,
-                        torch.ao.quantization.quantize_dynamic(base, {torch.nn.Linear}, dtype=torch.qint8))
+            model = quantize_encoder(model)
         elif quantize not in (None, "", "none"):
             raise PipelineError(f"predict.quantize={quantize!r}: choose null or int8")
         self.model = model
@@ -190,6 +181,25 @@ class TransformerPredictor(StancePredictor):
             self._backend = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
             self._backend.no_padding()
             self._backend.enable_truncation(self.max_length)
+
+    def load_model(self, model_dir: Path):
+        """The sequence-classification model, checked against the labels of stance_model.json."""
+        from transformers import AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+        if model.config.num_labels != len(self.labels):
+            raise PipelineError(f"{model_dir}: the model has {model.config.num_labels} outputs but "
+                                f"{METADATA_FILE} lists {len(self.labels)} labels; the directory is inconsistent")
+        id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
+        if id2label and [id2label.get(i) for i in range(len(self.labels))] != self.labels \
+                and not all(v.startswith("LABEL_") for v in id2label.values()):
+            raise PipelineError(f"{model_dir}: config.id2label {id2label} disagrees with the labels "
+                                f"{self.labels} of {METADATA_FILE}")
+        return model
+
+    def logits(self, input_ids, attention_mask):
+        """Class logits of one padded batch (torch tensors)."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def encode(self, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
         """Token ids with special tokens, cut to max_length: the ids of tokenizer(truncation=True), with
@@ -223,8 +233,15 @@ class TransformerPredictor(StancePredictor):
     def scores_from_ids(self, ids: list[list[int]], batch_size: int) -> np.ndarray:
         import torch
 
+        return self.outputs_from_ids(ids, batch_size, len(self.labels),
+                                     lambda i, a: torch.softmax(self.logits(i, a).double(), dim=-1))
+
+    def outputs_from_ids(self, ids: list[list[int]], batch_size: int, width: int, forward) -> np.ndarray:
+        """(n, width) float64: `forward(input_ids, attention_mask)` over length-sorted, tightly padded batches."""
+        import torch
+
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        probs = np.empty((len(ids), len(self.labels)), dtype=np.float64)
+        probs = np.empty((len(ids), width), dtype=np.float64)
         with torch.inference_mode():
             # Longest first: padding stays small, and a batch too big for memory fails at once.
             for rows in self.batches(lengths, batch_size):
@@ -236,8 +253,7 @@ class TransformerPredictor(StancePredictor):
                     mask[i, :lengths[r]] = 1
                 # No padding in the batch: no mask, so attention can take its unmasked fast path.
                 attention = None if mask.all() else torch.from_numpy(mask)
-                logits = self.model(input_ids=torch.from_numpy(batch), attention_mask=attention).logits
-                probs[rows] = torch.softmax(logits.double(), dim=-1).numpy()
+                probs[rows] = forward(torch.from_numpy(batch), attention).double().numpy()
         return probs
 
 
@@ -270,11 +286,35 @@ def load_predictor(model_dir, *, quantize: str | None = None) -> StancePredictor
     """The predictor of a stance model directory; PipelineError if it is not one."""
     model_dir = Path(model_dir)
     meta = read_model_metadata(model_dir)
-    if meta["kind"] == "transformer":
-        return TransformerPredictor(model_dir, meta, quantize=quantize)
-    if quantize not in (None, "", "none"):
-        raise PipelineError(f"predict.quantize={quantize!r} applies to transformer models only; this one is tfidf")
-    return TfidfPredictor(model_dir, meta)
+    if meta["kind"] == "tfidf":
+        if quantize not in (None, "", "none"):
+            raise PipelineError(f"predict.quantize={quantize!r} applies to transformer models only; this one is tfidf")
+        return TfidfPredictor(model_dir, meta)
+    if meta["kind"] == "encoder":
+        from pipeline.encoder_head import EncoderHeadPredictor
+
+        return EncoderHeadPredictor(model_dir, meta, quantize=quantize)
+    if meta["kind"] == "hybrid":
+        from pipeline.hybrid import HybridPredictor
+
+        return HybridPredictor(model_dir, meta, quantize=quantize)
+    return TransformerPredictor(model_dir, meta, quantize=quantize)
+
+
+def quantize_encoder(model):
+    """Dynamic int8 quantisation of the encoder's Linear layers (CPU): weights in int8, activations quantised on
+    the fly. A classification head stays fp32, where int8 rounding of its few weights would move decision
+    boundaries for nothing in speed."""
+    import torch
+
+    with warnings.catch_warnings():  # torch marks torch.ao as deprecated; it is still the CPU int8 path
+        warnings.simplefilter("ignore")
+        base = getattr(model, model.base_model_prefix, None)
+        if base is None:  # a bare encoder (AutoModel): all of it is the encoder
+            return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        setattr(model, model.base_model_prefix,
+                torch.ao.quantization.quantize_dynamic(base, {torch.nn.Linear}, dtype=torch.qint8))
+        return model
 
 
 _ALLOCATOR_TUNED = False

@@ -64,7 +64,7 @@ class StancePyfuncModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None):
         batch_size = int((params or {}).get("batch_size", 64))
         out = self.predictor.predict(texts_from_model_input(model_input), batch_size=batch_size)
-        return out[["label", *self.predictor.prob_columns]]
+        return out[self.predictor.output_columns]
 
 
 def pinned_requirements() -> list[str]:
@@ -94,7 +94,7 @@ def log_stance_model(model_dir, *, name: str = "model", registered_model_name: s
         raise PipelineError("log_stance_model needs an active MLflow run (use pipeline.tracking.start_run)")
     examples = [str(t) for t in (input_example or ["تم التوصل إلى اتفاق بين الجانبين."])][:5]
     example_in = pd.DataFrame({"text": examples})
-    example_out = predictor.predict(examples)[["label", *predictor.prob_columns]]
+    example_out = predictor.predict(examples)[predictor.output_columns]
     params = ParamSchema([ParamSpec("batch_size", "long", 64)])
     signature = infer_signature(example_in, example_out)
     signature = type(signature)(inputs=signature.inputs, outputs=signature.outputs, params=params)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 from urllib.parse import urlparse
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import PipelineError
 from pipeline.preprocess import refuse_segmented, short_name
@@ -99,16 +99,19 @@ def check_preprocessing_matches(name_or_path: str, preprocess_as: str | None) ->
                     "not intended", name_or_path, preprocess_as, short)
 
 
-def load_tokenizer_and_model(name_or_path: str, labels: Sequence[str], *, hub_timeout_s: float = 3.0):
-    """Tokenizer and sequence-classification model with our label order as id2label/label2id."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def load_tokenizer_and_model(name_or_path: str, labels: Sequence[str], *, hub_timeout_s: float = 3.0,
+                             encoder_only: bool = False):
+    """Tokenizer and sequence-classification model with our label order as id2label/label2id
+    (`encoder_only`: the bare encoder, for a pooled head of our own)."""
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
     source, local_only = resolve_source(name_or_path, hub_timeout_s=hub_timeout_s)
     id2label = dict(enumerate(labels))
     label2id = {label: i for i, label in enumerate(labels)}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = AutoModel.from_pretrained(source, local_files_only=local_only) if encoder_only else \
+            AutoModelForSequenceClassification.from_pretrained(
             source,
             num_labels=len(labels),
             id2label=id2label,
@@ -126,8 +129,11 @@ def load_tokenizer_and_model(name_or_path: str, labels: Sequence[str], *, hub_ti
 
 
 def base_model_dir(cfg: DictConfig, train_texts: Sequence[str], out_dir: Path, labels: Sequence[str]) -> str:
-    """`model.name_or_path`, or for `model=tiny` a tiny BERT built from the (preprocessed) training texts."""
-    if str(cfg.model.kind) != "tiny":
+    """`model.name_or_path`, or a tiny BERT built from the (preprocessed) training texts: for `model=tiny`, and
+    for any kind whose `model.name_or_path` is null and that has `model.tiny` settings (offline tests)."""
+    builds_tiny = str(cfg.model.kind) == "tiny" or (
+        not OmegaConf.select(cfg, "model.name_or_path", default=None) and OmegaConf.select(cfg, "model.tiny", default=None))
+    if not builds_tiny:
         return str(cfg.model.name_or_path)
     from pipeline.tiny_model import build_tiny_bert
 

@@ -38,11 +38,17 @@ class ErrorLog:
         return pd.DataFrame(self.rows, columns=ERROR_COLUMNS)
 
 
-def output_columns(labels: Sequence[str]) -> list[str]:
-    return ["article_id", "sentence_id", "idx", "text", "label", *[f"p_{x}" for x in labels], "truncated"]
+def output_columns(labels: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
+    """The sentence rows' columns; `extra` are the text columns some models add (a hybrid: decided_by, rules_fired)."""
+    return ["article_id", "sentence_id", "idx", "text", "label", *[f"p_{x}" for x in labels], "truncated", *extra]
 
 
-def conform(df: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
+def extra_columns(predictor) -> list[str]:
+    """What a predictor returns beyond the label and the probabilities."""
+    return [c for c in predictor.output_columns if c not in ("label", *predictor.prob_columns)]
+
+
+def conform(df: pd.DataFrame, labels: Sequence[str], extra: Sequence[str] = ()) -> pd.DataFrame:
     """The output schema with fixed dtypes, whatever format the rows were read back from."""
     out = pd.DataFrame({
         "article_id": df["article_id"].astype(str),
@@ -57,12 +63,14 @@ def conform(df: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
     if truncated.dtype != bool:
         truncated = truncated.astype(str).str.lower().isin(["true", "1"])
     out["truncated"] = truncated.astype(bool)
+    for column in extra:
+        out[column] = df[column].fillna("").astype(str)
     return out
 
 
-def conform_dtypes(labels: Sequence[str]) -> dict[str, str]:
+def conform_dtypes(labels: Sequence[str], extra: Sequence[str] = ()) -> dict[str, str]:
     return {"article_id": "object", "sentence_id": "object", "idx": "int64", "text": "object", "label": "object",
-            **{f"p_{x}": "float64" for x in labels}, "truncated": "bool"}
+            **{f"p_{x}": "float64" for x in labels}, "truncated": "bool", **{c: "object" for c in extra}}
 
 
 class TableWriter:
@@ -194,7 +202,8 @@ class PartsWriter:
         self.parts_dir = self.output.with_name(f".{self.output.name}.parts")
         self.predictor = predictor
         self.labels = list(predictor.labels)
-        self.columns = output_columns(self.labels)
+        self.extra = extra_columns(predictor)
+        self.columns = output_columns(self.labels, self.extra)
         self.errors = errors
         self.chunk_sentences = chunk_sentences
         self.batch_size = batch_size
@@ -244,7 +253,7 @@ class PartsWriter:
                             f"{max_length} tokens", article_id=row.article_id, sentence_id=row.sentence_id)
         self.sentences += len(frame)
         self.truncated += int(frame["truncated"].sum())
-        write_table_atomic(conform(frame, self.labels)[self.columns], self.parts_dir / f"part-{self._next_part:06d}.parquet")
+        write_table_atomic(conform(frame, self.labels, self.extra)[self.columns], self.parts_dir / f"part-{self._next_part:06d}.parquet")
         self._next_part += 1
 
     def discard(self) -> None:
@@ -258,9 +267,9 @@ class PartsWriter:
             merged = ([self.output] if self.resume and self.output.exists() else []) + self._parts()
             for path in merged:
                 for chunk in iter_table_chunks(path, self.chunk_sentences):
-                    chunk = conform(chunk, self.labels)[self.columns]
+                    chunk = conform(chunk, self.labels, self.extra)[self.columns]
                     writer.write(chunk)
                     summary.add(chunk)
-            writer.close(pd.DataFrame({c: pd.Series(dtype=t) for c, t in conform_dtypes(self.labels).items()}))
+            writer.close(pd.DataFrame({c: pd.Series(dtype=t) for c, t in conform_dtypes(self.labels, self.extra).items()}))
         self.discard()
         return summary.frame()

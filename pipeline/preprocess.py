@@ -37,10 +37,13 @@ def refuse_segmented(name: str, key: str) -> None:
 
 
 class TextPreprocessor:
-    """`TextPreprocessor("bert-base-arabertv02")(["..."])` → preprocessed texts; `None` means identity."""
+    """`TextPreprocessor("bert-base-arabertv02")(["..."])` → preprocessed texts; `None` means identity.
 
-    def __init__(self, arabert_model: str | None):
+    `prefix` is prepended after preprocessing: some encoders were trained with one on every input (e5: "query: ")."""
+
+    def __init__(self, arabert_model: str | None, prefix: str = ""):
         self.arabert_model = arabert_model
+        self.prefix = str(prefix or "")
         self._impl = None
         if arabert_model:
             from arabert.preprocess import ACCEPTED_MODELS
@@ -58,15 +61,23 @@ class TextPreprocessor:
 
     def __call__(self, texts: Iterable[str]) -> list[str]:
         if self._impl is None:
-            return [str(t) for t in texts]
-        return [self._impl.preprocess(str(t)) for t in texts]
+            return [self.prefix + str(t) for t in texts]
+        return [self.prefix + self._impl.preprocess(str(t)) for t in texts]
+
+    @classmethod
+    def from_cfg(cls, cfg) -> "TextPreprocessor":
+        """The preprocessing a model config asks for (`model.preprocess_as`, `model.text_prefix`)."""
+        from omegaconf import OmegaConf
+
+        return cls(OmegaConf.select(cfg, "model.preprocess_as", default=None),
+                   OmegaConf.select(cfg, "model.text_prefix", default="") or "")
 
     def to_dict(self) -> dict:
-        return {"arabert_model": self.arabert_model}
+        return {"arabert_model": self.arabert_model, "prefix": self.prefix}
 
     @classmethod
     def from_dict(cls, data: dict) -> "TextPreprocessor":
-        return cls(data.get("arabert_model"))
+        return cls(data.get("arabert_model"), data.get("prefix", ""))
 
     def save(self, model_dir: Path | str) -> Path:
         path = Path(model_dir) / PREPROCESS_FILE

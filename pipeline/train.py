@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import tracking
 from pipeline.errors import PipelineError
-from pipeline.fitting import CHECKPOINT_SUBDIR, MODEL_SUBDIR, fit_model, preflight, stance_kind
+from pipeline.fitting import CHECKPOINT_SUBDIR, MODEL_SUBDIR, fit_model, preflight, refit_on_all, stance_kind
 from pipeline.scoring import comparison_table, log_data, log_scored, register_alias, score_split
 from pipeline.splits import holdout_split, load_labelled
 
@@ -78,7 +78,11 @@ def train(cfg: DictConfig) -> dict:
         log_scored(scored, prefix="test_", artifact_dir="evaluation")
         comparison = comparison_table(str(cfg.model.name), scored.metrics, scored.baselines)
         mlflow.log_artifact(str(write_table_atomic(comparison, work_dir / "evaluation" / "comparison.csv")), "evaluation")
-        info = log_stance_model(model_dir, name="model",
+        served_dir = model_dir
+        if str(OmegaConf.select(cfg, "train.refit", default="none")) == "all":
+            served_dir = refit_on_all(cfg, data, model_dir, work_dir)
+            mlflow.set_tag("served_model", "refit on all labelled rows; test_* metrics are the first fit's")
+        info = log_stance_model(served_dir, name="model",
                                 registered_model_name=OmegaConf.select(cfg, "tracking.register", default=None),
                                 input_example=split.test["text"].head(3).tolist())
         register_alias(info, cfg)
@@ -87,5 +91,5 @@ def train(cfg: DictConfig) -> dict:
                  scored.metrics["macro_f1"], scored.metrics["macro_f1_ci_low"], scored.metrics["macro_f1_ci_high"],
                  len(split.test),
                  ", ".join(f"{n} {m['macro_f1']:.3f}" for n, m in scored.baselines.items()) or "no baselines")
-        return {"run_id": run.info.run_id, "model_dir": str(model_dir), "model_uri": info.model_uri,
+        return {"run_id": run.info.run_id, "model_dir": str(served_dir), "model_uri": info.model_uri,
                 "metrics": prefixed(scored.metrics, "test_"), "baselines": scored.baselines}

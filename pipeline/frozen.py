@@ -1,0 +1,68 @@
+"""Fitting a frozen-encoder stance model: sentence embeddings of a pretrained encoder + logistic regression.
+
+The encoder is copied into the model directory untouched, with a linear head fitted on its pooled embeddings
+(pipeline.encoder_head). Embeddings are computed through the very predictor that will serve the model, so train
+and predict features cannot drift apart. With tens of gold sentences this is the robust choice: nothing but a
+regularised linear model is learned.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline import LABELS
+from pipeline.encoder_head import LinearHead, check_pooling
+from pipeline.errors import PipelineError
+from pipeline.preprocess import TextPreprocessor
+from pipeline.splits import Split
+
+log = logging.getLogger(__name__)
+
+
+def fit_frozen(cfg: DictConfig, split: Split, work_dir: Path, out: Path, preprocess: TextPreprocessor) -> None:
+    """Write an encoder stance model dir to `out`: the base encoder as it is + a fitted logistic-regression head."""
+    from sklearn.linear_model import LogisticRegression
+
+    from pipeline.fitting import log_metrics, sample_weights
+    from pipeline.inference import load_predictor, write_model_metadata
+    from pipeline.metrics import classification_metrics
+    from pipeline.modeling import base_model_dir, load_tokenizer_and_model
+
+    m = cfg.model
+    pooling = check_pooling(str(OmegaConf.select(cfg, "model.pooling", default="mean")))
+    normalize = bool(OmegaConf.select(cfg, "model.normalize", default=True))
+    base = base_model_dir(cfg, preprocess(split.train["text"]), Path(work_dir) / "base_model", LABELS)
+    tokenizer, encoder = load_tokenizer_and_model(base, LABELS, hub_timeout_s=float(m.hub_timeout_s), encoder_only=True)
+    out.mkdir(parents=True, exist_ok=True)
+    encoder.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    hidden = int(encoder.config.hidden_size)
+    # A zero head first: the directory is then a complete model whose predictor computes the training features.
+    LinearHead(np.zeros((len(LABELS), hidden)), np.zeros(len(LABELS)), pooling=pooling, normalize=normalize).save(out)
+    base_name = str(m.name_or_path) if m.name_or_path else "tiny-bert (built from the training sentences)"
+    write_model_metadata(out, kind="encoder", labels=LABELS, max_length=int(m.max_length),
+                         base_model=f"{base_name} (frozen, {pooling}-pooled) + logistic regression",
+                         preprocessor=preprocess)
+    predictor = load_predictor(out)
+    batch_size = int(cfg.train.eval_batch_size)
+    features = predictor.embed(split.train["text"].tolist(), batch_size=batch_size)
+    if features.size:
+        features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12) if normalize else features
+    labels = split.train["label"].tolist()
+    if len(set(labels)) < 2:
+        raise PipelineError("a frozen-encoder model needs at least two classes in the training rows")
+    head_cfg = OmegaConf.select(cfg, "model.head", default=None) or {}
+    clf = LogisticRegression(C=float(head_cfg.get("C", 1.0)), max_iter=int(head_cfg.get("max_iter", 5000)),
+                             class_weight="balanced" if str(cfg.train.class_weights) == "balanced" else None,
+                             random_state=int(cfg.seed))
+    clf.fit(features, labels, sample_weight=sample_weights(split.train))
+    LinearHead.from_logistic_regression(clf, LABELS, pooling=pooling, normalize=normalize).save(out)
+    log.info("frozen encoder %s: head fitted on %d sentences (%d features)", base_name, len(labels), hidden)
+    if len(split.val):
+        val_proba = load_predictor(out).predict_proba(split.val["text"].tolist(), batch_size=batch_size)
+        val = classification_metrics(split.val["label"], [LABELS[i] for i in val_proba.argmax(axis=1)])
+        log_metrics({"val_macro_f1": val["macro_f1"], "val_accuracy": val["accuracy"]}, step=1)

@@ -98,7 +98,11 @@ def _reasons_text(value) -> str:
             items.append(f"{item['word']} (+{float(item['weight']):.2f})")
         else:
             items.append(str(item))
-    return "، ".join(items)
+    # a rule that fired three times reads "id ×3", not "id, id, id"
+    counts = dict.fromkeys(items, 0)
+    for item in items:
+        counts[item] += 1
+    return "، ".join(item if n == 1 else f"{item} ×{n}" for item, n in counts.items())
 
 
 CSS = f"""
@@ -225,7 +229,8 @@ def _summary_table(frame: pd.DataFrame, key: str, key_header: str, labels: Seque
     rows = []
     for _, r in frame.iterrows():
         key_cell = num(r[key]) if key == "period" else f"<bdi>{esc(r[key])}</bdi>"
-        interval = (f'{signed(r["net_stance_ci_low"])} – {signed(r["net_stance_ci_high"])}'
+        # one ltr element for the pair, so it reads [low, high] left to right, not swapped by the RTL table
+        interval = (num(f'[{r["net_stance_ci_low"]:+.2f}, {r["net_stance_ci_high"]:+.2f}]', None)
                     if not _is_missing(r["net_stance_ci_low"]) else '<span class="muted">—</span>')
         rows.append(f"<tr><td>{key_cell}</td><td>{num(r['n_articles'])}</td><td>{num(r['n_sentences'])}</td>"
                     + "".join(f"<td>{num(100 * r[f'share_{x}'], '{:.0f}%')}</td>" for x in labels)

@@ -54,7 +54,7 @@ def parse(text):
 def _frames():
     rows = [
         ("a1", 0, "قال الوزير إن المحادثات تتقدم.", "positive", 0.05, 0.15, 0.80, "2022-01-27", "وكالة أ", ["progress"]),
-        ("a1", 1, "لم يتفق الطرفان على الضمانات.", "negative", 0.70, 0.20, 0.10, "2022-01-27", "وكالة أ", ["negation"]),
+        ("a1", 1, "لم يتفق الطرفان على الضمانات.", "negative", 0.70, 0.20, 0.10, "2022-01-27", "وكالة أ", ["negation", "neg.x", "neg.x"]),
         ("a2", 0, "عقد الاجتماع في جنيف <script>alert(1)</script> & co.", "neutral", 0.25, 0.50, 0.25,
          "28/01/2022", "صحيفة ب", []),
         ("a2", 1, "أعلنت موسكو رفضها للرد الأمريكي.", "negative", 0.60, 0.30, 0.10, "28/01/2022", "صحيفة ب", None),
@@ -168,7 +168,7 @@ def test_numbers_sit_in_ltr_elements(report):
 
 def test_reasons_rendered_when_present_and_absent_columns_are_fine(report):
     s, a, text = report
-    assert "negation" in text and "لم (+0.52)" in text and "الضمانات (+0.05)" in text
+    assert "negation، neg.x ×2" in text and "لم (+0.52)" in text and "الضمانات (+0.05)" in text
     bare = render_html(s.drop(columns=["rules_fired", "top_words", "date", "outlet"]), a.iloc[:0])
     tree = parse(bare)
     assert not tree.by_class("rules") and not tree.by_class("words")

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 ACCEPTED_DATE_FORMATS = "YYYY-MM-DD (ISO, optionally with a time, e.g. 2022-01-27T10:00:00Z), DD/MM/YYYY, DD-MM-YYYY, YYYY/MM/DD"
 _ARABIC_DIGITS = str.maketrans("٠١٢٣٤٥٦٧٨٩۰۱۲۳۴۵۶۷۸۹", "01234567890123456789")
-_ISO = re.compile(r"\d{4}-\d{1,2}-\d{1,2}([T ]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|[+-]\d{2}:?\d{2})?", re.I)
+_ISO = re.compile(r"\d{4}-\d{1,2}-\d{1,2}([T ]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?", re.I)
 # day first for the slashed / dashed forms whose year comes last: this is how Arabic-language outlets write dates.
 _DAY_FIRST = re.compile(r"(\d{1,2})[/-](\d{1,2})[/-](\d{4})")
 _YEAR_FIRST_SLASH = re.compile(r"(\d{4})/(\d{1,2})/(\d{1,2})")

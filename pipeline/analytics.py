@@ -108,37 +108,60 @@ def grouped_summary(sentences: pd.DataFrame, keys: pd.Series, key_name: str, *, 
     """Counts, label shares, net stance and its article-level bootstrap interval per value of `keys`.
 
     `keys` is aligned with `sentences` (same index); rows whose key is missing are left out. The one computation
-    behind `timeline` and `by_outlet`.
+    behind `timeline` and `by_outlet`; it reduces the sentences to per-article sums and calls `grouped_articles`.
     """
     missing = [c for c in ("article_id", "label", "p_negative", "p_positive") if c not in sentences.columns]
     if missing:
         raise PipelineError(f"sentence rows lack column(s) {missing}; expected the predict stage's output")
+    labels = list(labels)
+    keep = keys.notna().to_numpy()
+    frame = pd.DataFrame({
+        "key": keys.to_numpy()[keep],
+        "article_id": sentences["article_id"].astype(str).to_numpy()[keep],
+        "net_sum": (sentences["p_positive"].astype(float) - sentences["p_negative"].astype(float)).to_numpy()[keep],
+        "sentences": 1.0,
+    })
+    for x in labels:
+        frame[f"n_{x}"] = (sentences["label"].to_numpy()[keep] == x).astype(float)
+    per_article = frame.groupby(["key", "article_id"], sort=True, as_index=False).sum()
+    return grouped_articles(per_article, per_article["key"], key_name, n_boot=n_boot, ci=ci, seed=seed,
+                            labels=labels)
+
+
+def grouped_articles(articles: pd.DataFrame, keys: pd.Series, key_name: str, *, n_boot: int = 1000,
+                     ci: float = 0.95, seed: int = 0, labels: Sequence[str] = LABELS) -> pd.DataFrame:
+    """`grouped_summary` from per-article sums: one row per article (or per article and key) with `article_id`,
+    `sentences`, `net_sum` (Σ p_positive − p_negative) and `n_<label>`; `keys` aligned with the rows.
+
+    Lets the predict stage summarise any number of sentences from its per-article table, in flat memory."""
+    missing = [c for c in ("article_id", "sentences", "net_sum", *[f"n_{x}" for x in labels])
+               if c not in articles.columns]
+    if missing:
+        raise PipelineError(f"article rows lack column(s) {missing}; expected per-article sums")
     if not 0 < ci < 1:
         raise PipelineError(f"ci must lie strictly between 0 and 1, got {ci}")
     labels = list(labels)
     columns = [key_name, "n_articles", "n_sentences", *[f"share_{x}" for x in labels], "net_stance",
                "net_stance_ci_low", "net_stance_ci_high"]
-    keep = keys.notna().to_numpy()
-    frame = pd.DataFrame({
-        "key": keys.to_numpy()[keep],
-        "article_id": sentences["article_id"].astype(str).to_numpy()[keep],
-        "net": (sentences["p_positive"].astype(float) - sentences["p_negative"].astype(float)).to_numpy()[keep],
-    })
+    keep = keys.notna().to_numpy() & (articles["sentences"].to_numpy(dtype=float) > 0)
+    frame = pd.DataFrame({"key": keys.to_numpy()[keep], "article_id": articles["article_id"].astype(str).to_numpy()[keep],
+                          "net_sum": articles["net_sum"].to_numpy(dtype=float)[keep],
+                          "n": articles["sentences"].to_numpy(dtype=float)[keep]})
     for x in labels:
-        frame[f"is_{x}"] = (sentences["label"].to_numpy()[keep] == x).astype(float)
+        frame[f"n_{x}"] = articles[f"n_{x}"].to_numpy(dtype=float)[keep]
     if frame.empty:
         return pd.DataFrame(columns=columns)
-
     # One row per (group, article): the bootstrap resamples these.
-    per_article = frame.groupby(["key", "article_id"], sort=True).agg(net_sum=("net", "sum"), n=("net", "size"))
+    per_article = frame.groupby(["key", "article_id"], sort=True).sum()
     rows = []
-    for key, group in frame.groupby("key", sort=True):
-        articles = per_article.loc[key]
-        low, high = _bootstrap_interval(articles["net_sum"].to_numpy(), articles["n"].to_numpy(dtype=float),
-                                        n_boot, ci, np.random.default_rng(_group_seed(seed, key)))
-        rows.append({key_name: key, "n_articles": len(articles), "n_sentences": len(group),
-                     **{f"share_{x}": group[f"is_{x}"].mean() for x in labels},
-                     "net_stance": group["net"].mean(), "net_stance_ci_low": low, "net_stance_ci_high": high})
+    for key, group in per_article.groupby(level="key", sort=True):
+        n = group["n"].to_numpy(dtype=float)
+        low, high = _bootstrap_interval(group["net_sum"].to_numpy(), n, n_boot, ci,
+                                        np.random.default_rng(_group_seed(seed, key)))
+        total = n.sum()
+        rows.append({key_name: key, "n_articles": len(group), "n_sentences": int(total),
+                     **{f"share_{x}": group[f"n_{x}"].sum() / total for x in labels},
+                     "net_stance": group["net_sum"].sum() / total, "net_stance_ci_low": low, "net_stance_ci_high": high})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -153,7 +176,8 @@ def period_start(dates: pd.Series, freq: str) -> pd.Series:
 
 
 def timeline(sentences: pd.DataFrame, freq: str = "day", *, date_column: str = "date", n_boot: int = 1000,
-             ci: float = 0.95, seed: int = 0, labels: Sequence[str] = LABELS) -> pd.DataFrame:
+             ci: float = 0.95, seed: int = 0, labels: Sequence[str] = LABELS,
+             per_article: bool = False) -> pd.DataFrame:
     """Stance per day or week (weeks start on Monday): columns `period` (first day), then the summary columns.
 
     The date column may hold dates or strings (parsed with `parse_dates`; unreadable ones are logged). Rows without
@@ -174,15 +198,16 @@ def timeline(sentences: pd.DataFrame, freq: str = "day", *, date_column: str = "
     undated = int(dates.isna().sum())
     if undated:
         log.warning("timeline: %d of %d sentences have no usable date and are left out", undated, len(dates))
-    return grouped_summary(sentences, period_start(dates, freq), "period", n_boot=n_boot, ci=ci, seed=seed,
-                           labels=labels)
+    group = grouped_articles if per_article else grouped_summary
+    return group(sentences, period_start(dates, freq), "period", n_boot=n_boot, ci=ci, seed=seed, labels=labels)
 
 
 def by_outlet(sentences: pd.DataFrame, *, outlet_column: str = "outlet", n_boot: int = 1000, ci: float = 0.95,
-              seed: int = 0, labels: Sequence[str] = LABELS) -> pd.DataFrame:
+              seed: int = 0, labels: Sequence[str] = LABELS, per_article: bool = False) -> pd.DataFrame:
     """Stance per outlet: columns `outlet`, then the summary columns; most sentences first, ties by name.
 
-    Rows with a missing or blank outlet are left out and counted in the log."""
+    Rows with a missing or blank outlet are left out and counted in the log. `per_article=True`: the rows are
+    per-article sums (see `grouped_articles`) instead of sentences; the same for `timeline`."""
     if outlet_column not in sentences.columns:
         raise PipelineError(f"by_outlet: sentence rows have no {outlet_column!r} column; carry the input's outlet "
                             "column through predict")
@@ -191,5 +216,6 @@ def by_outlet(sentences: pd.DataFrame, *, outlet_column: str = "outlet", n_boot:
     unknown = int(outlets.isna().sum())
     if unknown:
         log.warning("by_outlet: %d of %d sentences have no outlet and are left out", unknown, len(outlets))
-    out = grouped_summary(sentences, outlets.astype(object), "outlet", n_boot=n_boot, ci=ci, seed=seed, labels=labels)
+    group = grouped_articles if per_article else grouped_summary
+    out = group(sentences, outlets.astype(object), "outlet", n_boot=n_boot, ci=ci, seed=seed, labels=labels)
     return out.sort_values(["n_sentences", "outlet"], ascending=[False, True], kind="stable").reset_index(drop=True)

@@ -123,7 +123,21 @@ def run_multirun(stage_name: str, overrides: Sequence[str]):
         import mlflow
 
         mlflow.log_param("sweep", " ".join(overrides)[: tracking.MAX_PARAM_CHARS])
-        return [run_stage(stage_name, cfg) for cfg in configs]
+        results = []
+        for job, cfg in zip(jobs, configs):
+            with tracking.run_name_suffix(swept_values(jobs, job)):
+                results.append(run_stage(stage_name, cfg))
+        return results
+
+
+def swept_values(jobs: Sequence[Sequence[str]], job: Sequence[str]) -> str:
+    """The overrides of `job` that vary across the sweep, by their last key part: `lr=1e-4 batch_size=8`."""
+    varying = [i for i in range(len(job)) if len({j[i] for j in jobs}) > 1]
+    parts = []
+    for i in varying:
+        key, _, value = job[i].partition("=")
+        parts.append(f"{key.lstrip('+~').split('.')[-1]}={value}")
+    return " ".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,8 @@ A *stance model directory* (written by the train stage) holds:
     stance_model.json  {"format": 1, "kind": "transformer" | "tfidf" | "encoder" | "hybrid", "labels": [...],
                         "max_length": n, "base_model": "<what it was fine-tuned from>"}
     preprocess.json    the text preprocessing the model was trained with (pipeline.preprocess)
+    calibration.json   optional: the temperature fitted on held-out gold (pipeline.calibration), applied to every
+                       prediction; a hybrid's lives in its inner model dir
     transformer:       a Hugging Face sequence-classification model + tokenizer (save_pretrained)
     tfidf:             model.joblib, a fitted sklearn Pipeline
     encoder:           a Hugging Face encoder + tokenizer and head.json (pipeline.encoder_head)
@@ -106,6 +108,11 @@ class StancePredictor:
         self.max_length: int = int(meta["max_length"])
         self.base_model: str = str(meta.get("base_model", ""))
         self.preprocessor = TextPreprocessor.load(model_dir)
+        from pipeline.calibration import Calibration
+
+        # Temperature scaling fitted at train time (calibration.json); none = T=1. Every serving path goes through
+        # predict_proba_truncated, so predict, the pyfunc model, Spark and serve all give calibrated probabilities.
+        self.calibration = Calibration.load(model_dir)
 
     @property
     def prob_columns(self) -> list[str]:
@@ -126,7 +133,10 @@ class StancePredictor:
             return np.zeros((0, len(self.labels))), np.zeros(0, dtype=bool)
         if int(batch_size) < 1:
             raise PipelineError(f"batch_size={batch_size} must be at least 1")
-        return self._scores(self.preprocessor(texts), int(batch_size))
+        probs, truncated = self._scores(self.preprocessor(texts), int(batch_size))
+        if self.calibration.temperature != 1.0:
+            probs = self.calibration.apply(probs)
+        return probs, truncated
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """(n, len(labels)) probabilities, rows summing to 1, columns in `labels` order."""

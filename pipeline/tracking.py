@@ -15,6 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 MAX_PARAM_CHARS = 500  # MLflow rejects longer param values (the limit is 6000 on recent servers, 500 on old)
+# The MLflow UI opens an experiment of this kind on its training runs (not the GenAI overview).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # an experiment's or a run's description in the UI
+EXPERIMENT_DESCRIPTION = (
+    "Stance toward the agreement (negative / neutral / positive) in Arabic news sentences, by the `pipeline` "
+    "project: one run per `train` (test macro-F1 with a bootstrap interval, baselines on the same rows, calibration, "
+    "the served model), `evaluate` and sweep (`--multirun`, child runs named by their swept values).")
 
 
 # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI (for subprocesses); a value we put there ourselves
@@ -48,8 +56,34 @@ def setup(cfg: DictConfig):
             # A local store needs an explicit artifact location, else artifacts land under the CWD.
             artifact_location = Path(cfg.tracking.artifact_root).resolve().as_uri()
         mlflow.create_experiment(name, artifact_location=artifact_location)
-    mlflow.set_experiment(name)
+    experiment = mlflow.set_experiment(name)
+    mark_experiment(experiment)
     return mlflow
+
+
+def mark_experiment(experiment) -> None:
+    """Tag the experiment as model development (so the UI opens on its runs) and give it a description,
+    unless it already has them (a description someone wrote in the UI is kept)."""
+    from mlflow import MlflowClient
+
+    tags = dict(experiment.tags or {})
+    wanted = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, NOTE_TAG: EXPERIMENT_DESCRIPTION}
+    for key, value in wanted.items():
+        if key not in tags:
+            MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
+
+
+_RUN_NAME_SUFFIX: list[str] = []
+
+
+@contextlib.contextmanager
+def run_name_suffix(suffix: str) -> Iterator[None]:
+    """Runs started inside get `suffix` after their name, e.g. a sweep job's `lr=1e-4`."""
+    _RUN_NAME_SUFFIX.append(suffix)
+    try:
+        yield
+    finally:
+        _RUN_NAME_SUFFIX.pop()
 
 
 def flatten_config(cfg: DictConfig) -> dict[str, str]:
@@ -92,6 +126,8 @@ def start_run(cfg: DictConfig, run_name: str, *, nested: bool = False, tags: Map
     mlflow = setup(cfg)
     # Inside a sweep's or a CV's parent run, a run becomes its child.
     nested = nested or mlflow.active_run() is not None
+    if _RUN_NAME_SUFFIX and _RUN_NAME_SUFFIX[-1]:
+        run_name = f"{run_name} {_RUN_NAME_SUFFIX[-1]}"
     with mlflow.start_run(run_name=run_name, nested=nested) as run:
         mlflow.set_tags({"stage": str(cfg.stage), **git_tags(), **(tags or {})})
         if log_params:

@@ -17,6 +17,7 @@ from pipeline.errors import PipelineError
 from pipeline.fitting import CHECKPOINT_SUBDIR, MODEL_SUBDIR, fit_model, preflight, refit_on_all, stance_kind
 from pipeline.scoring import comparison_table, log_data, log_scored, register_alias, score_split
 from pipeline.splits import holdout_split, load_labelled
+from pipeline.train_calibration import calibrate_model, save_calibration
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,20 @@ def resolve_resume(cfg: DictConfig) -> tuple[Path, str | None]:
 
 
 
+def run_description(cfg: DictConfig, scored, n_test: int, calibration) -> str:
+    """The run's description in the MLflow UI: its headline numbers."""
+    m = scored.metrics
+    lines = [f"**{cfg.model.name}** ({stance_kind(cfg)}): test macro-F1 **{m['macro_f1']:.3f}** "
+             f"[{m.get('macro_f1_ci_low', float('nan')):.3f}, {m.get('macro_f1_ci_high', float('nan')):.3f}] "
+             f"on {n_test} gold sentences"]
+    if scored.baselines:
+        lines.append("baselines (macro-F1): " + ", ".join(f"{n} {b['macro_f1']:.3f}" for n, b in scored.baselines.items()))
+    if calibration is not None:
+        lines.append(f"calibration: T={calibration.temperature:.2f}, ECE {calibration.ece_before:.3f} → "
+                     f"{calibration.ece_after:.3f} ({calibration.fitted_on}, n={calibration.n})")
+    return "\n\n".join(lines)
+
+
 def train(cfg: DictConfig) -> dict:
     """Entry point of `python -m pipeline train`; returns the run id, model dir and test metrics."""
     import mlflow
@@ -74,6 +89,7 @@ def train(cfg: DictConfig) -> dict:
     with tracking.start_run(cfg, f"train-{cfg.model.name}", tags=tags) as run:
         log_data(data, split)
         model_dir = fit_model(cfg, split, work_dir, resume_from=resume_from)
+        calibration = calibrate_model(cfg, split, model_dir, work_dir / "evaluation")
         scored = score_split(cfg, data, split, model_dir, work_dir / "evaluation")
         log_scored(scored, prefix="test_", artifact_dir="evaluation")
         comparison = comparison_table(str(cfg.model.name), scored.metrics, scored.baselines)
@@ -81,12 +97,14 @@ def train(cfg: DictConfig) -> dict:
         served_dir = model_dir
         if str(OmegaConf.select(cfg, "train.refit", default="none")) == "all":
             served_dir = refit_on_all(cfg, data, model_dir, work_dir)
+            save_calibration(calibration, served_dir)
             mlflow.set_tag("served_model", "refit on all labelled rows; test_* metrics are the first fit's")
         info = log_stance_model(served_dir, name="model",
                                 registered_model_name=OmegaConf.select(cfg, "tracking.register", default=None),
                                 input_example=split.test["text"].head(3).tolist())
         register_alias(info, cfg)
-        mlflow.set_tags({"has_model": "true", "model_uri": info.model_uri})
+        mlflow.set_tags({"has_model": "true", "model_uri": info.model_uri,
+                         "mlflow.note.content": run_description(cfg, scored, len(split.test), calibration)})
         log.info("train: test macro-F1 %.3f [%.3f, %.3f] on %d gold sentences; %s",
                  scored.metrics["macro_f1"], scored.metrics["macro_f1_ci_low"], scored.metrics["macro_f1_ci_high"],
                  len(split.test),

@@ -13,6 +13,10 @@ Inputs (`input=`, one path or a list):
 Every unusable input (missing, empty, binary, not UTF-8, no Arabic, bad table) and every sentence cut at the
 model's max_length is a row of the errors report; the rest of the batch is still predicted.
 
+Analyst outputs (docs/analyst.md): carried input columns (predict.carry_columns) and `confidence` / `confident` /
+`rules_fired` (/ `top_words` with predict.explain) on every sentence row; `<output stem>.timeline<ext>` and
+`.outlets<ext>` when the articles have dates / outlets; `<output stem>.report.html` with predict.report=true.
+
 Streaming: sentences are predicted in chunks of `predict.chunk_sentences`, each chunk written atomically to a
 hidden parts directory beside the output; at the end the parts are merged into the output through a temp file
 and a rename. An interrupted run leaves only the hidden parts directory; `predict.resume=true` skips the
@@ -33,6 +37,7 @@ from pipeline.errors import PipelineError
 from pipeline.inference import load_predictor, set_threads
 from pipeline.io import TABLE_SUFFIXES, read_table, write_table_atomic, write_text_atomic
 from pipeline.model_store import resolve_model, segment_rules_for
+from pipeline.predict_extras import Enricher, timeline_freq, write_report, write_summaries
 from pipeline.predict_inputs import ArticleReader, expand_inputs
 from pipeline.predict_outputs import ERROR_COLUMNS, ErrorLog, PartsWriter, plot_net_stance
 
@@ -71,6 +76,7 @@ def predict(cfg: DictConfig) -> dict:
     chunk_sentences = int(pcfg.chunk_sentences)
     if chunk_sentences < 1:
         raise PipelineError(f"predict.chunk_sentences={chunk_sentences} must be at least 1")
+    timeline_freq(cfg)  # a bad predict.timeline fails before any work
     run_dir = Path(cfg.paths.run_dir)
     errors = ErrorLog()
 
@@ -87,8 +93,10 @@ def predict(cfg: DictConfig) -> dict:
              ", int8" if pcfg.quantize else "", threads)
     rules = segment_rules_for(cfg, model)
 
+    enricher = Enricher(cfg, predictor)
     writer = PartsWriter(output, predictor, errors, chunk_sentences=chunk_sentences,
-                         batch_size=int(pcfg.batch_size), resume=bool(pcfg.resume))
+                         batch_size=int(pcfg.batch_size), resume=bool(pcfg.resume), enrich=enricher,
+                         added=enricher.added)
     previous_errors = pd.DataFrame(columns=ERROR_COLUMNS)
     if pcfg.resume and errors_path.exists():
         previous_errors = read_table(errors_path)
@@ -120,15 +128,23 @@ def predict(cfg: DictConfig) -> dict:
     write_table_atomic(all_errors, errors_path)
     if plot_path is not None:
         plot_net_stance(summary_frame, plot_path, int(pcfg.plot_max_bars))
+    summaries = write_summaries(cfg, output, summary_frame, predictor.labels)
+    extra_paths = {name: str(output.with_name(f"{output.stem}.{name}{output.suffix}")) for name in summaries}
+    if pcfg.report:
+        calibration = getattr(getattr(predictor, "inner", predictor), "calibration", None)
+        described = f"{model.uri} ({predictor.kind}, {predictor.base_model}" + (
+            f", T={calibration.temperature:.2f})" if calibration is not None and calibration.temperature != 1.0 else ")")
+        extra_paths["report"] = str(write_report(cfg, output, summary_frame, summaries, predictor.labels, described))
 
     problems = all_errors[all_errors["reason"] != "truncated"]
     log.info("predict: %d articles, %d sentences predicted (%d truncated at %d tokens); %d skipped as already "
              "done; %d input problems", counts["articles"], counts["sentences"], counts["truncated"],
              predictor.max_length, counts["skipped_done"], len(problems))
-    log.info("predict: wrote %s, %s, %s%s", output, summary_path, errors_path,
-             f", {plot_path}" if plot_path else "")
+    log.info("predict: wrote %s, %s, %s%s%s", output, summary_path, errors_path,
+             f", {plot_path}" if plot_path else "", "".join(f", {p}" for p in extra_paths.values()))
     report = {"output": str(output), "summary": str(summary_path), "errors": str(errors_path),
-              "plot": str(plot_path) if plot_path else None, "model_uri": model.uri, **counts,
+              "plot": str(plot_path) if plot_path else None, "timeline": extra_paths.get("timeline"),
+              "outlets": extra_paths.get("outlets"), "report": extra_paths.get("report"), "model_uri": model.uri, **counts,
               "input_problems": int(len(problems))}
     write_text_atomic(run_dir / "predict_report.json", json.dumps(report, ensure_ascii=False, indent=2))
     return report

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import glob
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
+import pandas as pd
+
+from pipeline.analytics import parse_dates
 from pipeline.arabic import has_arabic, squeeze_spaces
 from pipeline.errors import PipelineError
 from pipeline.io import TABLE_SUFFIXES, BadInputFile, iter_table_chunks, read_text_strict
@@ -23,6 +26,9 @@ from pipeline.segmentation import SegmentRules, article_id_for, article_rows, se
 log = logging.getLogger(__name__)
 
 GLOB_CHARS = set("*?[")
+# Columns the stage itself writes: a carried input column of one of these names is left out (with a warning).
+RESERVED = {"article_id", "sentence_id", "idx", "text", "label", "truncated", "confidence", "confident",
+            "decided_by", "rules_fired", "top_words", "sentences", "net_stance", "dominant_label"}
 
 
 @dataclass
@@ -30,6 +36,7 @@ class Article:
     article_id: str
     source: str
     rows: list[dict]  # sentence_id, idx, text
+    meta: dict = field(default_factory=dict)  # carried columns (table inputs) or the path (text files), as text
 
 
 def expand_inputs(inputs: Sequence[str], errors: ErrorLog) -> list[Path]:
@@ -70,6 +77,38 @@ class ArticleReader:
         if self.table_rows not in ("auto", "articles", "sentences"):
             raise PipelineError(f"predict.table_rows={self.table_rows!r}: choose auto, articles or sentences")
         self.owners: dict[str, str] = {}
+        carry = cfg.predict.get("carry_columns", "all")
+        self.carry_all = carry is None or (isinstance(carry, str) and carry == "all")
+        self.carry = [] if self.carry_all or carry in (False, "none") else (
+            [str(c) for c in carry] if isinstance(carry, (list, tuple, ListConfig)) else [str(carry)])
+        self.date_column = str(cfg.predict.get("date_column", "date") or "")
+        self._warned: set[str] = set()
+
+    def _carried(self, columns) -> list[str]:
+        """The input columns carried into the outputs."""
+        wanted = [c for c in columns if c != self.text_column] if self.carry_all else [c for c in self.carry if c in columns]
+        out = []
+        for c in map(str, wanted):
+            if c in RESERVED or c.startswith("p_") or c.startswith(("n_", "share_")):
+                if c not in ("article_id", "sentence_id", "idx") and c not in self._warned:
+                    self._warned.add(c)
+                    log.warning("predict: input column %r clashes with an output column; not carried", c)
+                continue
+            out.append(c)
+        return out
+
+    def _meta(self, record: dict, columns: list[str], path: Path, row_number: int, article_id: str) -> dict:
+        """The carried values of one input row, as text; the date normalised to ISO (`bad_date` error if unreadable)."""
+        meta = {c: "" if record.get(c) is None or (not isinstance(record.get(c), str) and pd.isna(record.get(c)))
+                else str(record[c]) for c in columns}
+        if self.date_column in meta and meta[self.date_column].strip():
+            parsed, errors = parse_dates(pd.Series([meta[self.date_column]], index=[row_number]), source=str(path))
+            for message in errors:
+                self.errors.add(f"{path}#{article_id}", "bad_date", message, article_id=article_id)
+            stamp = parsed.iloc[0]
+            meta[self.date_column] = "" if pd.isna(stamp) else (
+                stamp.strftime("%Y-%m-%d") if stamp == stamp.normalize() else stamp.isoformat())
+        return meta
 
     def read(self, files: Iterable[Path]) -> Iterator[Article]:
         for path in files:
@@ -106,11 +145,14 @@ class ArticleReader:
         return Article(article_id, source, [{k: r[k] for k in ("sentence_id", "idx", "text")} for r in rows])
 
     def _text_file(self, path: Path) -> Article | None:
-        return self._segmented(article_id_for(path), read_text_strict(path), str(path))
+        article = self._segmented(article_id_for(path), read_text_strict(path), str(path))
+        if article is not None:
+            article.meta = {"path": str(path)}
+        return article
 
     def _table(self, path: Path) -> Iterator[Article]:
         sentences_mode: bool | None = None
-        pending: tuple[str, list[str], list[str]] | None = None  # article id, texts, sentence ids
+        pending: tuple | None = None  # article id, texts, sentence ids, carried values of its first row
         row_number = 0
         for chunk in iter_table_chunks(path, self.chunk_rows, as_text=True):
             if self.text_column not in chunk.columns:
@@ -120,6 +162,7 @@ class ArticleReader:
                 sentences_mode = (self.table_rows == "sentences"
                                   or (self.table_rows == "auto" and "sentence_id" in chunk.columns))
             has_ids = "article_id" in chunk.columns
+            carried = self._carried(list(chunk.columns))
             for record in chunk.to_dict("records"):
                 row_number += 1
                 text = str(record[self.text_column])
@@ -131,7 +174,7 @@ class ArticleReader:
                     yield from self._finish_table_article(pending, path, sentences_mode)
                     pending = None
                 if pending is None:
-                    pending = (article_id, [], [])
+                    pending = (article_id, [], [], self._meta(record, carried, path, row_number, article_id))
                 pending[1].append(text)
                 pending[2].append(str(record.get("sentence_id", "") or ""))
         if sentences_mode is None:
@@ -140,7 +183,7 @@ class ArticleReader:
             yield from self._finish_table_article(pending, path, sentences_mode)
 
     def _finish_table_article(self, pending, path: Path, sentences_mode: bool) -> Iterator[Article]:
-        article_id, texts, given_ids = pending
+        article_id, texts, given_ids, meta = pending
         source = f"{path}#{article_id}"
         if not sentences_mode:
             try:
@@ -149,6 +192,7 @@ class ArticleReader:
                 self.errors.file_error(exc)
                 return
             if article is not None:
+                article.meta = meta
                 yield article
             return
         keep = [i for i, t in enumerate(texts) if squeeze_spaces(t)]
@@ -163,4 +207,4 @@ class ArticleReader:
             made = sentence_ids(article_id, texts)
             ids = [given or generated for given, generated in zip(ids, made)]
         yield Article(article_id, str(path), [{"sentence_id": s, "idx": i, "text": t}
-                                              for i, (s, t) in enumerate(zip(ids, texts))])
+                                              for i, (s, t) in enumerate(zip(ids, texts))], meta)

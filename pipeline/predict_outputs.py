@@ -68,6 +68,25 @@ def conform(df: pd.DataFrame, labels: Sequence[str], extra: Sequence[str] = ()) 
     return out
 
 
+CONFIDENCE_COLUMNS = ["confidence", "confident"]
+
+
+def conform_rows(df: pd.DataFrame, labels: Sequence[str], extra: Sequence[str], meta: Sequence[str]) -> pd.DataFrame:
+    """`conform` plus confidence / confident and the carried metadata columns (text; missing = "")."""
+    out = conform(df, labels, extra)
+    probs = out[[f"p_{x}" for x in labels]].to_numpy(dtype=float)
+    confidence = pd.to_numeric(df["confidence"]).astype("float64").to_numpy() if "confidence" in df.columns \
+        else (probs.max(axis=1) if len(out) else np.zeros(0))
+    out["confidence"] = confidence
+    confident = df["confident"] if "confident" in df.columns else pd.Series(False, index=df.index)
+    if confident.dtype != bool:
+        confident = confident.astype(str).str.lower().isin(["true", "1"])
+    out["confident"] = confident.astype(bool).to_numpy()
+    for column in meta:
+        out[column] = df[column].fillna("").astype(str).to_numpy() if column in df.columns else ""
+    return out
+
+
 def conform_dtypes(labels: Sequence[str], extra: Sequence[str] = ()) -> dict[str, str]:
     return {"article_id": "object", "sentence_id": "object", "idx": "int64", "text": "object", "label": "object",
             **{f"p_{x}": "float64" for x in labels}, "truncated": "bool", **{c: "object" for c in extra}}
@@ -112,8 +131,10 @@ class Summary:
 
     Accumulated chunk by chunk as one small table per article, never holding the sentences."""
 
-    def __init__(self, labels: Sequence[str]):
+    def __init__(self, labels: Sequence[str], meta: Sequence[str] = ()):
         self.labels = list(labels)
+        self.meta_columns = list(meta)
+        self.meta: dict[str, dict] = {}  # article id -> carried values of its first sentence
         self.columns = ["sentences", "truncated", *[f"n_{x}" for x in self.labels], "net_sum",
                         *[f"psum_{x}" for x in self.labels]]
         self.totals = pd.DataFrame(columns=self.columns, dtype="float64")
@@ -131,6 +152,10 @@ class Summary:
         for x in self.labels:
             part[f"psum_{x}"] = df[f"p_{x}"].astype(float)
         sums = part.groupby(ids.to_numpy(), sort=False).sum()
+        if self.meta_columns:
+            firsts = df.assign(article_id=ids).drop_duplicates("article_id")
+            for record in firsts[["article_id", *self.meta_columns]].to_dict("records"):
+                self.meta.setdefault(record.pop("article_id"), record)
         self.order.update(dict.fromkeys(sums.index))
         self.totals = sums if self.totals.empty else self.totals.add(sums, fill_value=0.0)
 
@@ -147,6 +172,8 @@ class Summary:
                          for x in self.labels], axis=1) if len(t) else np.zeros((0, len(self.labels)))
         out["dominant_label"] = np.asarray(self.labels, dtype=object)[keys.argmax(axis=1)] if len(t) else []
         out["truncated_sentences"] = t["truncated"].astype("int64").to_numpy()
+        for column in self.meta_columns:
+            out[column] = [self.meta.get(a, {}).get(column, "") for a in out["article_id"]]
         return out
 
 
@@ -197,12 +224,16 @@ class PartsWriter:
     """
 
     def __init__(self, output: Path, predictor, errors: ErrorLog, *, chunk_sentences: int, batch_size: int,
-                 resume: bool):
+                 resume: bool, enrich=None, added: Sequence[str] = ()):
         self.output = Path(output)
         self.parts_dir = self.output.with_name(f".{self.output.name}.parts")
         self.predictor = predictor
         self.labels = list(predictor.labels)
+        # `enrich(frame)` adds confidence / confident and the text columns `added` (rules_fired, top_words).
+        self.enrich = enrich
         self.extra = extra_columns(predictor)
+        self.extra += [c for c in added if c not in self.extra]
+        self.meta: list[str] = []  # carried input columns, in first-seen order
         self.columns = output_columns(self.labels, self.extra)
         self.errors = errors
         self.chunk_sentences = chunk_sentences
@@ -232,8 +263,8 @@ class PartsWriter:
         if flushed:
             self.flush()
         self._sources[article.article_id] = article.source
-        self._buffer.extend({"source": article.source, "article_id": article.article_id, **row}
-                            for row in article.rows)
+        self.meta.extend(c for c in article.meta if c not in self.meta)
+        self._buffer.extend({**article.meta, "article_id": article.article_id, **row} for row in article.rows)
         return flushed
 
     def flush(self) -> None:
@@ -245,7 +276,9 @@ class PartsWriter:
         self._buffer, self._sources = [], {}
         max_length = self.predictor.max_length
         scored = self.predictor.predict(frame["text"].tolist(), batch_size=self.batch_size)
-        frame = pd.concat([frame.drop(columns=["source"]).reset_index(drop=True), scored], axis=1)
+        frame = pd.concat([frame.reset_index(drop=True), scored], axis=1)
+        if self.enrich is not None:
+            frame = self.enrich(frame)
         for row in frame.loc[frame["truncated"], ["article_id", "sentence_id"]].itertuples(index=False):
             self.errors.add(sources[row.article_id], "truncated",
                             f"{sources[row.article_id]}: sentence {row.sentence_id} is longer than the model's "
@@ -253,23 +286,43 @@ class PartsWriter:
                             f"{max_length} tokens", article_id=row.article_id, sentence_id=row.sentence_id)
         self.sentences += len(frame)
         self.truncated += int(frame["truncated"].sum())
-        write_table_atomic(conform(frame, self.labels, self.extra)[self.columns], self.parts_dir / f"part-{self._next_part:06d}.parquet")
+        write_table_atomic(self.rows(frame, self.meta), self.parts_dir / f"part-{self._next_part:06d}.parquet")
         self._next_part += 1
+
+    def rows(self, frame: pd.DataFrame, meta: Sequence[str]) -> pd.DataFrame:
+        return conform_rows(frame, self.labels, self.extra, meta)[[*self.columns, *CONFIDENCE_COLUMNS, *meta]]
+
+    def merged_meta(self, paths: Sequence[Path]) -> list[str]:
+        """The carried columns of everything merged (parts of an interrupted run, an earlier output)."""
+        known = set(self.columns) | set(CONFIDENCE_COLUMNS)
+        meta = list(self.meta)
+        for path in paths:
+            if path.suffix == ".parquet":
+                import pyarrow.parquet as pq
+
+                names = pq.read_schema(path).names
+            else:
+                names = list(next(iter(iter_table_chunks(path, 1)), pd.DataFrame()).columns)
+            meta += [c for c in names if c not in known and c not in meta]
+        return meta
 
     def discard(self) -> None:
         shutil.rmtree(self.parts_dir, ignore_errors=True)
 
     def merge(self) -> pd.DataFrame:
         """Earlier output (resume) + parts → temp file → rename over the output; returns the per-article summary."""
-        summary = Summary(self.labels)
+        merged = ([self.output] if self.resume and self.output.exists() else []) + self._parts()
+        meta = self.merged_meta(merged)
+        summary = Summary(self.labels, meta)
         with atomic_path(self.output) as tmp:
             writer = TableWriter(tmp, self.output.suffix)
-            merged = ([self.output] if self.resume and self.output.exists() else []) + self._parts()
             for path in merged:
                 for chunk in iter_table_chunks(path, self.chunk_sentences):
-                    chunk = conform(chunk, self.labels, self.extra)[self.columns]
+                    chunk = self.rows(chunk, meta)
                     writer.write(chunk)
                     summary.add(chunk)
-            writer.close(pd.DataFrame({c: pd.Series(dtype=t) for c, t in conform_dtypes(self.labels, self.extra).items()}))
+            dtypes = {**conform_dtypes(self.labels, self.extra), "confidence": "float64", "confident": "bool",
+                      **{c: "object" for c in meta}}
+            writer.close(pd.DataFrame({c: pd.Series(dtype=t) for c, t in dtypes.items()}))
         self.discard()
         return summary.frame()

@@ -84,7 +84,8 @@ def test_directory_with_bad_files_default_model_and_summary(run_predict, store, 
     better_run = store["runs"]["better"][0]
     assert report["model_uri"] == f"runs:/{better_run}/model"  # the best run by test_macro_f1
     table = read_table(out)
-    assert list(table.columns) == ["article_id", "sentence_id", "idx", "text", "label", *PROBS, "truncated"]
+    assert list(table.columns) == ["article_id", "sentence_id", "idx", "text", "label", *PROBS, "truncated",
+                                   "rules_fired", "confidence", "confident", "path"]
     table[PROBS] = table[PROBS].astype(float)
     assert sorted(table["article_id"].unique()) == sorted([p.stem for p in SEEDS] + ["wrapped"])
     np.testing.assert_allclose(table[PROBS].sum(axis=1), 1.0, atol=1e-9)
@@ -110,7 +111,7 @@ def test_directory_with_bad_files_default_model_and_summary(run_predict, store, 
     summary = pd.read_csv(report["summary"])
     assert list(summary.columns) == ["article_id", "sentences", "n_negative", "n_neutral", "n_positive",
                                      "share_negative", "share_neutral", "share_positive", "net_stance",
-                                     "dominant_label", "truncated_sentences"]
+                                     "dominant_label", "truncated_sentences", "path"]
     for row in summary.itertuples():
         part = table[table["article_id"] == row.article_id]
         assert row.sentences == len(part)

@@ -1,0 +1,122 @@
+"""predict's analyst outputs (issue 11): confidence, reasons, timeline / outlet summaries and the HTML report.
+
+  * `Enricher` adds per-sentence columns to each predicted chunk: `confidence` (the calibrated probability of the
+    predicted label; the calibration itself is applied by the predictor, pipeline.inference), `confident`
+    (≥ predict.min_confidence), `rules_fired` (the cue lexicon's rules; a hybrid model already returns them) and,
+    with predict.explain=true, `top_words` (occlusion, pipeline.explain);
+  * `write_summaries` writes `<output stem>.timeline<ext>` and `<output stem>.outlets<ext>` from the per-article
+    summary (one row per article: memory does not grow with the number of sentences);
+  * `write_report` writes the self-contained HTML report from the merged outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.analytics import by_outlet, timeline
+from pipeline.errors import PipelineError
+from pipeline.explain import format_reasons, top_words
+from pipeline.io import read_table, write_table_atomic
+
+log = logging.getLogger(__name__)
+
+TIMELINE_CHOICES = ("day", "week", "none")
+
+
+class Enricher:
+    """Callable on a predicted chunk (text, label, p_<label>… columns): adds confidence, confident, rules_fired and
+    (explain) top_words. `added` lists the text columns it adds."""
+
+    def __init__(self, cfg: DictConfig, predictor):
+        pcfg = cfg.predict
+        self.predictor = predictor
+        self.labels = list(predictor.labels)
+        self.min_confidence = float(OmegaConf.select(pcfg, "min_confidence", default=0.0) or 0.0)
+        self.explain = bool(OmegaConf.select(pcfg, "explain", default=False))
+        self.top_k = int(OmegaConf.select(pcfg, "explain_top_k", default=3))
+        self.batch_size = int(OmegaConf.select(pcfg, "batch_size", default=64))
+        self.lexicon = None
+        if "rules_fired" not in predictor.output_columns:  # a hybrid returns them: never computed twice
+            path = OmegaConf.select(cfg, "labeling.lexicon", default=None)
+            if path:
+                from pipeline.rules import load_lexicon
+
+                try:
+                    self.lexicon = load_lexicon(str(path))
+                except (PipelineError, OSError) as exc:
+                    log.warning("predict: no rules_fired column values: cannot load the lexicon %s (%s)", path, exc)
+        self.added = ["rules_fired"] + (["top_words"] if self.explain else [])
+
+    def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.copy()
+        probs = frame[[f"p_{x}" for x in self.labels]].to_numpy(dtype=float)
+        frame["confidence"] = probs.max(axis=1) if len(frame) else np.zeros(0)
+        frame["confident"] = frame["confidence"] >= self.min_confidence
+        texts = frame["text"].astype(str).tolist()
+        if "rules_fired" not in frame.columns:
+            frame["rules_fired"] = (self.lexicon.label_texts(texts)["rules_fired"].to_numpy()
+                                    if self.lexicon is not None else "")
+        if self.explain:
+            words = top_words(lambda t: self.predictor.predict_proba(t, batch_size=self.batch_size), texts,
+                              frame["label"].tolist(), k=self.top_k, classes=self.labels)
+            frame["top_words"] = [format_reasons(w) for w in words]
+        return frame
+
+
+def timeline_freq(cfg: DictConfig) -> str | None:
+    freq = str(OmegaConf.select(cfg, "predict.timeline", default="none") or "none").lower()
+    if freq not in TIMELINE_CHOICES:
+        raise PipelineError(f"predict.timeline={freq!r}: choose one of {', '.join(TIMELINE_CHOICES)}")
+    return None if freq == "none" else freq
+
+
+def _per_article(articles: pd.DataFrame, labels) -> pd.DataFrame:
+    """The per-article summary as the sums `analytics.grouped_articles` takes."""
+    out = articles.copy()
+    out["net_sum"] = out["net_stance"].astype(float) * out["sentences"].astype(float)
+    return out
+
+
+def write_summaries(cfg: DictConfig, output: Path, articles: pd.DataFrame, labels) -> dict[str, pd.DataFrame]:
+    """Timeline and outlet tables beside `output`, when the articles carry dates / outlets; {name: frame}."""
+    pcfg = cfg.predict
+    n_boot, seed = int(pcfg.bootstrap), int(OmegaConf.select(cfg, "seed", default=0) or 0)
+    per_article = _per_article(articles, labels)
+    written: dict[str, pd.DataFrame] = {}
+    freq = timeline_freq(cfg)
+    date_column, outlet_column = str(pcfg.date_column), str(pcfg.outlet_column)
+    if freq and date_column in articles.columns and (articles[date_column].astype(str).str.strip() != "").any():
+        frame = timeline(per_article, freq, date_column=date_column, n_boot=n_boot, seed=seed, labels=labels,
+                         per_article=True)
+        frame["period"] = pd.to_datetime(frame["period"]).dt.strftime("%Y-%m-%d")
+        written["timeline"] = frame
+    if outlet_column in articles.columns and (articles[outlet_column].astype(str).str.strip() != "").any():
+        written["outlets"] = by_outlet(per_article, outlet_column=outlet_column, n_boot=n_boot, seed=seed,
+                                       labels=labels, per_article=True)
+    for name, frame in written.items():
+        path = output.with_name(f"{output.stem}.{name}{output.suffix}")
+        write_table_atomic(frame, path)
+        log.info("predict: wrote %s (%d rows)", path, len(frame))
+    return written
+
+
+def summary_path(output: Path, name: str) -> Path:
+    return output.with_name(f"{output.stem}.{name}{output.suffix}")
+
+
+def write_report(cfg: DictConfig, output: Path, articles: pd.DataFrame, summaries: dict[str, pd.DataFrame],
+                 labels, model_description: str) -> Path:
+    """The HTML report (predict.report_path, default <output stem>.report.html) from the merged outputs."""
+    from pipeline.report import write_html_report
+
+    pcfg = cfg.predict
+    path = Path(str(pcfg.report_path)) if pcfg.report_path else output.with_name(output.stem + ".report.html")
+    sentences = read_table(output)
+    return write_html_report(path, sentences, articles, summaries.get("timeline"), summaries.get("outlets"),
+                             model_description=model_description, top_n=int(pcfg.report_top_sentences),
+                             labels=labels)

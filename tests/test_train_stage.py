@@ -171,6 +171,16 @@ def test_tfidf_on_a_table_through_the_cli(make_cfg, tmp_path):
     assert run.data.tags["model_kind"] == "tfidf" and run.data.tags["has_model"] == "true"
     assert "baseline_tfidf_test_macro_f1" not in run.data.metrics  # the model is the baseline here
     assert "baseline_rules_test_macro_f1" not in run.data.metrics  # a plain table has no rules
+    # Calibrated on held-out gold before logging; the served (refit) model carries the same calibration.json.
+    assert {"calibration_ece_before", "calibration_ece_after", "calibration_temperature"} <= set(run.data.metrics)
+    assert (Path(result["model_dir"]) / "calibration.json").exists()
+    artifacts = [a.path for a in mlflow.MlflowClient().list_artifacts(result["run_id"], "evaluation")]
+    assert "evaluation/reliability.png" in artifacts
+    # The run's description in the UI lists its headline numbers; the experiment is a model-training one.
+    assert "test macro-F1" in run.data.tags["mlflow.note.content"] and "calibration" in run.data.tags["mlflow.note.content"]
+    experiment = mlflow.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.tags["mlflow.note.content"]
     # Registered under the configured name, with the alias pointing at this run's version.
     out = mlflow.pyfunc.load_model("models:/stance-tfidf@champion").predict(pd.DataFrame({"text": ["اتفاق مثمر وبناء اليوم"]}))
     assert out["label"].tolist() == ["positive"]

@@ -125,17 +125,25 @@ def run_multirun(stage_name: str, overrides: Sequence[str]):
         mlflow.log_param("sweep", " ".join(overrides)[: tracking.MAX_PARAM_CHARS])
         results = []
         for job, cfg in zip(jobs, configs):
-            with tracking.run_name_suffix(swept_values(jobs, job)):
+            with tracking.run_name_suffix(swept_values(jobs, job, overrides)):
                 results.append(run_stage(stage_name, cfg))
         return results
 
 
-def swept_values(jobs: Sequence[Sequence[str]], job: Sequence[str]) -> str:
-    """The overrides of `job` that vary across the sweep, by their last key part: `lr=1e-4 batch_size=8`."""
+def swept_values(jobs: Sequence[Sequence[str]], job: Sequence[str], overrides: Sequence[str] = ()) -> str:
+    """The overrides of `job` that vary across the sweep, by their last key part: `lr=1e-4 batch_size=8`.
+
+    Values are shown as written in `overrides` (1e-4) where a plain comma list gives them, else as Hydra
+    normalised them (0.0001)."""
     varying = [i for i in range(len(job)) if len({j[i] for j in jobs}) > 1]
     parts = []
     for i in varying:
         key, _, value = job[i].partition("=")
+        if i < len(overrides):
+            typed = [v.strip() for v in overrides[i].partition("=")[2].split(",")]
+            normalised = sorted({j[i] for j in jobs}, key=[j[i] for j in jobs].index)
+            if len(typed) == len(normalised) and not set("()[]{}'\"") & set(overrides[i]):
+                value = typed[normalised.index(job[i])]
         parts.append(f"{key.lstrip('+~').split('.')[-1]}={value}")
     return " ".join(parts)
 

@@ -93,13 +93,15 @@ def write_summaries(cfg: DictConfig, output: Path, articles: pd.DataFrame, label
     if freq and date_column in articles.columns and (articles[date_column].astype(str).str.strip() != "").any():
         frame = timeline(per_article, freq, date_column=date_column, n_boot=n_boot, seed=seed, labels=labels,
                          per_article=True)
-        frame["period"] = pd.to_datetime(frame["period"]).dt.strftime("%Y-%m-%d")
+        frame["period"] = pd.to_datetime(frame["period"])
         written["timeline"] = frame
     if outlet_column in articles.columns and (articles[outlet_column].astype(str).str.strip() != "").any():
         written["outlets"] = by_outlet(per_article, outlet_column=outlet_column, n_boot=n_boot, seed=seed,
                                        labels=labels, per_article=True)
     for name, frame in written.items():
-        path = output.with_name(f"{output.stem}.{name}{output.suffix}")
+        path = summary_path(output, name)
+        if "period" in frame.columns:  # the same text in every format: YYYY-MM-DD
+            frame = frame.assign(period=frame["period"].dt.strftime("%Y-%m-%d"))
         write_table_atomic(frame, path)
         log.info("predict: wrote %s (%d rows)", path, len(frame))
     return written
@@ -116,7 +118,13 @@ def write_report(cfg: DictConfig, output: Path, articles: pd.DataFrame, summarie
 
     pcfg = cfg.predict
     path = Path(str(pcfg.report_path)) if pcfg.report_path else output.with_name(output.stem + ".report.html")
-    sentences = read_table(output)
+    sentences = read_table(output)  # a CSV / JSONL output reads back as text: numbers and flags again
+    for column in [*(f"p_{x}" for x in labels), "confidence", "idx"]:
+        if column in sentences.columns:
+            sentences[column] = pd.to_numeric(sentences[column])
+    for column in ("truncated", "confident"):
+        if column in sentences.columns and sentences[column].dtype != bool:
+            sentences[column] = sentences[column].astype(str).str.lower().isin(["true", "1"])
     return write_html_report(path, sentences, articles, summaries.get("timeline"), summaries.get("outlets"),
                              model_description=model_description, top_n=int(pcfg.report_top_sentences),
                              labels=labels)

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 
 from pipeline import LABELS
-from pipeline.io import read_table
 from test_predict import run_predict, store  # noqa: F401 (fixtures)
 
 PROBS = [f"p_{x}" for x in LABELS]
@@ -66,10 +65,9 @@ def test_predict_writes_metadata_timeline_outlets_reasons_and_report(run_predict
     # 4. reasons: the lexicon's rule on the cue sentence; top words present and formatted
     cue_row = rows[rows["text"].str.contains("ترفض")].iloc[0]
     assert "neg.refusal" in cue_row["rules_fired"]
-    assert rows.loc[rows["text"].str.contains("المفاوضات"), "rules_fired"].iloc[0] in ("", "neg.stalled") or True
     assert rows["top_words"].str.fullmatch(r"(\S+ \(\+\d\.\d\d\)(, )?){0,2}").all()
     # 2. timeline and outlets beside the output; the timeline equals the sentence-level computation
-    tl = read_table(Path(report["timeline"]))
+    tl = pd.read_csv(report["timeline"])
     assert Path(report["timeline"]) == out.with_name("pred.timeline.csv")
     assert tl["period"].astype(str).tolist() == ["2022-01-27", "2022-01-28"]
     assert tl["n_articles"].tolist() == [2, 1]
@@ -77,7 +75,7 @@ def test_predict_writes_metadata_timeline_outlets_reasons_and_report(run_predict
                         seed=int(0))
     np.testing.assert_allclose(tl["net_stance"].astype(float), expected["net_stance"].astype(float), atol=1e-9)
     assert tl["n_sentences"].astype(int).tolist() == expected["n_sentences"].astype(int).tolist()
-    outlets = read_table(out.with_name("pred.outlets.csv"))
+    outlets = pd.read_csv(out.with_name("pred.outlets.csv"))
     assert sorted(outlets["outlet"]) == ["الجزيرة", "العربية"] and outlets["n_articles"].astype(int).sum() == 4
     # 5. the report: one self-contained RTL page with the sections
     html_path = Path(report["report"])

@@ -73,7 +73,8 @@ CONFIDENCE_COLUMNS = ["confidence", "confident"]
 
 def conform_rows(df: pd.DataFrame, labels: Sequence[str], extra: Sequence[str], meta: Sequence[str]) -> pd.DataFrame:
     """`conform` plus confidence / confident and the carried metadata columns (text; missing = "")."""
-    out = conform(df, labels, extra)
+    missing = [c for c in extra if c not in df.columns]  # e.g. an output of an older version, on resume
+    out = conform(df.assign(**{c: "" for c in missing}) if missing else df, labels, extra)
     probs = out[[f"p_{x}" for x in labels]].to_numpy(dtype=float)
     confidence = pd.to_numeric(df["confidence"]).astype("float64").to_numpy() if "confidence" in df.columns \
         else (probs.max(axis=1) if len(out) else np.zeros(0))

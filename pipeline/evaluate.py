@@ -88,7 +88,8 @@ def _cross_validate(cfg: DictConfig) -> dict:
     oof_base: dict[str, list[np.ndarray]] = {}
     model_folds: list[dict[str, float]] = []
     base_folds: dict[str, list[dict[str, float]]] = {}
-    tags = {"stage": "evaluate", "cv": mode, "model_kind": stance_kind(cfg), "model_name": str(cfg.model.name)}
+    tags = {"stage": "evaluate", "cv": mode, "model_kind": stance_kind(cfg), "model_name": str(cfg.model.name),
+            **tracking.recipe_tags(cfg)}
     with tracking.start_run(cfg, f"evaluate-{mode}-{cfg.model.name}", tags={**tags, "cv_parent": "true"}) as parent:
         mlflow.set_tags({"data_digest": "+".join(tracking.file_digest(p) for p in data.paths),
                          "labels_gold": ", ".join(f"{k}={v}" for k, v in

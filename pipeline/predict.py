@@ -26,25 +26,17 @@ import logging
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from pipeline.errors import PipelineError
 from pipeline.inference import load_predictor, set_threads
 from pipeline.io import TABLE_SUFFIXES, read_table, write_table_atomic, write_text_atomic
 from pipeline.model_store import resolve_model, segment_rules_for
-from pipeline.predict_inputs import ArticleReader, expand_inputs
+from pipeline.predict_inputs import ArticleReader, as_list, expand_inputs
 from pipeline.predict_outputs import ERROR_COLUMNS, ErrorLog, PartsWriter, plot_net_stance
 
 log = logging.getLogger(__name__)
-
-
-def _as_list(value) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple, ListConfig)):
-        return [str(v) for v in value]
-    return [str(value)]
 
 
 def _sibling(output: Path, configured, tail: str) -> Path:
@@ -56,7 +48,7 @@ def _sibling(output: Path, configured, tail: str) -> Path:
 def predict(cfg: DictConfig) -> dict:
     """Stage entry: predict `input` with `model_uri` (default: best run) into `output`; returns the paths."""
     pcfg = cfg.predict
-    inputs = _as_list(OmegaConf.select(cfg, "input", default=None))
+    inputs = as_list(OmegaConf.select(cfg, "input", default=None))
     output = OmegaConf.select(cfg, "output", default=None)
     if not inputs:
         raise PipelineError("give the articles to predict: input=<file | directory | glob | .csv | .jsonl>")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from pipeline.arabic import has_arabic, squeeze_spaces
 from pipeline.errors import PipelineError
@@ -30,6 +30,15 @@ class Article:
     article_id: str
     source: str
     rows: list[dict]  # sentence_id, idx, text
+
+
+def as_list(value) -> list[str]:
+    """An `input=`-style config value (one path or a list of them) as a list of strings."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple, ListConfig)):
+        return [str(v) for v in value]
+    return [str(value)]
 
 
 def expand_inputs(inputs: Sequence[str], errors: ErrorLog) -> list[Path]:

@@ -98,3 +98,20 @@ def start_run(cfg: DictConfig, run_name: str, *, nested: bool = False, tags: Map
             mlflow.log_params(flatten_config(cfg))
             mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         yield run  # mlflow's ActiveRun marks the run FAILED when the block raises
+
+
+RECIPE_SECTIONS = ("data", "segment", "labeling", "model", "train")
+
+
+def recipe_tags(cfg: DictConfig) -> dict[str, str]:
+    """Tags that say what a model was trained on and how: the data set, the label set, and a digest of the
+    config sections that make the recipe (train runs and evaluate runs of one recipe share it)."""
+    import json
+
+    from pipeline import LABELS
+
+    sections = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in RECIPE_SECTIONS if key in cfg}
+    sections["train"] = {k: v for k, v in (sections.get("train") or {}).items() if k not in ("resume", "num_threads")}
+    digest = hashlib.sha256(json.dumps(sections, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"data_name": str(OmegaConf.select(cfg, "data.name", default="")), "label_set": ",".join(LABELS),
+            "recipe_digest": digest}

@@ -68,7 +68,7 @@ def train(cfg: DictConfig) -> dict:
     split = holdout_split(data, cfg)
     log.info("train: %s", split.describe())
     work_dir, resume_from = resolve_resume(cfg) if kind == "transformer" else (Path(str(cfg.paths.run_dir)), None)
-    tags = {"stage": "train", "model_kind": kind, "model_name": str(cfg.model.name)}
+    tags = {"stage": "train", "model_kind": kind, "model_name": str(cfg.model.name), **tracking.recipe_tags(cfg)}
     if resume_from:
         tags["resumed_from"] = str(resume_from)
     with tracking.start_run(cfg, f"train-{cfg.model.name}", tags=tags) as run:

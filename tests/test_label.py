@@ -196,6 +196,22 @@ def test_uncertainty_ordering_with_model_probabilities():
         uncertainty(probs, "random")
 
 
+def test_context_stays_within_the_article_when_file_order_is_not_sorted_order():
+    # Articles listed "z" before "a" (file order), sentences of "z" with shuffled idx: context must never
+    # come from the other article, and must follow idx within the article.
+    labelled = pd.DataFrame({
+        "article_id": ["z", "z", "z", "a", "a"], "sentence_id": ["z:1", "z:0", "z:2", "a:0", "a:1"],
+        "idx": [1, 0, 2, 0, 1], "text": ["z1", "z0", "z2", "a0", "a1"], "label": [None] * 5,
+        "source": ["rules"] * 5, "rule_label": [None] * 5, "rule_confidence": [0.0] * 5, "rules_fired": [""] * 5,
+    })
+    tasks = build_tasks(labelled, pd.Series([True] * 5), model_version="m", context_sentences=1)
+    context = {t["data"]["sentence_id"]: (t["data"]["context_before"], t["data"]["context_after"]) for t in tasks}
+    assert context == {
+        "z:0": ("", "z1"), "z:1": ("z0", "z2"), "z:2": ("z1", ""),
+        "a:0": ("", "a1"), "a:1": ("a0", ""),
+    }
+
+
 def test_export_with_a_stance_model_dir(seeds, tmp_path):
     """Pre-annotations and order from a (tf-idf) stance model directory, through pipeline.inference."""
     import joblib

@@ -192,6 +192,43 @@ def test_metrics_and_bootstrap_interval():
     assert cm.loc["true_negative", "pred_positive"] == 5 and cm.to_numpy().sum() == 30
 
 
+def test_fold_without_positives_scores_over_the_labels_it_has():
+    from pipeline.metrics import bootstrap_macro_f1, classification_metrics, macro_f1
+
+    y_true = ["negative", "neutral", "neutral", "negative", "neutral"]
+    m = classification_metrics(y_true, y_true)
+    assert m["macro_f1"] == 1.0 and macro_f1(y_true, y_true) == 1.0      # not capped at 2/3 by the absent class
+    assert m["macro_f1_all_labels"] == pytest.approx(2 / 3)
+    assert bootstrap_macro_f1(y_true, y_true, n_resamples=50, seed=0) == (1.0, 1.0)
+
+
+def test_cluster_bootstrap_resamples_groups():
+    from pipeline.metrics import bootstrap_macro_f1
+
+    # Article "a" is predicted perfectly, article "b" all wrong: drawing whole articles gives resamples of
+    # only a (1.0), only b (0.0) or both; drawing sentences mixes them in every resample.
+    y_true = ["negative", "neutral", "positive"] * 4 + ["negative", "neutral", "positive"] * 4
+    y_pred = ["negative", "neutral", "positive"] * 4 + ["positive", "negative", "neutral"] * 4
+    groups = ["a"] * 12 + ["b"] * 12
+    by_sentence = bootstrap_macro_f1(y_true, y_pred, n_resamples=400, seed=3)
+    by_article = bootstrap_macro_f1(y_true, y_pred, n_resamples=400, seed=3, groups=groups)
+    assert by_article == (0.0, 1.0)
+    assert by_sentence != by_article and 0.2 < by_sentence[0] < by_sentence[1] < 0.8
+    assert by_article == bootstrap_macro_f1(y_true, y_pred, n_resamples=400, seed=3, groups=groups)
+
+
+def test_write_report_bootstraps_articles(tmp_path):
+    from pipeline.metrics import write_report
+
+    labels = ["negative", "neutral", "positive"]
+    test = pd.DataFrame({"sentence_id": [f"s{i}" for i in range(24)], "group": ["a"] * 12 + ["b"] * 12,
+                         "text": ["x"] * 24, "label": labels * 8})
+    pred = labels * 4 + ["positive", "negative", "neutral"] * 4
+    proba = np.eye(3)[[labels.index(x) for x in pred]]
+    metrics, _ = write_report(tmp_path, test, proba, title="t", n_resamples=400, ci=0.95, seed=3, max_errors=10)
+    assert (metrics["macro_f1_ci_low"], metrics["macro_f1_ci_high"]) == (0.0, 1.0)
+
+
 def test_rules_and_majority_baselines(make_cfg, labelled):
     from pipeline.baselines import majority_proba, rules_proba
 

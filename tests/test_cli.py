@@ -47,6 +47,11 @@ def test_stage_help_shows_composed_config_with_overrides(capsys):
         (["segment", "x=[1"], "bad override"),
         (["segment", "justaword"], "expected key=value"),
         (["segment", "--frobnicate"], "unknown option '--frobnicate'"),
+        (["train", "train.epochs=abc"], "bad override 'train.epochs=abc': train.epochs must be an integer"),
+        (["predict", "predict.batch_size=abc"], "predict.batch_size must be an integer"),
+        (["train", "train.sources=gold"], "train.sources must be a list"),
+        (["train", "train.group_by_length=maybe"], "train.group_by_length must be true or false"),
+        (["train", "hydra.run.dir=/tmp/elsewhere"], "hydra.* settings are not used by this CLI; the run dir is paths.run_dir"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(args, message, capsys):
@@ -54,6 +59,21 @@ def test_usage_errors_exit_2_with_one_line(args, message, capsys):
     err = capsys.readouterr().err
     assert message in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_valid_overrides_keep_working(make_cfg):
+    cfg = make_cfg("train", "train.lr=1e-4", "model=tiny", "train.epochs=3", "train.resume=/some/run/dir",
+                   "predict.threads=2", "evaluate.ci=1", "train.sources=[gold]")
+    assert cfg.train.lr == 1e-4 and cfg.model.name == "tiny" and cfg.train.epochs == 3
+    assert cfg.train.resume == "/some/run/dir" and cfg.evaluate.ci == 1 and list(cfg.train.sources) == ["gold"]
+
+
+def test_a_dict_override_replaces_the_dict(make_cfg):
+    # table.yaml's `label_map: {}` is a struct node: Hydra alone refuses every new key of a plain override.
+    cfg = make_cfg("train", "data=table", "data.path=x.csv", "data.label_map={Favor: positive, None: neutral}")
+    assert dict(cfg.data.label_map) == {"Favor": "positive", "None": "neutral"}
+    cfg = make_cfg("train", "data=arsarcasm", "data.label_map={P: positive}")
+    assert dict(cfg.data.label_map) == {"P": "positive"}             # the given map, not merged with the default
 
 
 def test_unknown_stage_from_the_shell():

@@ -154,6 +154,25 @@ def test_table_data_with_label_map(make_cfg, tmp_path):
     assert not set(split.test["sentence_id"]) & set(split.train["sentence_id"])
 
 
+def test_label_string_none_is_a_label_and_a_plain_label_map_override_works(make_cfg, tmp_path):
+    from pipeline.splits import load_labelled
+
+    path = tmp_path / "mawqif.csv"
+    pd.DataFrame({"text": [f"جملة {i}" for i in range(6)],
+                  "stance": ["None", "Favor", "Against", "None", "Favor", "Against"]}).to_csv(path, index=False)
+    cfg = make_cfg("train", "data=table", f"data.path={path}", "data.label_column=stance",
+                   "data.label_map={None: neutral, Favor: positive, Against: negative}")
+    data = load_labelled(cfg)
+    assert data.frame["label"].tolist() == ["neutral", "positive", "negative"] * 2
+    # A real null (JSON null) is a missing label, not the string "None".
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text('{"text": "a", "stance": null}\n{"text": "b", "stance": "None"}\n', encoding="utf-8")
+    cfg = make_cfg("train", "data=table", f"data.path={jsonl}", "data.label_column=stance",
+                   "data.label_map={None: neutral}")
+    with pytest.raises(PipelineError, match="label\\(s\\) '' \\(1 rows\\)"):
+        load_labelled(cfg)
+
+
 def test_table_data_unknown_label_is_explained(make_cfg, tmp_path):
     from pipeline.splits import load_labelled
 

@@ -291,7 +291,7 @@ def test_import_conflict_with_gold_is_listed_and_gold_kept(seeds, tmp_path, caps
 
 def test_import_conflict_with_earlier_annotation_backup_and_replace(seeds, tmp_path, capsys):
     cfg, sentences = seeds
-    write_gold(tmp_path / "gold.csv", [], sentences)
+    write_gold(tmp_path / "gold.csv", [(sentences["sentence_id"].iloc[-1], "neutral")], sentences)  # any one gold row
     earlier = pd.DataFrame([{"sentence_id": READINESS, "article_id": READINESS.split(":")[0], "text": "t",
                              "label": "negative", "annotator": "old@x", "annotated_at": "2026-01-01",
                              "source_task": "old.json#task1"}])
@@ -324,7 +324,7 @@ def _first_annotated(tasks):
 
 def test_import_refuses_unknown_labels_and_ids_and_writes_nothing(seeds, tmp_path):
     cfg, sentences = seeds
-    write_gold(tmp_path / "gold.csv", [], sentences)
+    write_gold(tmp_path / "gold.csv", [(sentences["sentence_id"].iloc[-1], "neutral")], sentences)  # any one gold row
     (tmp_path / "annotations.csv").write_text(",".join(ANNOTATION_COLUMNS) + "\n", encoding="utf-8")  # must stay as is
     before = (tmp_path / "annotations.csv").read_bytes()
 
@@ -349,7 +349,7 @@ def test_import_refuses_unknown_labels_and_ids_and_writes_nothing(seeds, tmp_pat
 
 def test_import_write_is_atomic(seeds, tmp_path, monkeypatch):
     cfg, sentences = seeds
-    write_gold(tmp_path / "gold.csv", [], sentences)
+    write_gold(tmp_path / "gold.csv", [(sentences["sentence_id"].iloc[-1], "neutral")], sentences)  # any one gold row
     (tmp_path / "annotations.csv").write_text(",".join(ANNOTATION_COLUMNS) + "\n", encoding="utf-8")
     before = (tmp_path / "annotations.csv").read_bytes()
 

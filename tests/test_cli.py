@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import expand_sweep, main
-from pipeline.stages import STAGES
+from pipeline.stages import STAGES, ensure_inputs
 
 from conftest import REPO
 
@@ -110,6 +111,37 @@ def test_stale_outputs_are_rebuilt_before_a_stage(tmp_path, make_cfg):
     sentences = Path(cfg.paths.sentences)
     os.utime(sentences, (1, 1))                       # output older than its input
     assert segment.is_stale(cfg)
+
+
+def test_outputs_built_with_another_config_are_rebuilt(tmp_path, make_cfg):
+    import pandas as pd
+
+    lines = (REPO / "labels" / "gold.csv").read_text(encoding="utf-8").splitlines()
+    small_gold = tmp_path / "gold29.csv"
+    small_gold.write_text("\n".join(lines[:30]) + "\n", encoding="utf-8")    # header + 29 rows
+    quiet = "labeling.log_mlflow=false"
+    labelled = Path(make_cfg("label").paths.labelled)
+    small = make_cfg("label", f"paths.gold={small_gold}", quiet)
+    ensure_inputs(STAGES["label"], small)
+    STAGES["label"].run(small)                                 # `label paths.gold=<29-row copy>`
+    assert pd.read_parquet(labelled)["source"].eq("gold").sum() == 29
+    plain = make_cfg("train", quiet)
+    assert STAGES["label"].stale_reason(plain).startswith("built with another config")
+    ensure_inputs(STAGES["train"], plain)                      # a plain train rebuilds labelled.parquet
+    assert pd.read_parquet(labelled)["source"].eq("gold").sum() == len(lines) - 1
+    assert not STAGES["label"].is_stale(plain) and not STAGES["segment"].is_stale(plain)
+    # Knobs that do not change the tables do not rebuild them.
+    assert not STAGES["label"].is_stale(make_cfg("train", quiet, "labeling.stats_only=true", "train.epochs=1"))
+
+    sentences = Path(plain.paths.sentences)
+    built_at = sentences.stat().st_mtime_ns
+    other = make_cfg("train", quiet, "segment.repeated_line_max_words=3")
+    assert STAGES["segment"].is_stale(other)
+    ensure_inputs(STAGES["train"], other)                      # a segment.* override on a dependent stage
+    assert sentences.stat().st_mtime_ns != built_at
+    assert not STAGES["segment"].is_stale(other) and not STAGES["label"].is_stale(other)
+    fingerprint = json.loads(Path(f"{sentences}.fingerprint.json").read_text(encoding="utf-8"))
+    assert fingerprint["config"]["segment"]["repeated_line_max_words"] == 3
 
 
 def test_sweep_expansion_is_a_cartesian_product():

@@ -258,6 +258,34 @@ def test_rules_and_majority_baselines(make_cfg, labelled):
     assert [LABELS[i] for i in maj.argmax(1)] == ["neutral", "neutral"]
 
 
+def test_weighted_loss_on_both_branches_by_hand():
+    """Evaluation branch: sum(w_y * ce) / sum(w_y). Training branch (Trainer passes num_items_in_batch, also under
+    gradient accumulation): sum(w_y * ce) / num_items_in_batch (balanced weights average 1 over the training set)."""
+    import math
+
+    import torch
+
+    from pipeline.train import weighted_loss
+
+    logits = [[2.0, 0.0, -1.0], [0.5, 1.5, 0.0], [0.0, 0.0, 3.0], [1.0, 1.0, 1.0]]
+    labels = [0, 2, 2, 1]
+    weights = [3.0, 1.5, 0.5]
+    ce = [math.log(sum(math.exp(v) for v in row)) - row[y] for row, y in zip(logits, labels)]
+    weighted_sum = sum(weights[y] * c for y, c in zip(labels, ce))
+    t_logits, t_labels = torch.tensor(logits), torch.tensor(labels)
+    loss = weighted_loss(np.array(weights))
+
+    evaluation = loss({"logits": t_logits}, t_labels)
+    assert evaluation.item() == pytest.approx(weighted_sum / sum(weights[y] for y in labels), rel=1e-5)
+    training = loss({"logits": t_logits}, t_labels, num_items_in_batch=4)
+    assert training.item() == pytest.approx(weighted_sum / 4, rel=1e-5)
+    # Two accumulation steps of two items each add up to the same training loss.
+    halves = [loss({"logits": t_logits[i:i + 2]}, t_labels[i:i + 2], num_items_in_batch=4) for i in (0, 2)]
+    assert sum(halves).item() == pytest.approx(weighted_sum / 4, rel=1e-5)
+    # The weights matter on the training branch too.
+    assert training.item() != pytest.approx(sum(ce) / 4, rel=1e-3)
+
+
 def test_weighted_loss_matches_torch_cross_entropy():
     import torch
 

@@ -140,14 +140,38 @@ def test_rules_quality_logged_to_mlflow(seeds, tmp_path):
 
     cfg, sentences = seeds
     write_gold(tmp_path / "gold.csv", gold_from_articles(sentences, ("000", "001")), sentences)
+    gold = dict(gold_from_articles(sentences, ("000", "001")))
     c = cfg("labeling.log_mlflow=true")
-    label(c)
+    out = label(c)
     runs = mlflow.search_runs(experiment_names=[str(c.tracking.experiment)], filter_string="tags.stage = 'label'")
     assert len(runs) == 1
     run = runs.iloc[0]
     assert run["tags.mlflow.runName"] == "rules"
-    for key in ("rules_coverage", "rules_accuracy", "rules_macro_f1", "rules_precision_negative", "rules_recall_positive"):
-        assert 0 <= run[f"metrics.{key}"] <= 1
+    # The same numbers computed here by hand from the rule labels (abstain=neutral: no rule = neutral).
+    rule = dict(zip(out["sentence_id"], out["rule_label"]))
+    pairs = [(g, rule[sid] if isinstance(rule[sid], str) else "neutral") for sid, g in gold.items()]
+    fired = sum(isinstance(rule[sid], str) for sid in gold)
+
+    def f1(label: str) -> float:
+        tp = sum(g == p == label for g, p in pairs)
+        fp = sum(p == label != g for g, p in pairs)
+        fn = sum(g == label != p for g, p in pairs)
+        return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+    present = sorted({g for g, _ in pairs})
+    predicted_negative = [g for g, p in pairs if p == "negative"]
+    gold_positive = [p for g, p in pairs if g == "positive"]
+    expected = {
+        "rules_coverage": fired / len(gold),
+        "rules_accuracy": sum(g == p for g, p in pairs) / len(pairs),
+        "rules_macro_f1": sum(f1(x) for x in present) / len(present),
+        "rules_precision_negative": (predicted_negative.count("negative") / len(predicted_negative)
+                                     if predicted_negative else 0.0),
+        "rules_recall_positive": gold_positive.count("positive") / len(gold_positive) if gold_positive else 0.0,
+    }
+    assert 0 < fired < len(gold) and len(present) >= 2             # a case where the numbers can go wrong
+    for key, value in expected.items():
+        assert run[f"metrics.{key}"] == pytest.approx(value), key
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"])}
     assert {"rules_confusion.csv", "rules_errors.csv", "rules_per_cue.csv", "lexicon.yaml"} <= artifacts
 

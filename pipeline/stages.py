@@ -101,10 +101,16 @@ class Stage:
             return "older than an input"
         digest = self.fingerprint(cfg)["digest"]
         for path in outputs:
+            fp = fingerprint_path(path)
+            if not fp.exists():
+                # Made outside the pipeline (a hand-made table) or by a version without fingerprints: only the
+                # mtime rule above applies; the next run of the stage writes one.
+                log.warning("%s has no %s; cannot tell which config built it", path, fp.name)
+                continue
             try:
-                stored = json.loads(fingerprint_path(path).read_text(encoding="utf-8")).get("digest")
+                stored = json.loads(fp.read_text(encoding="utf-8")).get("digest")
             except (OSError, ValueError):
-                return f"no fingerprint beside {path}"
+                return f"unreadable {fp}"
             if stored != digest:
                 return f"built with another config or other inputs (see {fingerprint_path(path)})"
         return None

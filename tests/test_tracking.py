@@ -29,7 +29,9 @@ print("logged")
 
 
 def _child_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # An earlier test's mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which would win over tracking.uri.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return {**env, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 @pytest.mark.slow

@@ -108,7 +108,9 @@ def _read_label_table(cfg: DictConfig, path: Path, *, sample: bool) -> pd.DataFr
                 "set data.text_column / data.label_column / data.group_column"
             )
     label_map = {str(k): str(v) for k, v in (OmegaConf.to_container(data.label_map) or {}).items()}
-    raw = df[label_col].astype(str).str.strip()
+    # The string "None" (e.g. Mawqif's stance) is a label (read_table keeps it); a real null (JSON null, parquet
+    # None) is no label: it becomes "" and is reported below, never mapped as if it were the string "None".
+    raw = df[label_col].where(df[label_col].notna(), "").astype(str).str.strip()
     labels = raw.map(label_map) if label_map else raw.str.lower()
     unknown = raw[labels.isna() | ~labels.isin(LABELS)].value_counts()
     if len(unknown):

@@ -36,15 +36,17 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
     overrides = [f"tracking.uri=sqlite:///{root}/mlflow.db", f"tracking.artifact_root={root}/artifacts"]
     model_dir = make_stance_model(root / "model")
+    # Version 2 has other weights than version 1, so a test can tell which one an alias or URI loaded.
+    model_dirs = {"worse": model_dir, "better": make_stance_model(root / "model_better", seed=11)}
     runs = {}
     for name, f1, extra in (("worse", 0.2, []), ("better", 0.6, ["segment.paragraph_break=blank_line"])):
         cfg = compose_config("train", [*overrides, *extra])
         with tracking.start_run(cfg, name, tags={"has_model": "true", "model_kind": "transformer"}) as run:
-            info = log_stance_model(model_dir, registered_model_name="stance")
+            info = log_stance_model(model_dirs[name], registered_model_name="stance")
             mlflow.log_metric("test_macro_f1", f1)
         runs[name] = (run.info.run_id, info)
     mlflow.MlflowClient().set_registered_model_alias("stance", "champion", "2")
-    return {"overrides": overrides, "model_dir": model_dir, "runs": runs, "root": root}
+    return {"overrides": overrides, "model_dir": model_dir, "model_dirs": model_dirs, "runs": runs, "root": root}
 
 
 @pytest.fixture
@@ -153,6 +155,26 @@ def test_model_uri_forms(run_predict, store, tmp_path, which):
     assert report["model_uri"] == uri
     table = pd.read_json(out, lines=True)
     assert len(table) > 0 and set(table["label"]) <= set(LABELS)
+
+
+def test_alias_loads_the_version_it_points_to(run_predict, store, tmp_path):
+    import mlflow
+
+    def probs(uri: str, name: str) -> np.ndarray:
+        out = tmp_path / f"{name}.parquet"
+        run_predict(f"input={SEEDS[1]}", f"output={out}", f"model_uri={uri}")
+        return pd.read_parquet(out)[PROBS].to_numpy(dtype=float)
+
+    v1, v2 = probs(str(store["model_dirs"]["worse"]), "v1"), probs(str(store["model_dirs"]["better"]), "v2")
+    assert not np.allclose(v1, v2, atol=1e-4)                     # the two versions really differ
+    np.testing.assert_allclose(probs("models:/stance@champion", "champion2"), v2, atol=1e-6)
+    client = mlflow.MlflowClient(f"sqlite:///{store['root']}/mlflow.db")
+    client.set_registered_model_alias("stance", "champion", "1")
+    try:
+        np.testing.assert_allclose(probs("models:/stance@champion", "champion1"), v1, atol=1e-6)
+        np.testing.assert_allclose(probs("models:/stance/2", "version2"), v2, atol=1e-6)
+    finally:
+        client.set_registered_model_alias("stance", "champion", "2")
 
 
 def test_unknown_model_uri_and_missing_input(run_predict, tmp_path):

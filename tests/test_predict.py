@@ -373,3 +373,47 @@ def test_sentence_table_without_article_id_is_predicted_in_row_chunks(run_predic
     assert table["sentence_id"].tolist() == [f"s{i}" for i in range(7)] and table["idx"].astype(int).tolist() == list(range(7))
     assert set(table["article_id"]) == {"one"} and report["articles"] >= 1
     assert pd.read_csv(report["summary"])["sentences"].tolist() == [7]
+
+
+class _Payload:
+    """A pickle that runs code when loaded: it creates the file named by `target`."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.target),))
+
+
+def test_pickled_model_dir_outside_the_store_is_refused_unless_trusted(run_predict, tmp_path):
+    """Issue 9 item 12: model_uri=<dir> with a model.joblib from anywhere must not be unpickled by default."""
+    import joblib
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    from pipeline.inference import write_model_metadata
+    from pipeline.preprocess import TextPreprocessor
+
+    evil = tmp_path / "downloads" / "evil-model"
+    evil.mkdir(parents=True)
+    marker = tmp_path / "code-ran"
+    joblib.dump(_Payload(marker), evil / "model.joblib")
+    write_model_metadata(evil, kind="tfidf", labels=LABELS, max_length=512, base_model="tfidf",
+                         preprocessor=TextPreprocessor(None))
+    err = run_predict(f"input={SEEDS[0]}", f"output={tmp_path}/p.csv", f"model_uri={evil}", expect_error=True)
+    assert "predict.trust_model_dir=true" in str(err) and "model.joblib" in str(err)
+    assert not marker.exists() and not (tmp_path / "p.csv").exists()
+
+    # A real tfidf directory one trusts: predicted with predict.trust_model_dir=true.
+    good = tmp_path / "downloads" / "good-model"
+    good.mkdir()
+    texts = ["روسيا ترفض العرض", "واشنطن توافق على الحوار", "موسكو تدرس الاقتراح"] * 3
+    pipe = make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=200)).fit(texts, LABELS * 3)
+    joblib.dump(pipe, good / "model.joblib")
+    write_model_metadata(good, kind="tfidf", labels=LABELS, max_length=512, base_model="tfidf",
+                         preprocessor=TextPreprocessor(None))
+    run_predict(f"input={SEEDS[0]}", f"output={tmp_path}/p.csv", f"model_uri={good}", expect_error=True)
+    report = run_predict(f"input={SEEDS[0]}", f"output={tmp_path}/p.csv", f"model_uri={good}",
+                         "predict.trust_model_dir=true")
+    assert report["sentences"] > 0

@@ -16,7 +16,8 @@ model's max_length is a row of the errors report; the rest of the batch is still
 Streaming: sentences are predicted in chunks of `predict.chunk_sentences`, each chunk written atomically to a
 hidden parts directory beside the output; at the end the parts are merged into the output through a temp file
 and a rename. An interrupted run leaves only the hidden parts directory; `predict.resume=true` skips the
-articles already in the output or in the parts of an interrupted run.
+articles already in the output or in the parts of an interrupted run (parts already merged into the output are
+dropped; parts of another model are refused; the interrupted run's error rows are kept).
 """
 
 from __future__ import annotations

@@ -172,11 +172,13 @@ def fetch_model_dir(cfg, uri: str, *, key: str, download_to=None) -> Path:
         if not local.exists():
             raise PipelineError(f"{key}={uri!r}: no such directory, and not an MLflow URI "
                                 "(runs:/<run id>/model, models:/<name>@<alias>, models:/m-<id>)")
-        refuse_untrusted_pickles(cfg, local, key=key)
         if (local / "MLmodel").exists():  # a downloaded MLflow model: the stance model is inside it
-            return model_dir_of_pyfunc(local)
-        read_model_metadata(local)  # else it must be a stance model dir itself: clear error if not
-        return local
+            stance_dir = model_dir_of_pyfunc(local)
+        else:
+            read_model_metadata(local)  # else it must be a stance model dir itself: clear error if not
+            stance_dir = local
+        refuse_untrusted_pickles(cfg, stance_dir, key=key)  # what load_predictor would unpickle
+        return stance_dir
 
     mlflow = tracking.setup(cfg)  # the store the config names, whatever ran before in this process
     if download_to is not None:

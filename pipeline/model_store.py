@@ -140,6 +140,28 @@ def is_mlflow_uri(uri: str) -> bool:
     return "://" in uri or uri.startswith(("runs:/", "models:/"))
 
 
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+
+
+def refuse_untrusted_pickles(cfg, local: Path, *, key: str) -> None:
+    """A model directory outside this project's MLflow store and outputs whose sklearn part is a pickle (a tfidf
+    model.joblib): loading it runs whatever code it holds, so it is refused unless predict.trust_model_dir=true."""
+    if bool(OmegaConf.select(cfg, "predict.trust_model_dir", default=False)):
+        return
+    pickles = [p for p in Path(local).rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file()]
+    if not pickles:
+        return
+    where = Path(local).resolve()
+    trusted_roots = [OmegaConf.select(cfg, k, default=None) for k in ("tracking.artifact_root", "paths.output_root")]
+    for root in trusted_roots:
+        if root and where.is_relative_to(Path(str(root)).resolve()):
+            return
+    raise PipelineError(
+        f"{key}={local}: {pickles[0].name} is a pickle (loading it can run any code) and this directory is outside "
+        "the MLflow store and paths.output_root; if you trust where it came from, add predict.trust_model_dir=true, "
+        "else log it with `pipeline train` and use its runs:/ or models:/ URI")
+
+
 def fetch_model_dir(cfg, uri: str, *, key: str, download_to=None) -> Path:
     """A local stance model directory for `uri`: a model dir, a downloaded MLflow model, or an MLflow URI
     (runs:/…, models:/<name>@<alias>, models:/m-…) fetched from the configured tracking store.
@@ -151,9 +173,12 @@ def fetch_model_dir(cfg, uri: str, *, key: str, download_to=None) -> Path:
             raise PipelineError(f"{key}={uri!r}: no such directory, and not an MLflow URI "
                                 "(runs:/<run id>/model, models:/<name>@<alias>, models:/m-<id>)")
         if (local / "MLmodel").exists():  # a downloaded MLflow model: the stance model is inside it
-            return model_dir_of_pyfunc(local)
-        read_model_metadata(local)  # else it must be a stance model dir itself: clear error if not
-        return local
+            stance_dir = model_dir_of_pyfunc(local)
+        else:
+            read_model_metadata(local)  # else it must be a stance model dir itself: clear error if not
+            stance_dir = local
+        refuse_untrusted_pickles(cfg, stance_dir, key=key)  # what load_predictor would unpickle
+        return stance_dir
 
     mlflow = tracking.setup(cfg)  # the store the config names, whatever ran before in this process
     if download_to is not None:

@@ -30,6 +30,7 @@ class Article:
     article_id: str
     source: str
     rows: list[dict]  # sentence_id, idx, text
+    piece: int = 0    # >0: a later run of predict.chunk_sentences rows of one long article (sentence tables)
 
 
 def as_list(value) -> list[str]:
@@ -141,14 +142,23 @@ class ArticleReader:
                     pending = None
                 if pending is None:
                     pending = (article_id, [], [])
+                    piece, offset = 0, 0
+                elif sentences_mode and len(pending[1]) >= self.chunk_rows:
+                    # One long article (e.g. a sentence table without article_id): flushed by rows, in pieces,
+                    # never held whole.
+                    for article in self._finish_table_article(pending, path, True, piece, offset):
+                        offset += len(article.rows)
+                        yield article
+                    pending, piece = (article_id, [], []), piece + 1
                 pending[1].append(text)
                 pending[2].append(str(record.get("sentence_id", "") or ""))
         if sentences_mode is None:
             raise BadInputFile(path, "empty", "table has a header but no rows")
         if pending is not None:
-            yield from self._finish_table_article(pending, path, sentences_mode)
+            yield from self._finish_table_article(pending, path, sentences_mode, piece, offset)
 
-    def _finish_table_article(self, pending, path: Path, sentences_mode: bool) -> Iterator[Article]:
+    def _finish_table_article(self, pending, path: Path, sentences_mode: bool, piece: int = 0,
+                              offset: int = 0) -> Iterator[Article]:
         article_id, texts, given_ids = pending
         source = f"{path}#{article_id}"
         if not sentences_mode:
@@ -164,12 +174,12 @@ class ArticleReader:
         for i in set(range(len(texts))) - set(keep):
             self.errors.add(source, "empty_sentence", f"{source}: sentence row {i} is empty; skipped",
                             article_id=article_id, sentence_id=given_ids[i])
-        if not keep or not self._claim(article_id, str(path)):
+        if not keep or (not self._claim(article_id, str(path)) if piece == 0 else self.owners.get(article_id) != str(path)):
             return
         texts = [squeeze_spaces(texts[i]) for i in keep]
         ids = [given_ids[i] for i in keep]
         if not all(ids):
             made = sentence_ids(article_id, texts)
             ids = [given or generated for given, generated in zip(ids, made)]
-        yield Article(article_id, str(path), [{"sentence_id": s, "idx": i, "text": t}
-                                              for i, (s, t) in enumerate(zip(ids, texts))])
+        yield Article(article_id, str(path), [{"sentence_id": s, "idx": offset + i, "text": t}
+                                              for i, (s, t) in enumerate(zip(ids, texts))], piece)

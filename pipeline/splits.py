@@ -314,6 +314,16 @@ def holdout_split(data: LabelledSet, cfg: DictConfig) -> Split:
     return _finish("holdout", data, frame.drop(index=test_idx), frame.loc[test_idx], cfg)
 
 
+def stored_split(data: LabelledSet, cfg: DictConfig, record: dict) -> Split:
+    """The train stage's split as stored in a model dir (train_state.split_record): the same test rows."""
+    column = "group" if record.get("by") == "group" else "sentence_id"
+    ids = set(record.get("test") or [])
+    pool = data.test_frame if data.test_frame is not None else data.gold
+    test = pool[pool[column].astype(str).isin(ids)]
+    rest = data.frame[~data.frame[column].astype(str).isin(ids)]
+    return _finish("holdout", data, rest, test, cfg, sorted(ids) if column == "group" else ())
+
+
 def _with_cv(cfg: DictConfig, mode: str) -> DictConfig:
     cfg = cfg.copy()
     cfg.evaluate.cv = mode

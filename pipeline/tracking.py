@@ -167,12 +167,16 @@ def file_digest(path: Path | str) -> str:
 
 @contextlib.contextmanager
 def start_run(cfg: DictConfig, run_name: str, *, nested: bool = False, tags: Mapping[str, str] | None = None,
-              log_params: bool = True) -> Iterator[Any]:
-    """One MLflow run with the config as params and artifact; an exception marks it FAILED."""
+              log_params: bool = True, run_id: str | None = None) -> Iterator[Any]:
+    """One MLflow run with the config as params and artifact; an exception marks it FAILED.
+
+    `run_id` reopens an existing run (a resumed train run): its params are already logged and are kept."""
     mlflow = setup(cfg)
     # Inside a sweep's or a CV's parent run, a run becomes its child.
     nested = nested or mlflow.active_run() is not None
-    with mlflow.start_run(run_name=run_name, nested=nested) as run:
+    if run_id:
+        log_params = False
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested) as run:
         mlflow.set_tags({"stage": str(cfg.stage), **git_tags(), **(tags or {})})
         if log_params:
             mlflow.log_params(flatten_config(cfg))

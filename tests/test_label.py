@@ -257,7 +257,7 @@ def test_export_with_a_stance_model_dir(seeds, tmp_path):
     write_model_metadata(model_dir, kind="tfidf", labels=LABELS, max_length=128, base_model="tfidf",
                          preprocessor=TextPreprocessor(None))
     export_dir = tmp_path / "ls"
-    label(cfg("labeling.export=true", f"labeling.export_dir={export_dir}", f"labeling.export_model_uri={model_dir}",
+    label(cfg("labeling.export=true", f"labeling.export_dir={export_dir}", f"labeling.export_model_uri={model_dir}", "predict.trust_model_dir=true",
               "labeling.export_size=null"))
     tasks = json.loads((export_dir / "tasks.json").read_text(encoding="utf-8"))
     candidates = sentences[~sentences["article_id"].str.startswith("000")]

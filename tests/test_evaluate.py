@@ -90,7 +90,8 @@ def test_evaluate_a_trained_model_dir(make_cfg, labelled):
     from pipeline.evaluate import evaluate
     from pipeline.train import train
 
-    trained = train(make_cfg("train", "model=tfidf", f"paths.labelled={labelled}", "train.baselines=[majority]"))
+    trained = train(make_cfg("train", "model=tfidf", "train.refit=all", f"paths.labelled={labelled}",
+                             "train.baselines=[majority]"))
     first_fit = Path(trained["model_dir"]).parent.parent / "model"  # train.refit=all serves work_dir/final/model
     result = evaluate(make_cfg("evaluate", "evaluate.cv=none", f"evaluate.model_dir={first_fit}",
                                f"paths.labelled={labelled}", "train.baselines=[majority]"))

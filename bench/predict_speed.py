@@ -40,7 +40,6 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 warnings.filterwarnings("ignore")
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline import LABELS  # noqa: E402
@@ -60,7 +59,9 @@ def arsarcasm_label_map() -> dict[str, str]:
 def load_corpus(args) -> tuple[list[str], list[str] | None]:
     """All usable sentences (texts, labels or None) of --data, else the seed sentences."""
     if args.data:
-        frame = pd.read_csv(args.data, dtype=str, keep_default_na=False)
+        from pipeline.io import read_table
+
+        frame = read_table(args.data)
         frame = frame[frame[args.column].map(lambda t: bool(t.strip()) and has_arabic(t))]
         labels = frame[args.label_column].tolist() if args.label_column in frame.columns else None
         return frame[args.column].tolist(), labels

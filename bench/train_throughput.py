@@ -1,17 +1,21 @@
 """Training throughput of the train stage against run_classification.py's padding, side by side.
 
-Both setups run the stage's own Trainer (pipeline.fitting.build_trainer) on the same model and sentences;
-only what the issue compares differs:
-  stage:      dynamic padding (DataCollatorWithPadding) + length-grouped batches (train.group_by_length)
-  pad-to-128: every batch padded to max_length 128, random batches: transformers' examples/pytorch/
-              text-classification/run_classification.py defaults (pad_to_max_length=True, max_seq_length=128)
+All setups run the stage's own Trainer (pipeline.fitting.build_trainer) on the same model and sentences;
+only the padding and batch order differ:
+  pad to 128:                     every batch padded to max_length 128, random batches: transformers' examples/
+                                  pytorch/text-classification/run_classification.py defaults
+  dynamic padding, random order:  each batch padded to its longest sentence (DataCollatorWithPadding), random batches
+  dynamic padding, length-grouped: the stage's default (train.group_by_length=true): batches of similar length
+The setups are interleaved (A B C A B C …, --repeats rounds) so that load on a shared machine hits them alike;
+each round's ratio to "pad to 128" of the same round is reported as median and min–max over the rounds.
 Models: a BERT-base-sized model with AraBERT v0.2 base's dimensions (random weights: speed does not depend on
 them) and the tiny model. Sentences: --data (a CSV/parquet with a text column) or the seed corpus.
 
     .venv/bin/python bench/train_throughput.py --data ../shared/data/arsarcasm_v2/training_data.csv
     .venv/bin/python bench/train_throughput.py            # the seed sentences
 
-Prints sentences/s per setup and the ratio. Timing starts after the first optimiser step (warm-up).
+Prints the median sentences/s per setup and the ratio (median, min–max). Timing starts after the first
+optimiser step (warm-up).
 """
 
 from __future__ import annotations
@@ -97,6 +101,10 @@ def run_setup(model_dir: Path, texts, labels, *, pad_to_max: bool, group: bool, 
     trainer = build_trainer(cfg, model, tokenizer, texts, labels, [], [], out_dir, max_steps=steps + 1,
                             callbacks=[timer.callback], save=False)
     trainer.data_collator = timer.wrap(trainer.data_collator)
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for quiet in (ProgressCallback, PrinterCallback):  # progress bars and loss dicts would bury the table
+        trainer.remove_callback(quiet)
     trainer.train()
     # ends[0] closes the warm-up step; the next `steps` steps are timed.
     elapsed = timer.ends[-1] - timer.ends[0]
@@ -119,13 +127,21 @@ def random_model_with_tokenizer(tokenizer_dir: str, out: Path, dims: dict) -> Pa
     return out
 
 
+SETUPS = (  # name, pad to max_length, group by length
+    ("pad to 128 (run_classification)", True, False),
+    ("dynamic padding, random order", False, False),
+    ("dynamic padding, length-grouped", False, True),
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="CSV/parquet with sentences (default: the seed corpus)")
     parser.add_argument("--text-column", default="tweet")
     parser.add_argument("--models", default="bert-base,tiny")
     parser.add_argument("--batch-size", type=int, default=16, help="the stage's default train.batch_size")
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per setup (BERT-base); tiny runs 5x more")
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per setup and round (BERT-base); tiny runs 5x more")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of all setups")
     parser.add_argument("--max-sentences", type=int, default=2000)
     parser.add_argument("--tokenizer", help="a local tokenizer dir (e.g. a downloaded AraBERT) for the BERT-base model; "
                         "default: a word-level vocabulary built from the data, which gives shorter sequences")
@@ -138,6 +154,7 @@ def main() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars per setup would bury the table
     logging.getLogger("pipeline").setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -148,8 +165,10 @@ def main() -> None:
     texts = TextPreprocessor("bert-base-arabertv02")(load_texts(args))
     labels = [LABELS[i % 3] for i in range(len(texts))]
     print(f"data: {args.data or 'seed corpus'}: {len(texts)} sentences; batch {args.batch_size}; "
-          f"torch threads {args.threads or default_threads} (tiny: {args.threads or 1}); device {'cuda' if torch.cuda.is_available() else 'cpu'}")
-    print(f"{'model':<10} {'setup':<34} {'tokens/batch row':>16} {'sentences/s':>12} {'ratio':>7}", flush=True)
+          f"{args.repeats} interleaved rounds; torch threads {args.threads or default_threads} "
+          f"(tiny: {args.threads or 1}); device {'cuda' if torch.cuda.is_available() else 'cpu'}")
+    print(f"{'model':<10} {'setup':<34} {'tokens/row':>10} {'sentences/s':>12} {'ratio (median)':>15} {'min–max':>13}",
+          flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             dims = BERT_BASE if name == "bert-base" else TINY
@@ -160,15 +179,18 @@ def main() -> None:
                 model_dir = random_model_with_tokenizer(args.tokenizer, Path(tmp) / name, dims)
             else:
                 model_dir = build_tiny_bert(texts, Path(tmp) / name, LABELS, **dims)
-            results = {}
-            for setup, pad, group in (("pad-to-128 (run_classification)", True, False),
-                                      ("stage: dynamic pad + length groups", False, True)):
-                results[setup] = run_setup(model_dir, texts, labels, pad_to_max=pad, group=group,
-                                           batch_size=args.batch_size, steps=steps, out_dir=Path(tmp) / "out")
-            base = results["pad-to-128 (run_classification)"]["sentences_per_s"]
-            for setup, r in results.items():
-                print(f"{name:<10} {setup:<34} {r['mean_width']:>16.1f} {r['sentences_per_s']:>12.1f} "
-                      f"{r['sentences_per_s'] / base:>6.2f}x", flush=True)
+            rounds: list[dict[str, dict]] = []
+            for _ in range(max(1, args.repeats)):
+                rounds.append({setup: run_setup(model_dir, texts, labels, pad_to_max=pad, group=group,
+                                                batch_size=args.batch_size, steps=steps, out_dir=Path(tmp) / "out")
+                               for setup, pad, group in SETUPS})
+            base = SETUPS[0][0]
+            for setup, _, _ in SETUPS:
+                speeds = np.array([r[setup]["sentences_per_s"] for r in rounds])
+                ratios = np.array([r[setup]["sentences_per_s"] / r[base]["sentences_per_s"] for r in rounds])
+                width = np.mean([r[setup]["mean_width"] for r in rounds])
+                print(f"{name:<10} {setup:<34} {width:>10.1f} {np.median(speeds):>12.1f} "
+                      f"{np.median(ratios):>14.2f}x {ratios.min():>6.2f}–{ratios.max():.2f}x", flush=True)
 
 
 if __name__ == "__main__":

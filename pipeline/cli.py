@@ -106,6 +106,10 @@ def run_stage(stage_name: str, cfg: DictConfig):
     setup_logging(cfg, run_dir)
     write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
     log.info("%s: run dir %s", stage_name, run_dir)
+    if stage_name != "segment":  # every other stage (or a stage it needs) logs to or reads from MLflow
+        from pipeline import tracking
+
+        tracking.check_reachable(cfg)  # a stopped server fails here in seconds, before any work
     ensure_inputs(stage, cfg)
     return stage.run(cfg)
 

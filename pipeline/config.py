@@ -11,7 +11,7 @@ from typing import Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from pipeline.errors import UsageError
 
@@ -23,11 +23,51 @@ def group_choices(group: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
+# Keys whose default's type is one of several accepted ones (a flag or a path; `all` or a list of columns):
+# not type-checked.
+UNION_TYPED_KEYS = {"train.resume", "predict.carry_columns"}
+
+
 def compose_config(stage: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose conf/config.yaml with `overrides`; bad overrides become a one-line UsageError."""
+    """Compose conf/config.yaml with `overrides`; bad overrides become a one-line UsageError.
+
+    Beyond Hydra's own checks: `hydra.*` settings are refused (this CLI does not run Hydra's app, so they would be
+    silently ignored), a dict value replaces a dict key (Hydra would merge it into the struct-mode node and refuse
+    every new key, e.g. `data.label_map={Favor: positive}` on `data=table`), and every overridden value must have
+    the type of the key's default (`train.epochs=abc` is refused here, not after the model has loaded).
+    """
+    overrides = list(overrides)
+    parsed = _parse_overrides(overrides)
+    for text, o in zip(overrides, parsed):
+        if o.key_or_group.split(".")[0] in ("hydra", "hydra/"):
+            raise UsageError(
+                f"bad override {text!r}: hydra.* settings are not used by this CLI; the run dir is "
+                "paths.run_dir (e.g. paths.run_dir=/tmp/myrun; default: a fresh dir under paths.output_root)"
+            )
+    replace_dicts = [(text, o) for text, o in zip(overrides, parsed) if _is_dict_change(o)]
+    hydra_overrides = [text for text, o in zip(overrides, parsed) if not _is_dict_change(o)]
+    cfg = _compose(stage, hydra_overrides)
+    for text, o in replace_dicts:
+        key = o.key_or_group
+        if OmegaConf.select(cfg, key, default="\0missing") == "\0missing":
+            raise UsageError(f"bad override {text!r}: no config key {key!r} "
+                             f"(see `python -m pipeline {stage} --help`; use +key=value to add one)")
+        with open_dict(cfg):
+            OmegaConf.update(cfg, key, o.value(), merge=False)
+    changed = [(text, o) for text, o in zip(overrides, parsed)
+               if _is_change(o) if "." in o.key_or_group and not o.is_sweep_override()]
+    if changed:
+        group_choices_only = [text for text, o in zip(overrides, parsed) if "." not in o.key_or_group]
+        defaults = _compose(stage, group_choices_only)
+        for text, o in changed:
+            _check_type(text, o.key_or_group, defaults, cfg)
+    return cfg
+
+
+def _compose(stage: str, overrides: Sequence[str]) -> DictConfig:
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="pipeline"):
-            cfg = compose("config", overrides=[*overrides, f"stage={stage}"])
+            return compose("config", overrides=[*overrides, f"stage={stage}"])
     except MissingConfigException as exc:
         group = _group_of(str(exc))
         choices = ", ".join(exc.options or group_choices(group))
@@ -39,7 +79,61 @@ def compose_config(stage: str, overrides: Sequence[str] = ()) -> DictConfig:
             key = re.search(r"'([^']+)'", first)
             first = f"no config key {key.group(1) if key else ''!r} (see `python -m pipeline {stage} --help`; use +key=value to add one)"
         raise UsageError(f"bad override: {first}") from None
-    return cfg
+
+
+def _parse_overrides(overrides: Sequence[str]) -> list:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as exc:
+        raise UsageError(f"bad override: {str(exc).strip().splitlines()[0]}") from None
+
+
+def _is_change(o) -> bool:
+    return not (o.is_add() or o.is_force_add() or o.is_delete())
+
+
+def _is_dict_change(o) -> bool:
+    return _is_change(o) and not o.is_sweep_override() and isinstance(o.value(), dict)
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list, e.g. [a, b]",
+               dict: "a mapping, e.g. {a: b}"}
+
+
+def _check_type(text: str, key: str, defaults: DictConfig, cfg: DictConfig) -> None:
+    """Refuse `text` when the value it set at `key` does not have the type of the key's default."""
+    if key in UNION_TYPED_KEYS:
+        return
+    try:
+        default = OmegaConf.select(defaults, key, default=None, throw_on_missing=False)
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+    except Exception:  # an interpolation that does not resolve: Hydra/OmegaConf report it where it is used
+        return
+    if default is None or value is None:  # a null default takes anything; null is always allowed
+        return
+    expected = _kind(default)
+    actual = _kind(value)
+    ok = (expected == actual
+          or (expected is float and actual is int)
+          or (expected is str and actual in (int, float)))
+    if not ok and expected in _TYPE_NAMES:
+        shown = OmegaConf.to_container(default) if isinstance(default, (DictConfig, ListConfig)) else default
+        raise UsageError(f"bad override {text!r}: {key} must be {_TYPE_NAMES[expected]} (default: {shown!r})")
+
+
+def _kind(value) -> type:
+    if isinstance(value, bool):
+        return bool
+    if isinstance(value, (list, tuple, ListConfig)):
+        return list
+    if isinstance(value, (dict, DictConfig)):
+        return dict
+    for t in (int, float, str):
+        if isinstance(value, t):
+            return t
+    return type(value)
 
 
 def _group_of(message: str) -> str:

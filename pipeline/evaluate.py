@@ -18,13 +18,13 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from pipeline import LABELS, tracking
+from pipeline import LABELS, tracking, train_state
 from pipeline.errors import PipelineError
 from pipeline.io import write_table_atomic
 from pipeline.fitting import CHECKPOINT_SUBDIR, fit_model, preflight, stance_kind
 from pipeline.metrics import SUMMARY_METRICS, classification_metrics, prefixed, write_report
 from pipeline.scoring import comparison_table, log_data, log_scored, score_split
-from pipeline.splits import cv_splits, holdout_split, load_labelled
+from pipeline.splits import cv_splits, holdout_split, load_labelled, stored_split
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def _evaluate_model_dir(cfg: DictConfig) -> dict:
         raise PipelineError("evaluate.cv=none scores a trained model: set evaluate.model_dir=<train run dir>/model, "
                             "or use evaluate.cv=loao / kfold to train and score one model per fold")
     data = load_labelled(cfg)
-    split = holdout_split(data, cfg)  # same seed and ratios as the train stage: the same test articles
+    split = _trained_split(cfg, data, Path(str(model_dir)))
     out = Path(str(cfg.paths.run_dir))
     with tracking.start_run(cfg, "evaluate-model", tags={"stage": "evaluate", "cv": "none",
                                                          "model_dir": str(model_dir)}) as run:
@@ -55,6 +55,34 @@ def _evaluate_model_dir(cfg: DictConfig) -> dict:
             comparison_table(str(model_dir), scored.metrics, scored.baselines), out / "evaluation" / "comparison.csv")),
             "evaluation")
         return {"run_id": run.info.run_id, "metrics": prefixed(scored.metrics, "eval_"), "baselines": scored.baselines}
+
+
+def _trained_split(cfg: DictConfig, data, model_dir: Path):
+    """The split the model was trained with (its split.json); the seed's split only for a model without one."""
+    record = train_state.read_split(model_dir)
+    if record is None:
+        log.warning("evaluate: %s has no %s (trained before it was stored): rebuilding the split from seed=%s; "
+                    "if the labelled data changed since, these test articles may have been trained on",
+                    model_dir, train_state.SPLIT_FILE, cfg.seed)
+        return holdout_split(data, cfg)
+    if record.get("seen_all"):
+        raise PipelineError(f"evaluate.model_dir={model_dir}: this model was refit on every labelled row "
+                            "(train.refit=all), its test articles included; score the first fit instead: "
+                            "evaluate.model_dir=<train run dir>/model")
+    by = record.get("by", "group")
+    pool = data.test_frame if data.test_frame is not None else data.gold
+    present = set(pool[by].astype(str)) if by in pool.columns else set()
+    missing = sorted(set(record.get("test") or []) - present)
+    if missing:
+        changed = record.get("data_digest") != train_state.data_digest(data)
+        raise PipelineError(
+            f"evaluate.model_dir={model_dir}: {len(missing)} of its stored test {by}s ({', '.join(missing[:5])}) "
+            f"are not in the labelled data{' (the data changed since training: digest ' + str(record.get('data_digest')) + ' → ' + train_state.data_digest(data) + ')' if changed else ''}; "
+            "evaluate it with the data it was trained on, or train it again")
+    if record.get("data_digest") != train_state.data_digest(data):
+        log.warning("evaluate: the labelled data changed since %s was trained; scoring its stored test %ss",
+                    model_dir, by)
+    return stored_split(data, cfg, record)
 
 
 def _spread(per_fold: list[dict[str, float]], prefix: str) -> dict[str, float]:
@@ -88,7 +116,8 @@ def _cross_validate(cfg: DictConfig) -> dict:
     oof_base: dict[str, list[np.ndarray]] = {}
     model_folds: list[dict[str, float]] = []
     base_folds: dict[str, list[dict[str, float]]] = {}
-    tags = {"stage": "evaluate", "cv": mode, "model_kind": stance_kind(cfg), "model_name": str(cfg.model.name)}
+    tags = {"stage": "evaluate", "cv": mode, "model_kind": stance_kind(cfg), "model_name": str(cfg.model.name),
+            **tracking.recipe_tags(cfg)}
     with tracking.start_run(cfg, f"evaluate-{mode}-{cfg.model.name}", tags={**tags, "cv_parent": "true"}) as parent:
         mlflow.set_tags({"data_digest": "+".join(tracking.file_digest(p) for p in data.paths),
                          "labels_gold": ", ".join(f"{k}={v}" for k, v in

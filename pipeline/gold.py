@@ -85,6 +85,9 @@ def check_ids_current(labels: pd.DataFrame, sentences: pd.DataFrame, path: Path 
 def load_gold(path: Path | str, sentences: pd.DataFrame | None = None) -> pd.DataFrame:
     """Load and validate gold labels; with `sentences`, also refuse stale ids."""
     gold = read_label_csv(path, GOLD_COLUMNS)
+    if gold.empty:  # (an annotations file may start empty; a gold file without labels is a mistake)
+        raise GoldLabelError(f"{path}: no labelled rows, only the header; add labelled sentences "
+                             f"({', '.join(GOLD_COLUMNS)}) or set paths.gold to the right file")
     if sentences is not None:
         check_ids_current(gold, sentences, path)
     return gold

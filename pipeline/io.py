@@ -47,9 +47,27 @@ def read_text_strict(path: Path | str) -> str:
             path,
             "not_utf8",
             f"not valid UTF-8 (byte {exc.start}); re-save it as UTF-8, e.g. "
-            f"`iconv -f WINDOWS-1256 -t UTF-8 {path.name} > fixed.txt`",
+            f"`iconv -f {guess_legacy_encoding(raw)} -t UTF-8 {path.name} > fixed.txt`",
         ) from None
     return text[1:] if text.startswith(BOM) else text
+
+
+def guess_legacy_encoding(raw: bytes) -> str:
+    """The iconv name of the likely encoding of non-UTF-8 bytes: WINDOWS-1256 only when they decode to Arabic.
+
+    Every byte string decodes as Latin-1, and most as cp1256, so the test is whether the cp1256 reading is mostly
+    Arabic letters (a Latin-1 file read as cp1256 gives a few stray Arabic letters among Latin ones).
+    """
+    high = [b for b in raw if b >= 0x80]
+    if high:
+        try:
+            text = raw.decode("cp1256")
+        except UnicodeDecodeError:
+            text = ""
+        arabic = sum(1 for ch in text if "\u0600" <= ch <= "\u06ff")
+        if text and arabic >= 0.5 * len(high):
+            return "WINDOWS-1256"
+    return "ISO-8859-1"
 
 
 @contextlib.contextmanager

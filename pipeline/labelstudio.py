@@ -90,15 +90,14 @@ def uncertainty(probs: np.ndarray, method: str = "entropy") -> np.ndarray:
 
 
 def _context(sentences: pd.DataFrame, n: int) -> tuple[list[str], list[str]]:
-    before, after = [], []
-    for _, group in sentences.groupby("article_id", sort=False):
-        texts = group.sort_values("idx")["text"].tolist()
-        for i in range(len(texts)):
-            before.append(" ".join(texts[max(0, i - n):i]))
-            after.append(" ".join(texts[i + 1:i + 1 + n]))
-    # groupby preserved article order; map back to the frame's order by (article_id, idx)
-    ordered = sentences.sort_values(["article_id", "idx"], kind="stable")
-    by_key = dict(zip(zip(ordered["article_id"], ordered["idx"]), zip(before, after)))
+    """The `n` sentences before and after each row, within its own article, in the frame's row order."""
+    by_key: dict[tuple[Any, Any], tuple[str, str]] = {}
+    for article_id, group in sentences.groupby("article_id", sort=False):
+        ordered = group.sort_values("idx", kind="stable")
+        texts, idxs = ordered["text"].tolist(), ordered["idx"].tolist()
+        for i, idx in enumerate(idxs):
+            # Keyed by the article's own id, never by position: the frame may list articles in any order.
+            by_key[(article_id, idx)] = (" ".join(texts[max(0, i - n):i]), " ".join(texts[i + 1:i + 1 + n]))
     pairs = [by_key[(a, i)] for a, i in zip(sentences["article_id"], sentences["idx"])]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 

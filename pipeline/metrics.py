@@ -26,10 +26,14 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels:
     y_true, y_pred = list(y_true), list(y_pred)
     if not y_true:
         return {}
+    present = [label for label in labels if label in set(y_true)]
     out = {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        # Macro over all three labels, also those absent from a small test set, so folds are comparable.
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        # Macro over the labels present in this gold: a fold without a positive sentence is not capped at 2/3
+        # by a class it cannot score.
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        # Macro over all three labels (absent ones count as F1 0): the pre-fix figure, kept for comparison.
+        "macro_f1_all_labels": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
         "n": float(len(y_true)),
     }
@@ -42,9 +46,24 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels:
     return out
 
 
+def macro_f1(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str] = LABELS) -> float:
+    """Macro-F1 over the labels present in `y_true` (as `classification_metrics`' `macro_f1`)."""
+    from sklearn.metrics import f1_score
+
+    y_true = list(y_true)
+    present = [label for label in labels if label in set(y_true)]
+    return float(f1_score(y_true, list(y_pred), labels=present, average="macro", zero_division=0))
+
+
 def bootstrap_macro_f1(y_true: Sequence[str], y_pred: Sequence[str], *, n_resamples: int = 1000, ci: float = 0.95,
-                       seed: int = 0, labels: Sequence[str] = LABELS) -> tuple[float, float]:
-    """Percentile bootstrap interval of macro-F1 over test sentences (resampled with replacement)."""
+                       seed: int = 0, labels: Sequence[str] = LABELS,
+                       groups: Sequence[object] | None = None) -> tuple[float, float]:
+    """Percentile bootstrap interval of macro-F1 (over the labels present in each resample's gold).
+
+    With `groups` (e.g. article ids) whole groups are resampled with replacement (cluster bootstrap): sentences of
+    one article are not independent, and resampling them one by one gives a too-narrow interval.
+    Without, or with fewer than two groups, single sentences are resampled.
+    """
     labels = list(labels)
     index = {label: i for i, label in enumerate(labels)}
     t = np.array([index[y] for y in y_true])
@@ -52,10 +71,20 @@ def bootstrap_macro_f1(y_true: Sequence[str], y_pred: Sequence[str], *, n_resamp
     n, k = len(t), len(labels)
     if n == 0 or n_resamples <= 0:
         return float("nan"), float("nan")
+    members: list[np.ndarray] | None = None
+    if groups is not None:
+        codes, _ = pd.factorize(pd.Series(list(groups), dtype=object), sort=True)
+        if len(codes) != n:
+            raise ValueError(f"groups has {len(codes)} entries for {n} labels")
+        if codes.max(initial=-1) >= 1:                     # at least two groups
+            members = [np.flatnonzero(codes == g) for g in range(codes.max() + 1)]
     rng = np.random.default_rng(seed)
     scores = np.empty(n_resamples)
     for b in range(n_resamples):
-        idx = rng.integers(0, n, n)
+        if members is None:
+            idx = rng.integers(0, n, n)
+        else:
+            idx = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
         # Confusion counts per class, vectorised: much faster than sklearn per resample.
         tb, pb = t[idx], p[idx]
         tp = np.bincount(tb[tb == pb], minlength=k).astype(float)
@@ -63,7 +92,7 @@ def bootstrap_macro_f1(y_true: Sequence[str], y_pred: Sequence[str], *, n_resamp
         pred_n = np.bincount(pb, minlength=k)
         denom = true_n + pred_n
         f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
-        scores[b] = f1.mean()
+        scores[b] = f1[true_n > 0].mean()
     alpha = (1 - ci) / 2
     return float(np.quantile(scores, alpha)), float(np.quantile(scores, 1 - alpha))
 
@@ -130,7 +159,10 @@ def write_report(out_dir: Path | str, test: pd.DataFrame, proba: np.ndarray, *, 
     y_true = test["label"].tolist()
     y_pred = [labels[i] for i in proba.argmax(axis=1)]
     metrics = classification_metrics(y_true, y_pred, labels)
-    lo, hi = bootstrap_macro_f1(y_true, y_pred, n_resamples=n_resamples, ci=ci, seed=seed, labels=labels)
+    # Resample articles when the rows say which article they come from (cluster bootstrap), else sentences.
+    groups = test["group"].tolist() if "group" in test.columns and test["group"].notna().all() else None
+    lo, hi = bootstrap_macro_f1(y_true, y_pred, n_resamples=n_resamples, ci=ci, seed=seed, labels=labels,
+                                groups=groups)
     metrics["macro_f1_ci_low"], metrics["macro_f1_ci_high"] = lo, hi
     cm = confusion(y_true, y_pred, labels)
     files = [

@@ -140,6 +140,28 @@ def is_mlflow_uri(uri: str) -> bool:
     return "://" in uri or uri.startswith(("runs:/", "models:/"))
 
 
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+
+
+def refuse_untrusted_pickles(cfg, local: Path, *, key: str) -> None:
+    """A model directory outside this project's MLflow store and outputs whose sklearn part is a pickle (a tfidf
+    model.joblib): loading it runs whatever code it holds, so it is refused unless predict.trust_model_dir=true."""
+    if bool(OmegaConf.select(cfg, "predict.trust_model_dir", default=False)):
+        return
+    pickles = [p for p in Path(local).rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file()]
+    if not pickles:
+        return
+    where = Path(local).resolve()
+    trusted_roots = [OmegaConf.select(cfg, k, default=None) for k in ("tracking.artifact_root", "paths.output_root")]
+    for root in trusted_roots:
+        if root and where.is_relative_to(Path(str(root)).resolve()):
+            return
+    raise PipelineError(
+        f"{key}={local}: {pickles[0].name} is a pickle (loading it can run any code) and this directory is outside "
+        "the MLflow store and paths.output_root; if you trust where it came from, add predict.trust_model_dir=true, "
+        "else log it with `pipeline train` and use its runs:/ or models:/ URI")
+
+
 def fetch_model_dir(cfg, uri: str, *, key: str, download_to=None) -> Path:
     """A local stance model directory for `uri`: a model dir, a downloaded MLflow model, or an MLflow URI
     (runs:/…, models:/<name>@<alias>, models:/m-…) fetched from the configured tracking store.
@@ -151,9 +173,12 @@ def fetch_model_dir(cfg, uri: str, *, key: str, download_to=None) -> Path:
             raise PipelineError(f"{key}={uri!r}: no such directory, and not an MLflow URI "
                                 "(runs:/<run id>/model, models:/<name>@<alias>, models:/m-<id>)")
         if (local / "MLmodel").exists():  # a downloaded MLflow model: the stance model is inside it
-            return model_dir_of_pyfunc(local)
-        read_model_metadata(local)  # else it must be a stance model dir itself: clear error if not
-        return local
+            stance_dir = model_dir_of_pyfunc(local)
+        else:
+            read_model_metadata(local)  # else it must be a stance model dir itself: clear error if not
+            stance_dir = local
+        refuse_untrusted_pickles(cfg, stance_dir, key=key)  # what load_predictor would unpickle
+        return stance_dir
 
     mlflow = tracking.setup(cfg)  # the store the config names, whatever ran before in this process
     if download_to is not None:
@@ -177,27 +202,66 @@ class ResolvedModel:
     run_id: str | None       # the training run, when known: its config gives the segmentation rules
 
 
-def best_model_uri(cfg: DictConfig) -> tuple[str, str]:
-    """(runs:/<id>/model, run id) of the best has_model=true run of `tracking.experiment` by test_macro_f1."""
+def best_model_uri(cfg: DictConfig) -> tuple[str, str | None]:
+    """The default model for predict: (URI, training run id or None).
+
+    1. The registry alias `predict.default_alias` (champion) of `tracking.register`, when both are set and exist.
+    2. Else, among FINISHED train runs of `tracking.experiment` that logged a model on the SAME data set
+       (`data.name`) and label set — never a model of another corpus or task — the best by cross-validated macro-F1
+       of an evaluate run with the same recipe (tag `recipe_digest`), then by test macro-F1, then the newest."""
+    from mlflow import MlflowClient
+
+    from pipeline import LABELS
+
     mlflow = tracking.setup(cfg)
     experiment = str(cfg.tracking.experiment)
-    runs = mlflow.search_runs(
-        experiment_names=[experiment],
-        filter_string="tags.has_model = 'true' and attributes.status = 'FINISHED'",
-        order_by=["metrics.test_macro_f1 DESC", "attributes.start_time DESC"],
-        max_results=1,
-        output_format="list",
-    )
-    if not runs:
+    name = OmegaConf.select(cfg, "tracking.register", default=None)
+    alias = OmegaConf.select(cfg, "predict.default_alias", default=None)
+    if name and alias:
+        try:
+            version = MlflowClient().get_model_version_by_alias(str(name), str(alias))
+            log.info("predict: default model = %s@%s (version %s)", name, alias, version.version)
+            return f"models:/{name}@{alias}", version.run_id
+        except Exception as exc:  # no such alias yet: fall back to the runs
+            log.info("predict: no %s@%s (%s); choosing among the runs", name, alias, str(exc).splitlines()[0][:120])
+    same_data = (f"tags.data_name = '{cfg.data.name}' and tags.label_set = '{','.join(LABELS)}' "
+                 "and attributes.status = 'FINISHED'")
+    candidates = mlflow.search_runs(experiment_names=[experiment], output_format="list",
+                                    filter_string=f"tags.has_model = 'true' and {same_data}")
+    if not candidates:
+        # Models logged before runs carried their data set: usable only where no run says which data it saw.
+        candidates = [run for run in mlflow.search_runs(
+            experiment_names=[experiment], output_format="list",
+            filter_string="tags.has_model = 'true' and attributes.status = 'FINISHED'")
+            if "data_name" not in run.data.tags]
+        if candidates:
+            log.warning("predict: no run records its data set; choosing among %d older runs", len(candidates))
+    if not candidates:
         raise PipelineError(
-            f"no trained model in MLflow experiment {experiment!r} at {tracking.tracking_uri(cfg)}; "
-            "run `python -m pipeline train` first, or give model_uri=<runs:/…, models:/…, or a model directory>"
+            f"no trained model on data {cfg.data.name!r} in MLflow experiment {experiment!r} at "
+            f"{tracking.tracking_uri(cfg)}; run `python -m pipeline train` first, or give "
+            "model_uri=<runs:/…, models:/…, or a model directory>"
         )
-    run = runs[0]
-    f1 = run.data.metrics.get("test_macro_f1")
-    log.info("predict: default model = best run %s (%s) of experiment %r by test_macro_f1=%s",
-             run.info.run_id, run.info.run_name, experiment, "n/a" if f1 is None else f"{f1:.4f}")
-    return f"runs:/{run.info.run_id}/model", run.info.run_id
+    cv_scores: dict[str, float] = {}
+    for run in mlflow.search_runs(experiment_names=[experiment], output_format="list",
+                                  filter_string=f"tags.stage = 'evaluate' and {same_data}",
+                                  order_by=["attributes.start_time ASC"]):
+        score = run.data.metrics.get("cv_macro_f1_mean")
+        if score is not None and run.data.tags.get("recipe_digest"):
+            cv_scores[run.data.tags["recipe_digest"]] = float(score)  # the newest evaluation of a recipe wins
+
+    def rank(run):
+        cv = cv_scores.get(run.data.tags.get("recipe_digest", ""))
+        test = run.data.metrics.get("test_macro_f1")
+        return (cv is not None, cv or 0.0, test if test is not None else -1.0, run.info.start_time or 0)
+
+    best = max(candidates, key=rank)
+    cv = cv_scores.get(best.data.tags.get("recipe_digest", ""))
+    log.info("predict: default model = run %s (%s) of experiment %r on data %r: %s", best.info.run_id,
+             best.info.run_name, experiment, cfg.data.name,
+             f"cross-validated macro-F1 {cv:.4f}" if cv is not None
+             else f"test macro-F1 {best.data.metrics.get('test_macro_f1', float('nan')):.4f} (no CV of this recipe)")
+    return f"runs:/{best.info.run_id}/model", best.info.run_id
 
 
 def source_run_id(uri: str) -> str | None:

@@ -20,17 +20,19 @@ Analyst outputs (docs/analyst.md): carried input columns (predict.carry_columns)
 Streaming: sentences are predicted in chunks of `predict.chunk_sentences`, each chunk written atomically to a
 hidden parts directory beside the output; at the end the parts are merged into the output through a temp file
 and a rename. An interrupted run leaves only the hidden parts directory; `predict.resume=true` skips the
-articles already in the output or in the parts of an interrupted run.
+articles already in the output or in the parts of an interrupted run (parts already merged into the output are
+dropped; parts of another model are refused; the interrupted run's error rows are kept).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from pipeline.errors import PipelineError
@@ -38,18 +40,10 @@ from pipeline.inference import load_predictor, set_threads
 from pipeline.io import TABLE_SUFFIXES, read_table, write_table_atomic, write_text_atomic
 from pipeline.model_store import resolve_model, segment_rules_for
 from pipeline.predict_extras import Enricher, timeline_freq, write_report, write_summaries
-from pipeline.predict_inputs import ArticleReader, expand_inputs
+from pipeline.predict_inputs import ArticleReader, as_list, expand_inputs
 from pipeline.predict_outputs import ERROR_COLUMNS, ErrorLog, PartsWriter, plot_net_stance
 
 log = logging.getLogger(__name__)
-
-
-def _as_list(value) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple, ListConfig)):
-        return [str(v) for v in value]
-    return [str(value)]
 
 
 def _sibling(output: Path, configured, tail: str) -> Path:
@@ -58,10 +52,20 @@ def _sibling(output: Path, configured, tail: str) -> Path:
     return output.with_name(output.stem + tail)
 
 
+def model_identity(uri: str, model_dir: Path) -> str:
+    """The model a parts directory was predicted with: the URI and a digest of the model directory's files."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(model_dir)}\x1f{path.stat().st_size}\x1f".encode())
+        if path.stat().st_size <= 1 << 20:
+            h.update(path.read_bytes())
+    return f"{uri}#{h.hexdigest()[:16]}"
+
+
 def predict(cfg: DictConfig) -> dict:
     """Stage entry: predict `input` with `model_uri` (default: best run) into `output`; returns the paths."""
     pcfg = cfg.predict
-    inputs = _as_list(OmegaConf.select(cfg, "input", default=None))
+    inputs = as_list(OmegaConf.select(cfg, "input", default=None))
     output = OmegaConf.select(cfg, "output", default=None)
     if not inputs:
         raise PipelineError("give the articles to predict: input=<file | directory | glob | .csv | .jsonl>")
@@ -80,6 +84,19 @@ def predict(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.paths.run_dir)
     errors = ErrorLog()
 
+    # The inputs first: a missing input is told before a model is fetched or loaded.
+    files = expand_inputs(inputs, errors)
+    if not files:
+        write_table_atomic(errors.frame(), errors_path)
+        raise PipelineError(f"no usable article in input={', '.join(inputs)}: none of these exists; "
+                            f"give existing files, directories or globs (see {errors_path})")
+    written = {p.resolve(): key for p, key in ((output, "output"), (summary_path, "predict.summary"),
+                                                (errors_path, "predict.errors"))}
+    for path in files:
+        if path.resolve() in written:
+            raise PipelineError(f"{written[path.resolve()]}={path} is also an input; predicting would overwrite it: "
+                                "write the predictions to another file")
+
     try:
         model = resolve_model(cfg, run_dir / "model")
         predictor = load_predictor(model.model_dir, quantize=pcfg.quantize or None)
@@ -95,19 +112,19 @@ def predict(cfg: DictConfig) -> dict:
 
     enricher = Enricher(cfg, predictor)
     writer = PartsWriter(output, predictor, errors, chunk_sentences=chunk_sentences,
-                         batch_size=int(pcfg.batch_size), resume=bool(pcfg.resume), enrich=enricher,
+                         batch_size=int(pcfg.batch_size), resume=bool(pcfg.resume),
+                         model_id=model_identity(model.uri, model.model_dir), enrich=enricher,
                          added=enricher.added)
     previous_errors = pd.DataFrame(columns=ERROR_COLUMNS)
-    if pcfg.resume and errors_path.exists():
-        previous_errors = read_table(errors_path)
-        previous_errors = previous_errors[previous_errors["article_id"].isin(writer.done)]
-
-    files = expand_inputs(inputs, errors)
+    if pcfg.resume:
+        earlier = read_table(errors_path) if errors_path.exists() and output.exists() else previous_errors
+        earlier = earlier[earlier["article_id"].isin(writer.done)]  # others are read again and re-reported
+        previous_errors = pd.concat([earlier, writer.previous_errors()], ignore_index=True)
     reader = ArticleReader(cfg, rules, errors)
     counts = {"articles": 0, "skipped_done": 0}
     progress = tqdm(reader.read(files), desc="predict", unit="article", disable=None)
     for article in progress:
-        if article.article_id in writer.done:
+        if writer.is_done(article):
             counts["skipped_done"] += 1
             continue
         if writer.add(article):
@@ -124,7 +141,8 @@ def predict(cfg: DictConfig) -> dict:
 
     summary_frame = writer.merge()
     write_table_atomic(summary_frame, summary_path)
-    all_errors = pd.concat([previous_errors, errors.frame()], ignore_index=True) if len(previous_errors) else errors.frame()
+    all_errors = (pd.concat([previous_errors.astype(str), errors.frame().astype(str)], ignore_index=True)
+                  .drop_duplicates(ignore_index=True) if len(previous_errors) else errors.frame())
     write_table_atomic(all_errors, errors_path)
     if plot_path is not None:
         plot_net_stance(summary_frame, plot_path, int(pcfg.plot_max_bars))

@@ -37,6 +37,16 @@ class Article:
     source: str
     rows: list[dict]  # sentence_id, idx, text
     meta: dict = field(default_factory=dict)  # carried columns (table inputs) or the path (text files), as text
+    piece: int = 0    # >0: a later run of predict.chunk_sentences rows of one long article (sentence tables)
+
+
+def as_list(value) -> list[str]:
+    """An `input=`-style config value (one path or a list of them) as a list of strings."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple, ListConfig)):
+        return [str(v) for v in value]
+    return [str(value)]
 
 
 def expand_inputs(inputs: Sequence[str], errors: ErrorLog) -> list[Path]:
@@ -79,8 +89,7 @@ class ArticleReader:
         self.owners: dict[str, str] = {}
         carry = cfg.predict.get("carry_columns", "all")
         self.carry_all = carry is None or (isinstance(carry, str) and carry == "all")
-        self.carry = [] if self.carry_all or carry in (False, "none") else (
-            [str(c) for c in carry] if isinstance(carry, (list, tuple, ListConfig)) else [str(carry)])
+        self.carry = [] if self.carry_all or carry in (False, "none") else as_list(carry)
         self.date_column = str(cfg.predict.get("date_column", "date") or "")
         self._warned: set[str] = set()
 
@@ -175,14 +184,23 @@ class ArticleReader:
                     pending = None
                 if pending is None:
                     pending = (article_id, [], [], self._meta(record, carried, path, row_number, article_id))
+                    piece, offset = 0, 0
+                elif sentences_mode and len(pending[1]) >= self.chunk_rows:
+                    # One long article (e.g. a sentence table without article_id): flushed by rows, in pieces,
+                    # never held whole; every piece carries the article's first-row values.
+                    for article in self._finish_table_article(pending, path, True, piece, offset):
+                        offset += len(article.rows)
+                        yield article
+                    pending, piece = (article_id, [], [], pending[3]), piece + 1
                 pending[1].append(text)
                 pending[2].append(str(record.get("sentence_id", "") or ""))
         if sentences_mode is None:
             raise BadInputFile(path, "empty", "table has a header but no rows")
         if pending is not None:
-            yield from self._finish_table_article(pending, path, sentences_mode)
+            yield from self._finish_table_article(pending, path, sentences_mode, piece, offset)
 
-    def _finish_table_article(self, pending, path: Path, sentences_mode: bool) -> Iterator[Article]:
+    def _finish_table_article(self, pending, path: Path, sentences_mode: bool, piece: int = 0,
+                              offset: int = 0) -> Iterator[Article]:
         article_id, texts, given_ids, meta = pending
         source = f"{path}#{article_id}"
         if not sentences_mode:
@@ -199,12 +217,12 @@ class ArticleReader:
         for i in set(range(len(texts))) - set(keep):
             self.errors.add(source, "empty_sentence", f"{source}: sentence row {i} is empty; skipped",
                             article_id=article_id, sentence_id=given_ids[i])
-        if not keep or not self._claim(article_id, str(path)):
+        if not keep or (not self._claim(article_id, str(path)) if piece == 0 else self.owners.get(article_id) != str(path)):
             return
         texts = [squeeze_spaces(texts[i]) for i in keep]
         ids = [given_ids[i] for i in keep]
         if not all(ids):
             made = sentence_ids(article_id, texts)
             ids = [given or generated for given, generated in zip(ids, made)]
-        yield Article(article_id, str(path), [{"sentence_id": s, "idx": i, "text": t}
-                                              for i, (s, t) in enumerate(zip(ids, texts))], meta)
+        yield Article(article_id, str(path), [{"sentence_id": s, "idx": offset + i, "text": t}
+                                              for i, (s, t) in enumerate(zip(ids, texts))], meta, piece)

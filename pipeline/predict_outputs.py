@@ -6,6 +6,7 @@ has the fixed schema of `output_columns` / `conform_dtypes` whatever its format.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -15,7 +16,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from pipeline.io import BadInputFile, atomic_path, iter_table_chunks, write_table_atomic
+from pipeline.errors import PipelineError
+from pipeline.io import (BadInputFile, atomic_path, iter_table_chunks, read_table, write_table_atomic,
+                         write_text_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -207,13 +210,19 @@ def plot_net_stance(summary: pd.DataFrame, target: Path, max_bars: int) -> Path:
 
 
 
-def done_articles(paths: Iterable[Path], chunk_rows: int) -> set[str]:
-    """The article ids already in earlier outputs or parts."""
-    done: set[str] = set()
+def done_keys(paths: Iterable[Path], chunk_rows: int) -> tuple[set[str], set[tuple[str, str]]]:
+    """The article ids and (article id, sentence id) pairs already in earlier outputs or parts."""
+    articles: set[str] = set()
+    sentences: set[tuple[str, str]] = set()
     for path in paths:
         for chunk in iter_table_chunks(path, chunk_rows):
-            done.update(chunk["article_id"].astype(str))
-    return done
+            ids = chunk["article_id"].astype(str)
+            articles.update(ids)
+            sentences.update(zip(ids, chunk["sentence_id"].astype(str)))
+    return articles, sentences
+
+
+MANIFEST = "manifest.json"
 
 
 class PartsWriter:
@@ -221,11 +230,14 @@ class PartsWriter:
     part file in a hidden directory beside the output; `merge` then writes the output in one rename.
 
     An interrupted run leaves only the parts directory, never something that looks like a finished output. With
-    `resume`, the articles already in the output or in those parts are `done` and the parts are kept.
+    `resume`, the articles already in the output or in those parts are `done` and the parts are kept; parts whose
+    sentences are already in the output (killed after the output's rename, before the parts were removed) are
+    dropped, not merged twice. The parts directory's manifest names the model (`model_id`): a resume with another
+    model is refused. Each part has its error rows beside it (`errors-<n>.csv`), so a resume keeps them.
     """
 
     def __init__(self, output: Path, predictor, errors: ErrorLog, *, chunk_sentences: int, batch_size: int,
-                 resume: bool, enrich=None, added: Sequence[str] = ()):
+                 resume: bool, model_id: str = "", enrich=None, added: Sequence[str] = ()):
         self.output = Path(output)
         self.parts_dir = self.output.with_name(f".{self.output.name}.parts")
         self.predictor = predictor
@@ -244,19 +256,52 @@ class PartsWriter:
         self.truncated = 0
         self._buffer: list[dict] = []
         self._sources: dict[str, str] = {}  # article id -> source, for the chunk being buffered
+        self._errors_written = len(errors.rows)
+        manifest = self.parts_dir / MANIFEST
         if resume:
-            self.done = done_articles([p for p in [self.output] if p.exists()] + self._parts(), chunk_sentences)
+            if manifest.exists():
+                before = json.loads(manifest.read_text(encoding="utf-8")).get("model", "")
+                if before != model_id:
+                    raise PipelineError(
+                        f"predict.resume=true: the unfinished parts in {self.parts_dir} were predicted by model "
+                        f"{before!r}, not {model_id!r}; resume with that model_uri, or predict.resume=false to start over")
+            self._drop_merged_parts()
+            self.done, self.done_sentences = done_keys(
+                [p for p in [self.output] if p.exists()] + self._parts(), chunk_sentences)
             log.info("predict: resume: %d articles already done", len(self.done))
         else:
-            self.done = set()
+            self.done, self.done_sentences = set(), set()
             if self.parts_dir.exists():
                 log.info("predict: removing the parts of an earlier, unfinished run in %s", self.parts_dir)
                 shutil.rmtree(self.parts_dir)
         self.parts_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(manifest, json.dumps({"model": model_id}))
         self._next_part = 1 + max((int(p.stem.split("-")[1]) for p in self._parts()), default=0)
 
     def _parts(self) -> list[Path]:
         return sorted(self.parts_dir.glob("part-*.parquet"))
+
+    def _drop_merged_parts(self) -> None:
+        if not self.output.exists() or not self.parts_dir.exists():
+            return
+        _, in_output = done_keys([self.output], self.chunk_sentences)
+        for part in self._parts():
+            _, keys = done_keys([part], self.chunk_sentences)
+            if keys & in_output:
+                log.info("predict: resume: %s is already merged into %s; dropped", part.name, self.output)
+                part.unlink()
+
+    def is_done(self, article) -> bool:
+        """An article (or a piece of a long one, by its first sentence) that an earlier run already predicted."""
+        if getattr(article, "piece", 0) or not article.rows:
+            return bool(article.rows) and (article.article_id, str(article.rows[0]["sentence_id"])) in self.done_sentences
+        return article.article_id in self.done
+
+    def previous_errors(self) -> pd.DataFrame:
+        """The error rows of the interrupted run(s), saved beside their parts."""
+        frames = [read_table(p) for p in sorted(self.parts_dir.glob("errors-*.csv"))]
+        frames = [f for f in frames if len(f)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ERROR_COLUMNS)
 
     def add(self, article) -> bool:
         """Buffer one article's sentences; True when a full buffer was predicted and written first."""
@@ -287,6 +332,9 @@ class PartsWriter:
                             f"{max_length} tokens", article_id=row.article_id, sentence_id=row.sentence_id)
         self.sentences += len(frame)
         self.truncated += int(frame["truncated"].sum())
+        new_errors = ErrorLog(self.errors.rows[self._errors_written:])
+        write_table_atomic(new_errors.frame(), self.parts_dir / f"errors-{self._next_part:06d}.csv")
+        self._errors_written = len(self.errors.rows)
         write_table_atomic(self.rows(frame, self.meta), self.parts_dir / f"part-{self._next_part:06d}.parquet")
         self._next_part += 1
 

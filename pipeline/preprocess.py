@@ -73,7 +73,8 @@ class TextPreprocessor:
                    OmegaConf.select(cfg, "model.text_prefix", default="") or "")
 
     def to_dict(self) -> dict:
-        return {"arabert_model": self.arabert_model, "prefix": self.prefix}
+        # The prefix is written only when there is one: directories of models without one stay as they were.
+        return {"arabert_model": self.arabert_model, **({"prefix": self.prefix} if self.prefix else {})}
 
     @classmethod
     def from_dict(cls, data: dict) -> "TextPreprocessor":

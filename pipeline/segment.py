@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from pipeline.arabic import has_arabic
@@ -85,6 +86,32 @@ def segment_files(paths: Sequence[Path], rules: SegmentRules) -> tuple[pd.DataFr
     return pd.DataFrame(rows, columns=SENTENCE_COLUMNS), report
 
 
+def unlabelled_sentences(cfg, rules: SegmentRules, corpus_ids: set[str]) -> pd.DataFrame:
+    """`data.unlabelled` (files, directories, globs, or tables read as predict reads its inputs): the sentences of
+    the articles a user wants labelled, without gold. The label stage gives them rule labels, training uses them
+    as weak labels (`train.source_weights.rules`). Offsets are -1 where the input was a table of sentences."""
+    from pipeline.predict_inputs import ArticleReader, as_list, expand_inputs
+    from pipeline.predict_outputs import ErrorLog
+
+    inputs = as_list(OmegaConf.select(cfg, "data.unlabelled", default=None))
+    errors = ErrorLog()
+    rows = []
+    for article in ArticleReader(cfg, rules, errors).read(expand_inputs(inputs, errors)):
+        if article.article_id in corpus_ids:
+            raise PipelineError(f"{article.source}: article id {article.article_id!r} of data.unlabelled is also an "
+                                "article of data.articles_glob; rename one of them")
+        rows.extend({"article_id": article.article_id, "sentence_id": r["sentence_id"], "idx": r["idx"],
+                     "text": r["text"], "start": r.get("start", -1), "end": r.get("end", -1), "origin": "unlabelled"}
+                    for r in article.rows)
+    for problem in errors.rows:
+        log.warning("segment: data.unlabelled: %s", problem["message"])
+    if not rows:
+        raise PipelineError(f"data.unlabelled={', '.join(inputs)}: no usable sentence "
+                            f"({'; '.join(p['message'] for p in errors.rows) or 'nothing found'})")
+    log.info("segment: %d unlabelled sentences from %d input(s) (data.unlabelled)", len(rows), len(inputs))
+    return pd.DataFrame(rows)
+
+
 def segment(cfg) -> pd.DataFrame:
     """Stage entry: read `data.articles_glob`, write `paths.sentences` and a report in the run dir."""
     pattern = str(cfg.data.articles_glob)
@@ -98,6 +125,10 @@ def segment(cfg) -> pd.DataFrame:
             f"none of the {len(paths)} files matching {pattern!r} is usable "
             f"({', '.join(f'{p}: {r}' for p, r in report.skipped.items())})"
         )
+    if OmegaConf.select(cfg, "data.unlabelled", default=None):
+        # `origin` says which rows are the articles to label; the column exists only when there are some.
+        table["origin"] = "corpus"
+        table = pd.concat([table, unlabelled_sentences(cfg, rules, set(table["article_id"]))], ignore_index=True)
     table = table.astype({"idx": "int64", "start": "int64", "end": "int64"})
     out = write_table_atomic(table, cfg.paths.sentences)
     write_text_atomic(Path(cfg.paths.run_dir) / "segment_report.json", json.dumps(report.as_dict(), ensure_ascii=False, indent=2))

@@ -108,7 +108,9 @@ def _read_label_table(cfg: DictConfig, path: Path, *, sample: bool) -> pd.DataFr
                 "set data.text_column / data.label_column / data.group_column"
             )
     label_map = {str(k): str(v) for k, v in (OmegaConf.to_container(data.label_map) or {}).items()}
-    raw = df[label_col].astype(str).str.strip()
+    # The string "None" (e.g. Mawqif's stance) is a label (read_table keeps it); a real null (JSON null, parquet
+    # None) is no label: it becomes "" and is reported below, never mapped as if it were the string "None".
+    raw = df[label_col].where(df[label_col].notna(), "").astype(str).str.strip()
     labels = raw.map(label_map) if label_map else raw.str.lower()
     unknown = raw[labels.isna() | ~labels.isin(LABELS)].value_counts()
     if len(unknown):
@@ -310,6 +312,16 @@ def holdout_split(data: LabelledSet, cfg: DictConfig) -> Split:
         return _finish("holdout", data, frame[~in_test], test, cfg, test_groups)
     test_idx = _pick_rows(gold, test_share, seed)
     return _finish("holdout", data, frame.drop(index=test_idx), frame.loc[test_idx], cfg)
+
+
+def stored_split(data: LabelledSet, cfg: DictConfig, record: dict) -> Split:
+    """The train stage's split as stored in a model dir (train_state.split_record): the same test rows."""
+    column = "group" if record.get("by") == "group" else "sentence_id"
+    ids = set(record.get("test") or [])
+    pool = data.test_frame if data.test_frame is not None else data.gold
+    test = pool[pool[column].astype(str).isin(ids)]
+    rest = data.frame[~data.frame[column].astype(str).isin(ids)]
+    return _finish("holdout", data, rest, test, cfg, sorted(ids) if column == "group" else ())
 
 
 def _with_cv(cfg: DictConfig, mode: str) -> DictConfig:

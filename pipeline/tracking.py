@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
+import socket
 import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from omegaconf import DictConfig, OmegaConf
+
+from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +44,75 @@ def tracking_uri(cfg: DictConfig) -> str:
     return str(cfg.tracking.uri)
 
 
+# Seconds a tracking server gets to answer the reachability check before the stage fails (instead of MLflow's
+# minutes of retries followed by pages of tracebacks).
+REACHABLE_TIMEOUT_S = 5.0
+_REACHABLE: set[str] = set()
+
+
+def check_reachable(cfg: DictConfig) -> None:
+    """Fail fast, in one line, when the configured tracking store is an http(s) server that does not answer.
+
+    Called before a stage that logs does any work, so a stopped server costs seconds, not a finished training.
+    A local store (sqlite, file) needs no check.
+    """
+    uri = tracking_uri(cfg)
+    if not uri.startswith(("http://", "https://")) or uri in _REACHABLE:
+        return
+    parsed = urllib.parse.urlsplit(uri)
+    host = parsed.hostname or "localhost"
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    fix = ("start the server (e.g. `mlflow server --host 127.0.0.1 --port {port}`), or point tracking.uri / "
+           "MLFLOW_TRACKING_URI at a running one, or use the local store tracking.uri=sqlite:///mlruns/mlflow.db")
+    fix = fix.format(port=port)
+    try:
+        with socket.create_connection((host, port), timeout=REACHABLE_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise PipelineError(f"MLflow tracking server {uri} is not reachable ({exc.strerror or exc}); {fix}") from None
+    health = urllib.parse.urljoin(uri.rstrip("/") + "/", "health")
+    try:
+        with urllib.request.urlopen(health, timeout=REACHABLE_TIMEOUT_S) as response:
+            response.read(64)
+    except urllib.error.HTTPError:
+        pass  # it answers HTTP: a proxy or an older server without /health is still a server
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"MLflow tracking server {uri} does not answer ({exc}); {fix}") from None
+    _REACHABLE.add(uri)
+
+
+def _store_lock_path(uri: str) -> Path | None:
+    """A lock file beside a local SQLite store; None for other stores."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):])
+    return db.parent / f".{db.name}.lock"
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Inter-process lock around the first use of a SQLite store.
+
+    MLflow creates and migrates the schema on first use; two processes doing that at once on a fresh file fail
+    with `table runs already exists` / `duplicate column name`, and two creating the same experiment collide too.
+    """
+    path = _store_lock_path(uri)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def setup(cfg: DictConfig):
     """Point MLflow at the configured store and make sure the experiment exists; returns the mlflow module."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    check_reachable(cfg)
     import mlflow
 
     uri = tracking_uri(cfg)
@@ -49,15 +122,23 @@ def setup(cfg: DictConfig):
     if os.environ.get("MLFLOW_TRACKING_URI") == uri and uri == str(cfg.tracking.uri):
         _URIS_SET_HERE.add(uri)
     name = str(cfg.tracking.experiment)
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is None:
-        artifact_location = None
-        if not uri.startswith(("http://", "https://", "databricks")):
-            # A local store needs an explicit artifact location, else artifacts land under the CWD.
-            artifact_location = Path(cfg.tracking.artifact_root).resolve().as_uri()
-        mlflow.create_experiment(name, artifact_location=artifact_location)
-    experiment = mlflow.set_experiment(name)
-    mark_experiment(experiment)
+    # The first call opens (creates, migrates) the store; under the lock, so is the experiment's creation.
+    with _store_lock(uri):
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is None:
+            artifact_location = None
+            if not uri.startswith(("http://", "https://", "databricks")):
+                # A local store needs an explicit artifact location, else artifacts land under the CWD.
+                artifact_location = Path(cfg.tracking.artifact_root).resolve().as_uri()
+            try:
+                mlflow.create_experiment(name, artifact_location=artifact_location)
+            except mlflow.exceptions.MlflowException:
+                # Another process (on a server store, where the file lock does not reach) created it first.
+                if mlflow.get_experiment_by_name(name) is None:
+                    raise
+            experiment = mlflow.get_experiment_by_name(name)
+        mark_experiment(experiment)
+    mlflow.set_experiment(name)
     return mlflow
 
 
@@ -121,16 +202,37 @@ def file_digest(path: Path | str) -> str:
 
 @contextlib.contextmanager
 def start_run(cfg: DictConfig, run_name: str, *, nested: bool = False, tags: Mapping[str, str] | None = None,
-              log_params: bool = True) -> Iterator[Any]:
-    """One MLflow run with the config as params and artifact; an exception marks it FAILED."""
+              log_params: bool = True, run_id: str | None = None) -> Iterator[Any]:
+    """One MLflow run with the config as params and artifact; an exception marks it FAILED.
+
+    `run_id` reopens an existing run (a resumed train run): its params are already logged and are kept."""
     mlflow = setup(cfg)
     # Inside a sweep's or a CV's parent run, a run becomes its child.
     nested = nested or mlflow.active_run() is not None
     if _RUN_NAME_SUFFIX and _RUN_NAME_SUFFIX[-1]:
         run_name = f"{run_name} {_RUN_NAME_SUFFIX[-1]}"
-    with mlflow.start_run(run_name=run_name, nested=nested) as run:
+    if run_id:
+        log_params = False
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested) as run:
         mlflow.set_tags({"stage": str(cfg.stage), **git_tags(), **(tags or {})})
         if log_params:
             mlflow.log_params(flatten_config(cfg))
             mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         yield run  # mlflow's ActiveRun marks the run FAILED when the block raises
+
+
+RECIPE_SECTIONS = ("data", "segment", "labeling", "model", "train")
+
+
+def recipe_tags(cfg: DictConfig) -> dict[str, str]:
+    """Tags that say what a model was trained on and how: the data set, the label set, and a digest of the
+    config sections that make the recipe (train runs and evaluate runs of one recipe share it)."""
+    import json
+
+    from pipeline import LABELS
+
+    sections = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in RECIPE_SECTIONS if key in cfg}
+    sections["train"] = {k: v for k, v in (sections.get("train") or {}).items() if k not in ("resume", "num_threads")}
+    digest = hashlib.sha256(json.dumps(sections, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"data_name": str(OmegaConf.select(cfg, "data.name", default="")), "label_set": ",".join(LABELS),
+            "recipe_digest": digest}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import tracking
+from pipeline import tracking, train_state
 from pipeline.errors import PipelineError
 from pipeline.fitting import CHECKPOINT_SUBDIR, MODEL_SUBDIR, fit_model, preflight, refit_on_all, stance_kind
 from pipeline.scoring import comparison_table, log_data, log_scored, register_alias, score_split
@@ -26,8 +26,11 @@ def _is_finished(run_dir: Path) -> bool:
     return (run_dir / MODEL_SUBDIR / "stance_model.json").exists()
 
 
-def resolve_resume(cfg: DictConfig) -> tuple[Path, str | None]:
-    """(directory to train in, checkpoint to resume from). `train.resume`: false | true | a run dir or checkpoint."""
+def resolve_resume(cfg: DictConfig, data=None, split=None) -> tuple[Path, str | None]:
+    """(directory to train in, checkpoint to resume from). `train.resume`: false | true | a run dir or checkpoint.
+
+    Only a train stage run whose train_state.json matches this config and split is resumed (never an evaluate
+    fold, never a run of another model or split); anything else is refused with the reason."""
     from transformers.trainer_utils import get_last_checkpoint
 
     run_dir = Path(str(cfg.paths.run_dir))
@@ -38,21 +41,30 @@ def resolve_resume(cfg: DictConfig) -> tuple[Path, str | None]:
         root = Path(str(cfg.paths.output_root))
         candidates = [p.parent for p in root.rglob(CHECKPOINT_SUBDIR) if p.is_dir()
                       and get_last_checkpoint(str(p)) and not _is_finished(p.parent)]
-        if not candidates:
-            raise PipelineError(f"train.resume=true: no interrupted train run with checkpoints under {root}; "
-                                "start a new run (train.resume=false) or give the run dir: train.resume=<dir>")
-        work_dir = max(candidates, key=lambda p: Path(get_last_checkpoint(str(p / CHECKPOINT_SUBDIR))).stat().st_mtime)
+        refused = {p: train_state.resume_refusal(p, cfg, data, split) for p in candidates}
+        matching = [p for p, why in refused.items() if why is None]
+        if not matching:
+            why = "; ".join(f"{p}: {r}" for p, r in refused.items())
+            raise PipelineError(f"train.resume=true: no interrupted train run with checkpoints under {root} matches "
+                                f"this config and split{' (' + why + ')' if why else ''}; start a new run "
+                                "(train.resume=false) or give the run dir: train.resume=<dir>")
+        work_dir = max(matching, key=lambda p: Path(get_last_checkpoint(str(p / CHECKPOINT_SUBDIR))).stat().st_mtime)
+        return work_dir, get_last_checkpoint(str(work_dir / CHECKPOINT_SUBDIR))
+    path = Path(str(wanted))
+    last = None
+    if path.name.startswith("checkpoint-") and path.is_dir():
+        work_dir, last = path.parent.parent, str(path)
     else:
-        path = Path(str(wanted))
-        if path.name.startswith("checkpoint-") and path.is_dir():
-            return path.parent.parent, str(path)
         work_dir = path
-    checkpoints = work_dir / CHECKPOINT_SUBDIR
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    if not last:
-        raise PipelineError(f"train.resume={wanted}: {checkpoints} holds no checkpoint to resume from")
+        checkpoints = work_dir / CHECKPOINT_SUBDIR
+        last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        if not last:
+            raise PipelineError(f"train.resume={wanted}: {checkpoints} holds no checkpoint to resume from")
+    why = train_state.resume_refusal(work_dir, cfg, data, split)
+    if why:
+        raise PipelineError(f"train.resume={wanted}: cannot resume {work_dir}: {why}; "
+                            "start a new run (train.resume=false) with the config it was trained with, or drop it")
     return work_dir, last
-
 
 
 def run_description(cfg: DictConfig, scored, n_test: int, calibration) -> str:
@@ -82,13 +94,20 @@ def train(cfg: DictConfig) -> dict:
     data = load_labelled(cfg)
     split = holdout_split(data, cfg)
     log.info("train: %s", split.describe())
-    work_dir, resume_from = resolve_resume(cfg) if kind == "transformer" else (Path(str(cfg.paths.run_dir)), None)
-    tags = {"stage": "train", "model_kind": kind, "model_name": str(cfg.model.name)}
+    work_dir, resume_from = (resolve_resume(cfg, data, split) if kind == "transformer"
+                             else (Path(str(cfg.paths.run_dir)), None))
+    train_state.mark_dead_runs(cfg)  # runs left RUNNING by a killed process (kill -9) are KILLED, not RUNNING
+    tags = {"stage": "train", "model_kind": kind, "model_name": str(cfg.model.name), **tracking.recipe_tags(cfg),
+            **train_state.process_tags()}
+    reopen = None
     if resume_from:
         tags["resumed_from"] = str(resume_from)
-    with tracking.start_run(cfg, f"train-{cfg.model.name}", tags=tags) as run:
+        reopen = (train_state.read_state(work_dir) or {}).get("run_id")  # the same run: its curves continue
+    with tracking.start_run(cfg, f"train-{cfg.model.name}", tags=tags, run_id=reopen) as run:
+        train_state.write_state(work_dir, cfg, data, split, run.info.run_id)
         log_data(data, split)
         model_dir = fit_model(cfg, split, work_dir, resume_from=resume_from)
+        train_state.write_split(model_dir, data, split)
         calibration = calibrate_model(cfg, split, model_dir, work_dir / "evaluation")
         scored = score_split(cfg, data, split, model_dir, work_dir / "evaluation")
         log_scored(scored, prefix="test_", artifact_dir="evaluation")
@@ -97,6 +116,7 @@ def train(cfg: DictConfig) -> dict:
         served_dir = model_dir
         if str(OmegaConf.select(cfg, "train.refit", default="none")) == "all":
             served_dir = refit_on_all(cfg, data, model_dir, work_dir)
+            train_state.write_split(served_dir, data, split, seen_all=True)  # evaluate cv=none refuses it
             save_calibration(calibration, served_dir)
             mlflow.set_tag("served_model", "refit on all labelled rows; test_* metrics are the first fit's")
         info = log_stance_model(served_dir, name="model",

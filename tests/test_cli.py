@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import expand_sweep, main
-from pipeline.stages import STAGES
+from pipeline.stages import STAGES, ensure_inputs
 
 from conftest import REPO
 
@@ -47,6 +48,11 @@ def test_stage_help_shows_composed_config_with_overrides(capsys):
         (["segment", "x=[1"], "bad override"),
         (["segment", "justaword"], "expected key=value"),
         (["segment", "--frobnicate"], "unknown option '--frobnicate'"),
+        (["train", "train.epochs=abc"], "bad override 'train.epochs=abc': train.epochs must be an integer"),
+        (["predict", "predict.batch_size=abc"], "predict.batch_size must be an integer"),
+        (["train", "train.sources=gold"], "train.sources must be a list"),
+        (["train", "train.group_by_length=maybe"], "train.group_by_length must be true or false"),
+        (["train", "hydra.run.dir=/tmp/elsewhere"], "hydra.* settings are not used by this CLI; the run dir is paths.run_dir"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(args, message, capsys):
@@ -54,6 +60,21 @@ def test_usage_errors_exit_2_with_one_line(args, message, capsys):
     err = capsys.readouterr().err
     assert message in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_valid_overrides_keep_working(make_cfg):
+    cfg = make_cfg("train", "train.lr=1e-4", "model=tiny", "train.epochs=3", "train.resume=/some/run/dir",
+                   "predict.threads=2", "evaluate.ci=1", "train.sources=[gold]")
+    assert cfg.train.lr == 1e-4 and cfg.model.name == "tiny" and cfg.train.epochs == 3
+    assert cfg.train.resume == "/some/run/dir" and cfg.evaluate.ci == 1 and list(cfg.train.sources) == ["gold"]
+
+
+def test_a_dict_override_replaces_the_dict(make_cfg):
+    # table.yaml's `label_map: {}` is a struct node: Hydra alone refuses every new key of a plain override.
+    cfg = make_cfg("train", "data=table", "data.path=x.csv", "data.label_map={Favor: positive, None: neutral}")
+    assert dict(cfg.data.label_map) == {"Favor": "positive", "None": "neutral"}
+    cfg = make_cfg("train", "data=arsarcasm", "data.label_map={P: positive}")
+    assert dict(cfg.data.label_map) == {"P": "positive"}             # the given map, not merged with the default
 
 
 def test_unknown_stage_from_the_shell():
@@ -90,6 +111,37 @@ def test_stale_outputs_are_rebuilt_before_a_stage(tmp_path, make_cfg):
     sentences = Path(cfg.paths.sentences)
     os.utime(sentences, (1, 1))                       # output older than its input
     assert segment.is_stale(cfg)
+
+
+def test_outputs_built_with_another_config_are_rebuilt(tmp_path, make_cfg):
+    import pandas as pd
+
+    lines = (REPO / "labels" / "gold.csv").read_text(encoding="utf-8").splitlines()
+    small_gold = tmp_path / "gold29.csv"
+    small_gold.write_text("\n".join(lines[:30]) + "\n", encoding="utf-8")    # header + 29 rows
+    quiet = "labeling.log_mlflow=false"
+    labelled = Path(make_cfg("label").paths.labelled)
+    small = make_cfg("label", f"paths.gold={small_gold}", quiet)
+    ensure_inputs(STAGES["label"], small)
+    STAGES["label"].run(small)                                 # `label paths.gold=<29-row copy>`
+    assert pd.read_parquet(labelled)["source"].eq("gold").sum() == 29
+    plain = make_cfg("train", quiet)
+    assert STAGES["label"].stale_reason(plain).startswith("built with another config")
+    ensure_inputs(STAGES["train"], plain)                      # a plain train rebuilds labelled.parquet
+    assert pd.read_parquet(labelled)["source"].eq("gold").sum() == len(lines) - 1
+    assert not STAGES["label"].is_stale(plain) and not STAGES["segment"].is_stale(plain)
+    # Knobs that do not change the tables do not rebuild them.
+    assert not STAGES["label"].is_stale(make_cfg("train", quiet, "labeling.stats_only=true", "train.epochs=1"))
+
+    sentences = Path(plain.paths.sentences)
+    built_at = sentences.stat().st_mtime_ns
+    other = make_cfg("train", quiet, "segment.repeated_line_max_words=3")
+    assert STAGES["segment"].is_stale(other)
+    ensure_inputs(STAGES["train"], other)                      # a segment.* override on a dependent stage
+    assert sentences.stat().st_mtime_ns != built_at
+    assert not STAGES["segment"].is_stale(other) and not STAGES["label"].is_stale(other)
+    fingerprint = json.loads(Path(f"{sentences}.fingerprint.json").read_text(encoding="utf-8"))
+    assert fingerprint["config"]["segment"]["repeated_line_max_words"] == 3
 
 
 def test_sweep_expansion_is_a_cartesian_product():

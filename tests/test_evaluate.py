@@ -90,11 +90,53 @@ def test_evaluate_a_trained_model_dir(make_cfg, labelled):
     from pipeline.evaluate import evaluate
     from pipeline.train import train
 
-    trained = train(make_cfg("train", "model=tfidf", f"paths.labelled={labelled}", "train.baselines=[majority]"))
-    result = evaluate(make_cfg("evaluate", "evaluate.cv=none", f"evaluate.model_dir={trained['model_dir']}",
+    trained = train(make_cfg("train", "model=tfidf", "train.refit=all", f"paths.labelled={labelled}",
+                             "train.baselines=[majority]"))
+    first_fit = Path(trained["model_dir"]).parent.parent / "model"  # train.refit=all serves work_dir/final/model
+    result = evaluate(make_cfg("evaluate", "evaluate.cv=none", f"evaluate.model_dir={first_fit}",
                                f"paths.labelled={labelled}", "train.baselines=[majority]"))
     # Same split, same model, same predictions: the same numbers as the end of train.
     assert result["metrics"]["eval_macro_f1"] == pytest.approx(trained["metrics"]["test_macro_f1"])
+    # The served model was refit on every gold article: scoring it on "test" articles is refused.
+    from pipeline.errors import PipelineError
+
+    with pytest.raises(PipelineError, match="refit on every labelled row"):
+        evaluate(make_cfg("evaluate", "evaluate.cv=none", f"evaluate.model_dir={trained['model_dir']}",
+                          f"paths.labelled={labelled}", "train.baselines=[majority]"))
+
+
+def test_evaluate_model_dir_scores_the_stored_split_not_the_seed(make_cfg, labelled, tmp_path):
+    """Issue 9 item 3: the test articles come from the model dir's split.json, whatever the seed or the data now."""
+    import json
+
+    from pipeline.errors import PipelineError
+    from pipeline.evaluate import evaluate
+    from pipeline.splits import holdout_split, load_labelled
+    from pipeline.train import train
+
+    base = [f"paths.labelled={labelled}", "train.baselines=[majority]"]
+    trained = train(make_cfg("train", "model=tfidf", "train.refit=none", *base))
+    stored = json.loads((Path(trained["model_dir"]) / "split.json").read_text())
+    cfg = make_cfg("train", *base)
+    assert stored["test"] == sorted(holdout_split(load_labelled(cfg), cfg).test_groups)
+    # Another seed would pick other test articles (some the model trained on); the stored ones are scored.
+    for seed in (1, 2, 3):
+        other = make_cfg("train", *base, f"seed={seed}")
+        if sorted(holdout_split(load_labelled(other), other).test_groups) != stored["test"]:
+            break
+    else:
+        pytest.skip("every seed picks the same test articles")
+    result = evaluate(make_cfg("evaluate", "evaluate.cv=none", f"evaluate.model_dir={trained['model_dir']}",
+                               f"seed={seed}", *base))
+    assert result["metrics"]["eval_macro_f1"] == pytest.approx(trained["metrics"]["test_macro_f1"])
+    assert result["metrics"]["eval_n"] == trained["metrics"]["test_n"]
+    # The data changed and lost a stored test article: a clear refusal, not a score on other rows.
+    frame = pd.read_parquet(labelled)
+    shrunk = tmp_path / "shrunk.parquet"
+    frame[frame["article_id"] != stored["test"][0]].to_parquet(shrunk, index=False)
+    with pytest.raises(PipelineError, match="data changed since training"):
+        evaluate(make_cfg("evaluate", "evaluate.cv=none", f"evaluate.model_dir={trained['model_dir']}",
+                          f"paths.labelled={shrunk}", "train.baselines=[majority]"))
 
 
 def test_multirun_sweep_makes_child_runs_under_one_parent(make_cfg, labelled, tmp_path):

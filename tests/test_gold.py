@@ -84,3 +84,21 @@ def test_bad_encoding_and_empty_file(tmp_path):
         load_gold(tmp_path / "gold.csv")
     with pytest.raises(GoldLabelError, match="not found"):
         load_gold(tmp_path / "missing.csv")
+
+
+def test_iconv_hint_names_the_likely_encoding(tmp_path):
+    arabic = tmp_path / "arabic.csv"
+    arabic.write_bytes("sentence_id,label\nx,قال الوزير إن الاتفاق مهم\n".encode("cp1256"))
+    with pytest.raises(GoldLabelError, match="iconv -f WINDOWS-1256 -t UTF-8 arabic.csv"):
+        load_gold(arabic)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("sentence_id,label\nx,Le café est très élégant\n".encode("latin-1"))
+    with pytest.raises(GoldLabelError, match="iconv -f ISO-8859-1 -t UTF-8 latin.csv"):
+        load_gold(latin)
+
+
+def test_header_only_gold_is_an_error_naming_the_file(tmp_path):
+    path = tmp_path / "gold.csv"
+    path.write_text("sentence_id,article_id,text,label,note\n", encoding="utf-8")
+    with pytest.raises(GoldLabelError, match=r"gold.csv: no labelled rows, only the header"):
+        load_gold(path)

@@ -21,11 +21,12 @@ from pipeline.segmentation import seed_sentences
 MAX_LENGTH = 24  # short on purpose: several seed sentences are longer, so truncation is exercised
 
 
-def make_stance_model(out_dir: Path, *, max_length: int = MAX_LENGTH, preprocess_as: str | None = None) -> Path:
-    """A tiny random-weight BERT stance model directory, as the train stage would write it."""
+def make_stance_model(out_dir: Path, *, max_length: int = MAX_LENGTH, preprocess_as: str | None = None,
+                      seed: int = 3) -> Path:
+    """A tiny random-weight BERT stance model directory, as the train stage would write it (`seed`: its weights)."""
     from pipeline.tiny_model import build_tiny_bert
 
-    build_tiny_bert(seed_sentences(), out_dir, LABELS, seed=3)
+    build_tiny_bert(seed_sentences(), out_dir, LABELS, seed=seed)
     write_model_metadata(out_dir, kind="transformer", labels=LABELS, max_length=max_length,
                          base_model="tiny", preprocessor=TextPreprocessor(preprocess_as))
     return Path(out_dir)

@@ -140,14 +140,38 @@ def test_rules_quality_logged_to_mlflow(seeds, tmp_path):
 
     cfg, sentences = seeds
     write_gold(tmp_path / "gold.csv", gold_from_articles(sentences, ("000", "001")), sentences)
+    gold = dict(gold_from_articles(sentences, ("000", "001")))
     c = cfg("labeling.log_mlflow=true")
-    label(c)
+    out = label(c)
     runs = mlflow.search_runs(experiment_names=[str(c.tracking.experiment)], filter_string="tags.stage = 'label'")
     assert len(runs) == 1
     run = runs.iloc[0]
     assert run["tags.mlflow.runName"] == "rules"
-    for key in ("rules_coverage", "rules_accuracy", "rules_macro_f1", "rules_precision_negative", "rules_recall_positive"):
-        assert 0 <= run[f"metrics.{key}"] <= 1
+    # The same numbers computed here by hand from the rule labels (abstain=neutral: no rule = neutral).
+    rule = dict(zip(out["sentence_id"], out["rule_label"]))
+    pairs = [(g, rule[sid] if isinstance(rule[sid], str) else "neutral") for sid, g in gold.items()]
+    fired = sum(isinstance(rule[sid], str) for sid in gold)
+
+    def f1(label: str) -> float:
+        tp = sum(g == p == label for g, p in pairs)
+        fp = sum(p == label != g for g, p in pairs)
+        fn = sum(g == label != p for g, p in pairs)
+        return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+    present = sorted({g for g, _ in pairs})
+    predicted_negative = [g for g, p in pairs if p == "negative"]
+    gold_positive = [p for g, p in pairs if g == "positive"]
+    expected = {
+        "rules_coverage": fired / len(gold),
+        "rules_accuracy": sum(g == p for g, p in pairs) / len(pairs),
+        "rules_macro_f1": sum(f1(x) for x in present) / len(present),
+        "rules_precision_negative": (predicted_negative.count("negative") / len(predicted_negative)
+                                     if predicted_negative else 0.0),
+        "rules_recall_positive": gold_positive.count("positive") / len(gold_positive) if gold_positive else 0.0,
+    }
+    assert 0 < fired < len(gold) and len(present) >= 2             # a case where the numbers can go wrong
+    for key, value in expected.items():
+        assert run[f"metrics.{key}"] == pytest.approx(value), key
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"])}
     assert {"rules_confusion.csv", "rules_errors.csv", "rules_per_cue.csv", "lexicon.yaml"} <= artifacts
 
@@ -196,6 +220,22 @@ def test_uncertainty_ordering_with_model_probabilities():
         uncertainty(probs, "random")
 
 
+def test_context_stays_within_the_article_when_file_order_is_not_sorted_order():
+    # Articles listed "z" before "a" (file order), sentences of "z" with shuffled idx: context must never
+    # come from the other article, and must follow idx within the article.
+    labelled = pd.DataFrame({
+        "article_id": ["z", "z", "z", "a", "a"], "sentence_id": ["z:1", "z:0", "z:2", "a:0", "a:1"],
+        "idx": [1, 0, 2, 0, 1], "text": ["z1", "z0", "z2", "a0", "a1"], "label": [None] * 5,
+        "source": ["rules"] * 5, "rule_label": [None] * 5, "rule_confidence": [0.0] * 5, "rules_fired": [""] * 5,
+    })
+    tasks = build_tasks(labelled, pd.Series([True] * 5), model_version="m", context_sentences=1)
+    context = {t["data"]["sentence_id"]: (t["data"]["context_before"], t["data"]["context_after"]) for t in tasks}
+    assert context == {
+        "z:0": ("", "z1"), "z:1": ("z0", "z2"), "z:2": ("z1", ""),
+        "a:0": ("", "a1"), "a:1": ("a0", ""),
+    }
+
+
 def test_export_with_a_stance_model_dir(seeds, tmp_path):
     """Pre-annotations and order from a (tf-idf) stance model directory, through pipeline.model_store."""
     import joblib
@@ -217,7 +257,7 @@ def test_export_with_a_stance_model_dir(seeds, tmp_path):
     write_model_metadata(model_dir, kind="tfidf", labels=LABELS, max_length=128, base_model="tfidf",
                          preprocessor=TextPreprocessor(None))
     export_dir = tmp_path / "ls"
-    label(cfg("labeling.export=true", f"labeling.export_dir={export_dir}", f"labeling.export_model_uri={model_dir}",
+    label(cfg("labeling.export=true", f"labeling.export_dir={export_dir}", f"labeling.export_model_uri={model_dir}", "predict.trust_model_dir=true",
               "labeling.export_size=null"))
     tasks = json.loads((export_dir / "tasks.json").read_text(encoding="utf-8"))
     candidates = sentences[~sentences["article_id"].str.startswith("000")]
@@ -275,7 +315,7 @@ def test_import_conflict_with_gold_is_listed_and_gold_kept(seeds, tmp_path, caps
 
 def test_import_conflict_with_earlier_annotation_backup_and_replace(seeds, tmp_path, capsys):
     cfg, sentences = seeds
-    write_gold(tmp_path / "gold.csv", [], sentences)
+    write_gold(tmp_path / "gold.csv", [(sentences["sentence_id"].iloc[-1], "neutral")], sentences)  # any one gold row
     earlier = pd.DataFrame([{"sentence_id": READINESS, "article_id": READINESS.split(":")[0], "text": "t",
                              "label": "negative", "annotator": "old@x", "annotated_at": "2026-01-01",
                              "source_task": "old.json#task1"}])
@@ -308,7 +348,7 @@ def _first_annotated(tasks):
 
 def test_import_refuses_unknown_labels_and_ids_and_writes_nothing(seeds, tmp_path):
     cfg, sentences = seeds
-    write_gold(tmp_path / "gold.csv", [], sentences)
+    write_gold(tmp_path / "gold.csv", [(sentences["sentence_id"].iloc[-1], "neutral")], sentences)  # any one gold row
     (tmp_path / "annotations.csv").write_text(",".join(ANNOTATION_COLUMNS) + "\n", encoding="utf-8")  # must stay as is
     before = (tmp_path / "annotations.csv").read_bytes()
 
@@ -333,7 +373,7 @@ def test_import_refuses_unknown_labels_and_ids_and_writes_nothing(seeds, tmp_pat
 
 def test_import_write_is_atomic(seeds, tmp_path, monkeypatch):
     cfg, sentences = seeds
-    write_gold(tmp_path / "gold.csv", [], sentences)
+    write_gold(tmp_path / "gold.csv", [(sentences["sentence_id"].iloc[-1], "neutral")], sentences)  # any one gold row
     (tmp_path / "annotations.csv").write_text(",".join(ANNOTATION_COLUMNS) + "\n", encoding="utf-8")
     before = (tmp_path / "annotations.csv").read_bytes()
 

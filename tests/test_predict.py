@@ -36,15 +36,17 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
     overrides = [f"tracking.uri=sqlite:///{root}/mlflow.db", f"tracking.artifact_root={root}/artifacts"]
     model_dir = make_stance_model(root / "model")
+    # Version 2 has other weights than version 1, so a test can tell which one an alias or URI loaded.
+    model_dirs = {"worse": model_dir, "better": make_stance_model(root / "model_better", seed=11)}
     runs = {}
     for name, f1, extra in (("worse", 0.2, []), ("better", 0.6, ["segment.paragraph_break=blank_line"])):
         cfg = compose_config("train", [*overrides, *extra])
         with tracking.start_run(cfg, name, tags={"has_model": "true", "model_kind": "transformer"}) as run:
-            info = log_stance_model(model_dir, registered_model_name="stance")
+            info = log_stance_model(model_dirs[name], registered_model_name="stance")
             mlflow.log_metric("test_macro_f1", f1)
         runs[name] = (run.info.run_id, info)
     mlflow.MlflowClient().set_registered_model_alias("stance", "champion", "2")
-    return {"overrides": overrides, "model_dir": model_dir, "runs": runs, "root": root}
+    return {"overrides": overrides, "model_dir": model_dir, "model_dirs": model_dirs, "runs": runs, "root": root}
 
 
 @pytest.fixture
@@ -156,6 +158,26 @@ def test_model_uri_forms(run_predict, store, tmp_path, which):
     assert len(table) > 0 and set(table["label"]) <= set(LABELS)
 
 
+def test_alias_loads_the_version_it_points_to(run_predict, store, tmp_path):
+    import mlflow
+
+    def probs(uri: str, name: str) -> np.ndarray:
+        out = tmp_path / f"{name}.parquet"
+        run_predict(f"input={SEEDS[1]}", f"output={out}", f"model_uri={uri}")
+        return pd.read_parquet(out)[PROBS].to_numpy(dtype=float)
+
+    v1, v2 = probs(str(store["model_dirs"]["worse"]), "v1"), probs(str(store["model_dirs"]["better"]), "v2")
+    assert not np.allclose(v1, v2, atol=1e-4)                     # the two versions really differ
+    np.testing.assert_allclose(probs("models:/stance@champion", "champion2"), v2, atol=1e-6)
+    client = mlflow.MlflowClient(f"sqlite:///{store['root']}/mlflow.db")
+    client.set_registered_model_alias("stance", "champion", "1")
+    try:
+        np.testing.assert_allclose(probs("models:/stance@champion", "champion1"), v1, atol=1e-6)
+        np.testing.assert_allclose(probs("models:/stance/2", "version2"), v2, atol=1e-6)
+    finally:
+        client.set_registered_model_alias("stance", "champion", "2")
+
+
 def test_unknown_model_uri_and_missing_input(run_predict, tmp_path):
     out = tmp_path / "p.csv"
     err = run_predict(f"input={SEEDS[0]}", f"output={out}", "model_uri=models:/no-such-model@prod", expect_error=True)
@@ -265,3 +287,156 @@ def test_cli_command_as_written(store, tmp_path):
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "error: model_uri='runs:/0123456789abcdef/model'" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_resume_after_kill_between_rename_and_cleanup_does_not_duplicate(run_predict, tmp_path, monkeypatch):
+    """Issue 9 item 5: killed after the output's rename but before its parts were removed, a resume merged both."""
+    from pipeline import predict_outputs
+
+    out = tmp_path / "p.csv"
+    inputs = f"input=[{SEEDS[0]},{SEEDS[1]}]"
+
+    def killed_before_cleanup(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict_outputs.PartsWriter, "discard", killed_before_cleanup)
+    with pytest.raises(KeyboardInterrupt):
+        run_predict(inputs, f"output={out}", "predict.chunk_sentences=1")
+    monkeypatch.undo()
+    assert out.exists() and (tmp_path / ".p.csv.parts").exists()
+    expected = len(read_table(out))
+    report = run_predict(inputs, f"output={out}", "predict.resume=true")
+    table = read_table(out)
+    assert len(table) == expected and table["sentence_id"].is_unique, (len(table), expected)
+    assert report["skipped_done"] == 2 and not (tmp_path / ".p.csv.parts").exists()
+
+
+def test_resume_keeps_the_interrupted_runs_errors_and_refuses_another_model(run_predict, store, tmp_path, monkeypatch):
+    """Issue 9 item 5: the errors of the killed run survive the resume; another model cannot resume its parts."""
+    from pipeline.inference import TransformerPredictor, read_model_metadata
+
+    out = tmp_path / "p.csv"
+    # A sentence table with one overlong sentence (truncated: an error row written with its part).
+    long = " ".join(["روسيا ترفض العرض"] * 400)
+    pd.DataFrame({"article_id": ["a", "b", "c"], "sentence_id": ["a1", "b1", "c1"],
+                  "text": [long, "واشنطن توافق على الحوار", "موسكو ترفض"]}).to_csv(tmp_path / "s.csv", index=False)
+    real = TransformerPredictor.predict
+    calls = {"n": 0}
+
+    def dies_on_third_chunk(self, texts, batch_size=64):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, texts, batch_size)
+
+    monkeypatch.setattr(TransformerPredictor, "predict", dies_on_third_chunk)
+    model = f"model_uri={store['model_dir']}"
+    with pytest.raises(KeyboardInterrupt):
+        run_predict(f"input={tmp_path}/s.csv", f"output={out}", "predict.chunk_sentences=1", model)
+    monkeypatch.setattr(TransformerPredictor, "predict", real)
+
+    # Another model (a copy with a different max_length) must not continue these parts.
+    import shutil
+
+    other = tmp_path / "other-model"
+    shutil.copytree(store["model_dir"], other)
+    meta_path = other / "stance_model.json"
+    meta = json.loads(meta_path.read_text())
+    meta["max_length"] = int(read_model_metadata(store["model_dir"])["max_length"]) - 1
+    meta_path.write_text(json.dumps(meta))
+    err = run_predict(f"input={tmp_path}/s.csv", f"output={out}", "predict.resume=true", f"model_uri={other}",
+                      expect_error=True)
+    assert "were predicted by model" in str(err) and not out.exists()
+
+    report = run_predict(f"input={tmp_path}/s.csv", f"output={out}", "predict.resume=true", model)
+    assert report["skipped_done"] == 2
+    errors = pd.read_csv(report["errors"], keep_default_na=False)
+    assert errors.loc[errors["reason"] == "truncated", "sentence_id"].tolist() == ["a1"]
+    assert sorted(read_table(out)["sentence_id"]) == ["a1", "b1", "c1"]
+
+
+def test_output_equal_to_input_is_refused_before_anything_is_written(run_predict, tmp_path):
+    table = tmp_path / "s.csv"
+    pd.DataFrame({"sentence_id": ["s1"], "text": ["روسيا ترفض العرض"]}).to_csv(table, index=False)
+    before = table.read_bytes()
+    err = run_predict(f"input={table}", f"output={table}", expect_error=True)
+    assert "also an input" in str(err) and table.read_bytes() == before
+    assert not (tmp_path / ".s.csv.parts").exists()
+
+
+def test_missing_input_is_told_before_the_model_is_fetched(run_predict, tmp_path, monkeypatch):
+    """Issue 9 item 11(f)."""
+    from pipeline import predict as predict_module
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was resolved before the inputs were checked")
+
+    monkeypatch.setattr(predict_module, "resolve_model", no_model)
+    err = run_predict(f"input={tmp_path}/missing.txt", f"output={tmp_path}/q.csv", expect_error=True)
+    assert "none of these exists" in str(err) and "missing.txt" in str(err)
+
+
+def test_sentence_table_without_article_id_is_predicted_in_row_chunks(run_predict, tmp_path, monkeypatch):
+    """Issue 9 item 5: one long article (no article_id) is flushed every predict.chunk_sentences rows."""
+    from pipeline.inference import TransformerPredictor
+
+    texts = [f"روسيا ترفض العرض رقم {i}" for i in range(7)]
+    pd.DataFrame({"sentence_id": [f"s{i}" for i in range(7)], "text": texts}).to_csv(tmp_path / "one.csv", index=False)
+    sizes = []
+    real = TransformerPredictor.predict
+
+    def counting(self, batch, batch_size=64):
+        sizes.append(len(batch))
+        return real(self, batch, batch_size)
+
+    monkeypatch.setattr(TransformerPredictor, "predict", counting)
+    report = run_predict(f"input={tmp_path}/one.csv", f"output={tmp_path}/p.csv", "predict.chunk_sentences=3")
+    assert max(sizes) <= 3 and sum(sizes) == 7
+    table = read_table(tmp_path / "p.csv")
+    assert table["sentence_id"].tolist() == [f"s{i}" for i in range(7)] and table["idx"].astype(int).tolist() == list(range(7))
+    assert set(table["article_id"]) == {"one"} and report["articles"] >= 1
+    assert pd.read_csv(report["summary"])["sentences"].tolist() == [7]
+
+
+class _Payload:
+    """A pickle that runs code when loaded: it creates the file named by `target`."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.target),))
+
+
+def test_pickled_model_dir_outside_the_store_is_refused_unless_trusted(run_predict, tmp_path):
+    """Issue 9 item 12: model_uri=<dir> with a model.joblib from anywhere must not be unpickled by default."""
+    import joblib
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    from pipeline.inference import write_model_metadata
+    from pipeline.preprocess import TextPreprocessor
+
+    evil = tmp_path / "downloads" / "evil-model"
+    evil.mkdir(parents=True)
+    marker = tmp_path / "code-ran"
+    joblib.dump(_Payload(marker), evil / "model.joblib")
+    write_model_metadata(evil, kind="tfidf", labels=LABELS, max_length=512, base_model="tfidf",
+                         preprocessor=TextPreprocessor(None))
+    err = run_predict(f"input={SEEDS[0]}", f"output={tmp_path}/p.csv", f"model_uri={evil}", expect_error=True)
+    assert "predict.trust_model_dir=true" in str(err) and "model.joblib" in str(err)
+    assert not marker.exists() and not (tmp_path / "p.csv").exists()
+
+    # A real tfidf directory one trusts: predicted with predict.trust_model_dir=true.
+    good = tmp_path / "downloads" / "good-model"
+    good.mkdir()
+    texts = ["روسيا ترفض العرض", "واشنطن توافق على الحوار", "موسكو تدرس الاقتراح"] * 3
+    pipe = make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=200)).fit(texts, LABELS * 3)
+    joblib.dump(pipe, good / "model.joblib")
+    write_model_metadata(good, kind="tfidf", labels=LABELS, max_length=512, base_model="tfidf",
+                         preprocessor=TextPreprocessor(None))
+    run_predict(f"input={SEEDS[0]}", f"output={tmp_path}/p.csv", f"model_uri={good}", expect_error=True)
+    report = run_predict(f"input={SEEDS[0]}", f"output={tmp_path}/p.csv", f"model_uri={good}",
+                         "predict.trust_model_dir=true")
+    assert report["sentences"] > 0

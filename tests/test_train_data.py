@@ -155,6 +155,25 @@ def test_table_data_with_label_map(make_cfg, tmp_path):
     assert not set(split.test["sentence_id"]) & set(split.train["sentence_id"])
 
 
+def test_label_string_none_is_a_label_and_a_plain_label_map_override_works(make_cfg, tmp_path):
+    from pipeline.splits import load_labelled
+
+    path = tmp_path / "mawqif.csv"
+    pd.DataFrame({"text": [f"جملة {i}" for i in range(6)],
+                  "stance": ["None", "Favor", "Against", "None", "Favor", "Against"]}).to_csv(path, index=False)
+    cfg = make_cfg("train", "data=table", f"data.path={path}", "data.label_column=stance",
+                   "data.label_map={None: neutral, Favor: positive, Against: negative}")
+    data = load_labelled(cfg)
+    assert data.frame["label"].tolist() == ["neutral", "positive", "negative"] * 2
+    # A real null (JSON null) is a missing label, not the string "None".
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text('{"text": "a", "stance": null}\n{"text": "b", "stance": "None"}\n', encoding="utf-8")
+    cfg = make_cfg("train", "data=table", f"data.path={jsonl}", "data.label_column=stance",
+                   "data.label_map={None: neutral}")
+    with pytest.raises(PipelineError, match="label\\(s\\) '' \\(1 rows\\)"):
+        load_labelled(cfg)
+
+
 def test_table_data_unknown_label_is_explained(make_cfg, tmp_path):
     from pipeline.splits import load_labelled
 
@@ -193,6 +212,43 @@ def test_metrics_and_bootstrap_interval():
     assert cm.loc["true_negative", "pred_positive"] == 5 and cm.to_numpy().sum() == 30
 
 
+def test_fold_without_positives_scores_over_the_labels_it_has():
+    from pipeline.metrics import bootstrap_macro_f1, classification_metrics, macro_f1
+
+    y_true = ["negative", "neutral", "neutral", "negative", "neutral"]
+    m = classification_metrics(y_true, y_true)
+    assert m["macro_f1"] == 1.0 and macro_f1(y_true, y_true) == 1.0      # not capped at 2/3 by the absent class
+    assert m["macro_f1_all_labels"] == pytest.approx(2 / 3)
+    assert bootstrap_macro_f1(y_true, y_true, n_resamples=50, seed=0) == (1.0, 1.0)
+
+
+def test_cluster_bootstrap_resamples_groups():
+    from pipeline.metrics import bootstrap_macro_f1
+
+    # Article "a" is predicted perfectly, article "b" all wrong: drawing whole articles gives resamples of
+    # only a (1.0), only b (0.0) or both; drawing sentences mixes them in every resample.
+    y_true = ["negative", "neutral", "positive"] * 4 + ["negative", "neutral", "positive"] * 4
+    y_pred = ["negative", "neutral", "positive"] * 4 + ["positive", "negative", "neutral"] * 4
+    groups = ["a"] * 12 + ["b"] * 12
+    by_sentence = bootstrap_macro_f1(y_true, y_pred, n_resamples=400, seed=3)
+    by_article = bootstrap_macro_f1(y_true, y_pred, n_resamples=400, seed=3, groups=groups)
+    assert by_article == (0.0, 1.0)
+    assert by_sentence != by_article and 0.2 < by_sentence[0] < by_sentence[1] < 0.8
+    assert by_article == bootstrap_macro_f1(y_true, y_pred, n_resamples=400, seed=3, groups=groups)
+
+
+def test_write_report_bootstraps_articles(tmp_path):
+    from pipeline.metrics import write_report
+
+    labels = ["negative", "neutral", "positive"]
+    test = pd.DataFrame({"sentence_id": [f"s{i}" for i in range(24)], "group": ["a"] * 12 + ["b"] * 12,
+                         "text": ["x"] * 24, "label": labels * 8})
+    pred = labels * 4 + ["positive", "negative", "neutral"] * 4
+    proba = np.eye(3)[[labels.index(x) for x in pred]]
+    metrics, _ = write_report(tmp_path, test, proba, title="t", n_resamples=400, ci=0.95, seed=3, max_errors=10)
+    assert (metrics["macro_f1_ci_low"], metrics["macro_f1_ci_high"]) == (0.0, 1.0)
+
+
 def test_rules_and_majority_baselines(make_cfg, labelled):
     from pipeline.baselines import majority_proba, rules_proba
 
@@ -201,6 +257,34 @@ def test_rules_and_majority_baselines(make_cfg, labelled):
     assert [LABELS[i] for i in proba.argmax(1)] == ["positive", "neutral", "negative"]
     maj = majority_proba(pd.Series(["neutral", "positive", "neutral"]), 2)
     assert [LABELS[i] for i in maj.argmax(1)] == ["neutral", "neutral"]
+
+
+def test_weighted_loss_on_both_branches_by_hand():
+    """Evaluation branch: sum(w_y * ce) / sum(w_y). Training branch (Trainer passes num_items_in_batch, also under
+    gradient accumulation): sum(w_y * ce) / num_items_in_batch (balanced weights average 1 over the training set)."""
+    import math
+
+    import torch
+
+    from pipeline.fitting import weighted_loss
+
+    logits = [[2.0, 0.0, -1.0], [0.5, 1.5, 0.0], [0.0, 0.0, 3.0], [1.0, 1.0, 1.0]]
+    labels = [0, 2, 2, 1]
+    weights = [3.0, 1.5, 0.5]
+    ce = [math.log(sum(math.exp(v) for v in row)) - row[y] for row, y in zip(logits, labels)]
+    weighted_sum = sum(weights[y] * c for y, c in zip(labels, ce))
+    t_logits, t_labels = torch.tensor(logits), torch.tensor(labels)
+    loss = weighted_loss(np.array(weights))
+
+    evaluation = loss({"logits": t_logits}, t_labels)
+    assert evaluation.item() == pytest.approx(weighted_sum / sum(weights[y] for y in labels), rel=1e-5)
+    training = loss({"logits": t_logits}, t_labels, num_items_in_batch=4)
+    assert training.item() == pytest.approx(weighted_sum / 4, rel=1e-5)
+    # Two accumulation steps of two items each add up to the same training loss.
+    halves = [loss({"logits": t_logits[i:i + 2]}, t_labels[i:i + 2], num_items_in_batch=4) for i in (0, 2)]
+    assert sum(halves).item() == pytest.approx(weighted_sum / 4, rel=1e-5)
+    # The weights matter on the training branch too.
+    assert training.item() != pytest.approx(sum(ce) / 4, rel=1e-3)
 
 
 def test_weighted_loss_matches_torch_cross_entropy():

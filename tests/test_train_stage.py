@@ -115,13 +115,17 @@ class _CrashAfterFirstSave:
 
 
 def test_crash_marks_run_failed_and_resume_continues(make_cfg, labelled, tmp_path, monkeypatch):
+    import shutil
+
     import mlflow
 
     from pipeline import fitting
     from pipeline import train as train_module
+    from pipeline.errors import PipelineError
 
     run_dir = tmp_path / "outputs" / "train" / "interrupted"
-    overrides = [*TINY, f"paths.labelled={labelled}", "train.epochs=3", "train.early_stopping_patience=0"]
+    overrides = [*TINY, f"paths.labelled={labelled}", "train.epochs=3", "train.early_stopping_patience=0",
+                 "train.refit=none", "train.min_steps=0"]
     monkeypatch.setattr(fitting, "extra_callbacks", lambda: [_CrashAfterFirstSave()])
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_module.train(make_cfg("train", *overrides, f"paths.run_dir={run_dir}"))
@@ -130,18 +134,91 @@ def test_crash_marks_run_failed_and_resume_continues(make_cfg, labelled, tmp_pat
     assert "has_model" not in failed[0].data.tags
     checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint-*"))
     assert len(checkpoints) == 1 and not (run_dir / "model").exists()
-
     monkeypatch.setattr(fitting, "extra_callbacks", lambda: [])
+
+    # Issue 9 item 2: an evaluate fold's checkpoints (no train_state.json), newer than the train run's, are not
+    # resumed; nor is the train run under another config.
+    fold = tmp_path / "outputs" / "evaluate" / "loao-x"
+    shutil.copytree(run_dir / "checkpoints", fold / "checkpoints")
+    with pytest.raises(PipelineError, match="not a train stage run"):
+        train_module.train(make_cfg("train", *overrides, f"train.resume={fold}"))
+    with pytest.raises(PipelineError, match="config differs"):
+        train_module.train(make_cfg("train", *overrides, "train.lr=0.5", f"train.resume={run_dir}"))
+    with pytest.raises(PipelineError, match="matches this config"):
+        train_module.train(make_cfg("train", *overrides, "train.lr=0.5", "train.resume=true"))
+
     result = train_module.train(make_cfg("train", *overrides, "train.resume=true"))
     assert Path(result["model_dir"]) == run_dir / "model"
     state = json.loads((sorted((run_dir / "checkpoints").glob("checkpoint-*"))[-1] / "trainer_state.json").read_text())
     steps_per_epoch = int(checkpoints[0].name.split("-")[1])
     assert state["global_step"] == 3 * steps_per_epoch and state["epoch"] == 3
-    # The resumed run logged only the epochs it trained itself (2 and 3), not epoch 1 again.
+    # Issue 9 item 6: the resume reopened the same MLflow run; its curve holds epoch 1 (before the crash) and
+    # epochs 2 and 3 (the resume), each once.
+    assert result["run_id"] == failed[0].info.run_id
+    assert [r.info.run_id for r in runs_of(make_cfg("train", *overrides))] == [result["run_id"]]
     history = mlflow.MlflowClient().get_metric_history(result["run_id"], "train_loss")
-    assert sorted(h.step for h in history) == [2 * steps_per_epoch, 3 * steps_per_epoch]
+    assert sorted(h.step for h in history) == [steps_per_epoch, 2 * steps_per_epoch, 3 * steps_per_epoch]
     run = mlflow.get_run(result["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["resumed_from"].endswith(checkpoints[0].name)
+
+
+KILLED_TRAIN = """
+import sys, time
+from pathlib import Path
+from transformers import TrainerCallback
+from pipeline import fitting
+from pipeline.config import compose_config
+from pipeline.train import train
+
+class Hang(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        Path(sys.argv[1]).write_text("saved")
+        time.sleep(600)  # killed here with SIGKILL
+
+fitting.extra_callbacks = lambda: [Hang()]
+train(compose_config("train", sys.argv[2:]))
+"""
+
+
+def test_kill_9_then_resume_is_one_finished_run(make_cfg, labelled, tmp_path):
+    """Issue 9 item 6: a train killed with SIGKILL leaves its run RUNNING; the next train marks it KILLED and the
+    resume reopens it: one run, FINISHED."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pipeline import train_state
+    from pipeline.train import train
+
+    run_dir = tmp_path / "outputs" / "train" / "killed"
+    overrides = [*TINY, f"paths.labelled={labelled}", "train.epochs=2", "train.early_stopping_patience=0",
+                 "train.refit=none", "train.min_steps=0"]
+    cfg = make_cfg("train", *overrides, f"paths.run_dir={run_dir}")
+    flat = [f"paths.{k}={v}" for k, v in cfg.paths.items() if k in ("work_dir", "output_root", "run_dir")]
+    flat += [f"tracking.uri={cfg.tracking.uri}", f"tracking.artifact_root={cfg.tracking.artifact_root}"]
+    marker = tmp_path / "saved"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_TRAIN, str(marker), *flat, *overrides],
+                            env={**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+                                 "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 300
+        while not marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert marker.exists(), "the train subprocess never saved a checkpoint"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    runs = runs_of(cfg)
+    assert [r.info.status for r in runs] == ["RUNNING"] and runs[0].data.tags["pid"] == str(proc.pid)
+    assert train_state.mark_dead_runs(cfg) == [runs[0].info.run_id]
+    assert [r.info.status for r in runs_of(cfg)] == ["KILLED"]
+
+    result = train(make_cfg("train", *overrides, "train.resume=true"))
+    after = runs_of(cfg)
+    assert [r.info.run_id for r in after] == [runs[0].info.run_id] == [result["run_id"]]
+    assert after[0].info.status == "FINISHED"
 
 
 def test_nothing_to_resume_is_a_clear_error(make_cfg, labelled):

@@ -1,0 +1,190 @@
+"""Issue 8: frozen-encoder and pooled heads, the rules + model hybrid, weak labels with weights, the step floor,
+the refit that is served, data.unlabelled, and the default model for predict. Tiny encoder only (offline)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import LABELS
+from test_train_data import make_labelled
+
+TINY_SETTINGS = ("+model.tiny={vocab_size:3000,hidden_size:32,num_layers:1,num_heads:2,intermediate_size:64,"
+                 "max_position:512}")
+FROZEN_TINY = ["model=frozen", "model.name_or_path=null", TINY_SETTINGS, "model.text_prefix=''",
+               "train.baselines=[majority]", "evaluate.bootstrap=50"]
+
+
+def test_linear_head_from_logistic_regression_matches_sklearn():
+    from sklearn.linear_model import LogisticRegression
+
+    from pipeline.encoder_head import LinearHead, softmax
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5))
+    y = np.array(LABELS)[np.argmax(x[:, :3], axis=1)]
+    clf = LogisticRegression(max_iter=2000).fit(x, y)
+    head = LinearHead.from_logistic_regression(clf, LABELS, pooling="mean", normalize=False)
+    ours = softmax(head.logits(x))
+    theirs = clf.predict_proba(x)[:, [list(clf.classes_).index(label) for label in LABELS]]
+    assert np.allclose(ours, theirs, atol=1e-9)
+
+
+def test_linear_head_gives_an_unseen_class_no_probability():
+    from sklearn.linear_model import LogisticRegression
+
+    from pipeline.encoder_head import LinearHead, softmax
+
+    x = np.array([[0.0, 1.0], [1.0, 0.0], [0.1, 0.9], [0.9, 0.1]])
+    clf = LogisticRegression().fit(x, ["negative", "positive", "negative", "positive"])
+    proba = softmax(LinearHead.from_logistic_regression(clf, LABELS, pooling="cls", normalize=True).logits(x))
+    assert proba[:, LABELS.index("neutral")].max() < 1e-9
+    assert list(np.array(LABELS)[proba.argmax(axis=1)]) == ["negative", "positive", "negative", "positive"]
+
+
+def test_training_rows_weigh_sources_and_drop_weak_labels_below_the_floor(make_cfg):
+    from pipeline.splits import training_rows
+
+    rows = pd.DataFrame({
+        "sentence_id": list("abcde"), "group": "g", "text": list("abcde"),
+        "label": ["positive", "negative", "neutral", "neutral", "positive"],
+        "source": ["gold", "rules", "rules", "rules", "annotation"],
+        "rule_label": [None, "negative", "neutral", None, None],
+        "rule_confidence": [0.0, 0.9, 0.2, 0.0, 0.0],
+    })
+    cfg = make_cfg("train", "train.source_weights={gold:1.0,annotation:0.8,rules:0.25}",
+                   "train.weak.min_confidence=0.5", "train.weak.abstained=drop")
+    picked = training_rows(rows, cfg)
+    assert list(picked["sentence_id"]) == ["a", "b", "e"]           # c below the floor, d abstained and dropped
+    assert list(picked["weight"]) == [1.0, 0.25, 0.8]
+    keep = training_rows(rows, make_cfg("train", "train.weak.abstained=keep"))
+    assert "d" in set(keep["sentence_id"])
+
+
+def test_transductive_folds_train_on_the_held_out_articles_rule_labels_not_their_gold(make_cfg, tmp_path):
+    from pipeline.splits import cv_splits, load_labelled
+
+    labelled = make_labelled(make_cfg, tmp_path / "l.parquet", gold_every=1)  # every row gold
+    cfg = make_cfg("evaluate", f"paths.labelled={labelled}", "train.transductive=true")
+    data = load_labelled(cfg)
+    for fold in cv_splits(data, cfg):
+        held_out = fold.train[fold.train["group"].isin(fold.test_groups)]
+        assert len(held_out) > 0 and set(held_out["source"]) == {"rules"}
+        expected = data.frame.set_index("sentence_id").loc[held_out["sentence_id"], "rule_label"]
+        assert list(held_out["label"]) == [r if isinstance(r, str) else "neutral" for r in expected]
+    plain = cv_splits(data, make_cfg("evaluate", f"paths.labelled={labelled}"))
+    assert all(not f.train["group"].isin(f.test_groups).any() for f in plain)
+
+
+def test_step_floor_raises_epochs_only_when_needed(make_cfg):
+    from pipeline.fitting import epochs_for
+
+    cfg = make_cfg("train", "model=tiny", "train.epochs=2", "train.batch_size=8", "+model.min_steps=40")
+    assert epochs_for(cfg, 40) == 8.0       # 5 steps per epoch: 2 epochs = 10 steps < 40
+    assert epochs_for(cfg, 400) == 2.0      # 50 steps per epoch: the floor is met already
+    assert epochs_for(make_cfg("train", "model=tiny", "train.epochs=2"), 40) == 2.0  # tiny sets no floor
+
+
+@pytest.mark.slow
+def test_frozen_encoder_model_trains_serves_and_logs_like_the_others(make_cfg, tmp_path):
+    import mlflow
+
+    from pipeline.inference import load_predictor, read_model_metadata
+    from pipeline.train import train
+
+    labelled = make_labelled(make_cfg, tmp_path / "work" / "labelled.parquet", separable=True)
+    cfg = make_cfg("train", *FROZEN_TINY, f"paths.labelled={labelled}")
+    result = train(cfg)
+    model_dir = Path(result["model_dir"])
+    assert read_model_metadata(model_dir)["kind"] == "encoder"
+    assert (model_dir / "head.json").exists() and not list(model_dir.glob("*.joblib"))
+    texts = pd.read_parquet(labelled)["text"].head(6).tolist()
+    local = load_predictor(model_dir).predict(texts)
+    served = mlflow.pyfunc.load_model(result["model_uri"]).predict(pd.DataFrame({"text": texts}))
+    assert list(served["label"]) == list(local["label"])
+    assert np.allclose(served[[f"p_{x}" for x in LABELS]].to_numpy(), local[[f"p_{x}" for x in LABELS]].to_numpy())
+    # The head was fitted (a random tiny encoder says nothing about quality: bench/quality_loao.py measures that).
+    head = json.loads((model_dir / "head.json").read_text())
+    assert np.abs(np.array(head["weight"])).max() > 0 and head["pooling"] == "mean" and head["normalize"] is True
+    assert "test_macro_f1" in result["metrics"]
+
+
+@pytest.mark.slow
+def test_hybrid_lets_confident_rules_decide_and_says_so(make_cfg, tmp_path):
+    import mlflow
+
+    from pipeline.train import train
+
+    labelled = make_labelled(make_cfg, tmp_path / "work" / "labelled.parquet", separable=True)
+    cfg = make_cfg("train", "model=tfidf", "train.baselines=[majority]", "train.hybrid.enabled=true",
+                   "train.hybrid.min_rule_confidence=0.5", f"paths.labelled={labelled}")
+    result = train(cfg)
+    cue = "رفضت موسكو المقترح الأمريكي رفضا قاطعا."      # two refusal cues: confident negative
+    plain = "عقد الاجتماع في جنيف يوم الاثنين."           # no cue: the model decides
+    served = mlflow.pyfunc.load_model(result["model_uri"]).predict(pd.DataFrame({"text": [cue, plain]}))
+    assert list(served["decided_by"]) == ["rules", "model"]
+    assert served["label"].iloc[0] == "negative" and served["p_negative"].iloc[0] > 0.5
+    assert "neg.refusal" in served["rules_fired"].iloc[0] and served["rules_fired"].iloc[1] == ""
+    assert np.allclose(served[[f"p_{x}" for x in LABELS]].sum(axis=1), 1.0)
+    # The lexicon travels with the model: editing labels/ later does not change what it serves.
+    assert (Path(result["model_dir"]) / "lexicon.yaml").exists()
+
+
+@pytest.mark.slow
+def test_mean_pooled_fine_tuning_saves_an_encoder_model_and_the_refit_is_served(make_cfg, tmp_path):
+    import mlflow
+
+    from pipeline.inference import load_predictor, read_model_metadata
+    from pipeline.train import train
+
+    labelled = make_labelled(make_cfg, tmp_path / "work" / "labelled.parquet", separable=True)
+    cfg = make_cfg("train", "model=tiny", "+model.pooling=mean", "train.epochs=12", "train.lr=1e-3",
+                   "train.baselines=[majority]", f"paths.labelled={labelled}", "train.refit=all")
+    result = train(cfg)
+    served = Path(result["model_dir"])
+    assert served.parent.name == "final"                     # the refit on every labelled row is what is served
+    assert read_model_metadata(served)["kind"] == "encoder"
+    texts = pd.read_parquet(labelled)["text"].tolist()
+    pred = load_predictor(served).predict(texts)
+    assert len(pred) == len(texts) and np.allclose(pred[[f"p_{x}" for x in LABELS]].sum(axis=1), 1.0)
+    run = mlflow.get_run(result["run_id"])
+    assert run.data.tags["served_model"].startswith("refit")
+
+
+@pytest.mark.slow
+def test_unlabelled_articles_get_rule_labels_and_join_training(make_cfg, tmp_path):
+    from pipeline.label import label
+    from pipeline.segment import segment
+    from pipeline.splits import holdout_split, load_labelled
+
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "n1.txt").write_text("رفضت موسكو المقترح الأمريكي رفضا قاطعا.\nعقد الاجتماع في جنيف.\n", encoding="utf-8")
+    pd.DataFrame({"article_id": ["t1"], "text": ["نرحب بالتقدم الملموس في المحادثات."]}).to_csv(new / "t.csv", index=False)
+    overrides = [f"data.unlabelled=[{new / 'n1.txt'},{new / 't.csv'}]", "labeling.log_mlflow=false"]
+    sentences = segment(make_cfg("segment", *overrides))
+    extra = sentences[sentences["origin"] == "unlabelled"]
+    assert set(extra["article_id"]) == {"n1", "t1"} and len(extra) == 3
+    labelled = label(make_cfg("label", *overrides))
+    rows = labelled[labelled["article_id"].isin(["n1", "t1"])]
+    assert set(rows["source"]) == {"rules"}
+    assert rows.set_index("article_id").loc["t1", "label"] == "positive"
+    cfg = make_cfg("train", *overrides)
+    split = holdout_split(load_labelled(cfg), cfg)
+    assert not split.test["sentence_id"].isin(rows["sentence_id"]).any()       # never scored on rule labels
+    in_training = pd.concat([split.train, split.val])
+    assert in_training["sentence_id"].isin(rows["sentence_id"]).sum() >= 2
+
+
+def test_unlabelled_article_with_a_corpus_article_id_is_refused(make_cfg, tmp_path):
+    from pipeline.errors import PipelineError
+    from pipeline.segment import segment
+
+    clash = tmp_path / "000_3a8a87f023ec5a5b.txt"
+    clash.write_text("نص عربي قصير عن المحادثات.", encoding="utf-8")
+    with pytest.raises(PipelineError, match="also an article of data.articles_glob"):
+        segment(make_cfg("segment", f"data.unlabelled={clash}"))

@@ -64,9 +64,10 @@ def test_usage_errors_exit_2_with_one_line(args, message, capsys):
 
 def test_valid_overrides_keep_working(make_cfg):
     cfg = make_cfg("train", "train.lr=1e-4", "model=tiny", "train.epochs=3", "train.resume=/some/run/dir",
-                   "predict.threads=2", "evaluate.ci=1", "train.sources=[gold]")
+                   "predict.threads=2", "evaluate.ci=1", "train.sources=[gold]", "predict.carry_columns=[date,outlet]")
     assert cfg.train.lr == 1e-4 and cfg.model.name == "tiny" and cfg.train.epochs == 3
     assert cfg.train.resume == "/some/run/dir" and cfg.evaluate.ci == 1 and list(cfg.train.sources) == ["gold"]
+    assert list(cfg.predict.carry_columns) == ["date", "outlet"]  # `all` by default, or a list of columns
 
 
 def test_a_dict_override_replaces_the_dict(make_cfg):

@@ -117,6 +117,12 @@ class HybridPredictor:
         return self.inner.prob_columns
 
     @property
+    def calibration(self):
+        """The inner model's calibration (calibration.json in the inner dir): its probabilities are calibrated
+        before the rules pull them toward the rules' label."""
+        return self.inner.calibration
+
+    @property
     def output_columns(self) -> list[str]:
         return ["label", *self.prob_columns, "decided_by", "rules_fired"]
 

@@ -149,7 +149,7 @@ def predict(cfg: DictConfig) -> dict:
     summaries = write_summaries(cfg, output, summary_frame, predictor.labels)
     extra_paths = {name: str(output.with_name(f"{output.stem}.{name}{output.suffix}")) for name in summaries}
     if pcfg.report:
-        calibration = getattr(getattr(predictor, "inner", predictor), "calibration", None)
+        calibration = getattr(predictor, "calibration", None)
         described = f"{model.uri} ({predictor.kind}, {predictor.base_model}" + (
             f", T={calibration.temperature:.2f})" if calibration is not None and calibration.temperature != 1.0 else ")")
         extra_paths["report"] = str(write_report(cfg, output, summary_frame, summaries, predictor.labels, described))

@@ -15,6 +15,17 @@ from test_train_data import make_labelled
 
 TINY_SETTINGS = ("+model.tiny={vocab_size:3000,hidden_size:32,num_layers:1,num_heads:2,intermediate_size:64,"
                  "max_position:512}")
+def uncalibrated(model_dir: Path, tmp_path: Path):
+    """The predictor of a copy of `model_dir` without its calibration.json: the raw probabilities."""
+    import shutil
+
+    from pipeline.inference import load_predictor
+
+    copy = tmp_path / "uncalibrated"
+    shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns("calibration.json"))
+    return load_predictor(copy)
+
+
 FROZEN_TINY = ["model=frozen", "model.name_or_path=null", TINY_SETTINGS, "model.text_prefix=''",
                "train.baselines=[majority]", "evaluate.bootstrap=50"]
 
@@ -111,6 +122,14 @@ def test_frozen_encoder_model_trains_serves_and_logs_like_the_others(make_cfg, t
     head = json.loads((model_dir / "head.json").read_text())
     assert np.abs(np.array(head["weight"])).max() > 0 and head["pooling"] == "mean" and head["normalize"] is True
     assert "test_macro_f1" in result["metrics"]
+    # Calibrated at train time; the encoder predictor applies calibration.json like every StancePredictor.
+    from pipeline.calibration import Calibration
+
+    calibration = Calibration.load(model_dir)
+    assert (model_dir / "calibration.json").exists()
+    assert calibration.temperature == pytest.approx(mlflow.get_run(result["run_id"]).data.metrics["calibration_temperature"])
+    raw = uncalibrated(model_dir, tmp_path).predict_proba(texts)
+    assert np.allclose(local[[f"p_{x}" for x in LABELS]].to_numpy(), calibration.apply(raw))
 
 
 @pytest.mark.slow
@@ -132,6 +151,14 @@ def test_hybrid_lets_confident_rules_decide_and_says_so(make_cfg, tmp_path):
     assert np.allclose(served[[f"p_{x}" for x in LABELS]].sum(axis=1), 1.0)
     # The lexicon travels with the model: editing labels/ later does not change what it serves.
     assert (Path(result["model_dir"]) / "lexicon.yaml").exists()
+    # The calibration lives with the inner model: where the model decides, the served probabilities are its
+    # calibrated ones.
+    from pipeline.calibration import Calibration
+
+    inner = Path(result["model_dir"]) / "inner"
+    assert (inner / "calibration.json").exists() and not (Path(result["model_dir"]) / "calibration.json").exists()
+    raw = uncalibrated(inner, tmp_path).predict_proba([plain])
+    assert np.allclose(served[[f"p_{x}" for x in LABELS]].to_numpy()[1], Calibration.load(inner).apply(raw)[0])
 
 
 @pytest.mark.slow
@@ -153,6 +180,9 @@ def test_mean_pooled_fine_tuning_saves_an_encoder_model_and_the_refit_is_served(
     assert len(pred) == len(texts) and np.allclose(pred[[f"p_{x}" for x in LABELS]].sum(axis=1), 1.0)
     run = mlflow.get_run(result["run_id"])
     assert run.data.tags["served_model"].startswith("refit")
+    # The served refit carries the calibration fitted on the first fit's held-out gold.
+    assert (served / "calibration.json").exists()
+    assert load_predictor(served).calibration.temperature == pytest.approx(run.data.metrics["calibration_temperature"])
 
 
 @pytest.mark.slow

@@ -38,7 +38,8 @@ _EPS = 1e-12
 _LOG_T_BOUNDS = (-4.0, 4.0)
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (n, k) scores (also the encoder head's, pipeline.encoder_head)."""
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
@@ -94,7 +95,7 @@ def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
     proba, _ = _check(proba)
     if temperature == 1.0:
         return proba
-    return _softmax(np.log(np.clip(proba, _EPS, 1.0)) / temperature)
+    return softmax(np.log(np.clip(proba, _EPS, 1.0)) / temperature)
 
 
 def expected_calibration_error(proba: np.ndarray, gold_index: np.ndarray, n_bins: int = 10) -> float:

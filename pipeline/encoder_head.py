@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from pipeline.calibration import softmax  # noqa: F401 (the head's probabilities: softmax(head.logits(x)))
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -95,12 +96,6 @@ class LinearHead:
                        normalize=bool(data["normalize"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise PipelineError(f"{path}: unreadable head ({exc}); re-train the model") from None
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def pooled_classifier(encoder, num_labels: int, *, pooling: str, dropout: float):

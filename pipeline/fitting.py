@@ -311,7 +311,10 @@ def _fit_transformer(cfg: DictConfig, split: Split, work_dir: Path, out: Path, p
         from pipeline.encoder_head import pooled_classifier
 
         model = pooled_classifier(model, len(LABELS), pooling=str(pooling),
-                                  dropout=float(getattr(model.config, "hidden_dropout_prob", 0.1)))
+                                  dropout=float(getattr(model.config, "hidden_dropout_prob", 0.1)),
+                                  normalize=bool(OmegaConf.select(cfg, "model.normalize", default=False)))
+        if str(OmegaConf.select(cfg, "train.head_init", default="random")) == "linear_probe":
+            model.load_head(probe_head(cfg, model, tokenizer, train_texts, split.train))
     if bool(OmegaConf.select(cfg, "train.freeze_embeddings", default=False)):
         # Tens of sentences cannot re-learn a 250k-word embedding table, and Adam over it dominates a CPU step.
         for param in (model.encoder if pooling else model).get_input_embeddings().parameters():
@@ -347,6 +350,20 @@ def _fit_transformer(cfg: DictConfig, split: Split, work_dir: Path, out: Path, p
     write_text_atomic(out / TRAINING_FILE, json.dumps({"epochs": epochs, "best_epoch": best_epoch,
                                                         "train_rows": len(train_texts)}))
     log_metrics(summary, step=int(trainer.state.global_step))
+
+
+def probe_head(cfg: DictConfig, model, tokenizer, train_texts: Sequence[str], train_rows: pd.DataFrame):
+    """`train.head_init=linear_probe`: the head a frozen-encoder model would fit (`model.head.C`), to start from."""
+    from pipeline.encoder_head import linear_probe_head
+
+    head = linear_probe_head(model, tokenizer, list(train_texts), train_rows["label"].tolist(), LABELS,
+                             sample_weight=sample_weights(train_rows),
+                             C=float(OmegaConf.select(cfg, "model.head.C", default=1.0)),
+                             class_weight="balanced" if str(cfg.train.class_weights) == "balanced" else None,
+                             max_length=int(cfg.train.max_length), batch_size=int(cfg.train.eval_batch_size),
+                             seed=int(cfg.seed))
+    log.info("train: head initialised by a linear probe on %d frozen sentence embeddings", len(train_texts))
+    return head
 
 
 def epochs_for(cfg: DictConfig, n_train: int) -> float:

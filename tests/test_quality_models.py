@@ -89,6 +89,17 @@ def test_step_floor_raises_epochs_only_when_needed(make_cfg):
     assert epochs_for(make_cfg("train", "model=tiny", "train.epochs=2"), 40) == 2.0  # tiny sets no floor
 
 
+def test_many_short_epochs_are_validated_and_saved_at_most_max_evaluations_times(make_cfg):
+    from pipeline.fitting import evaluation_interval, training_arguments
+
+    cfg = make_cfg("train", "model=tiny", "train.batch_size=16", "train.max_evaluations=10")
+    assert evaluation_interval(cfg, 8.0, 45) is None             # few epochs: once per epoch
+    assert evaluation_interval(cfg, 50.0, 45) == 15              # 3 steps per epoch, every 5th epoch
+    args = training_arguments(cfg, "unused", has_val=True, epochs=50.0, eval_every=15)
+    assert (args.eval_strategy, args.save_strategy, args.eval_steps, args.save_steps) == ("steps", "steps", 15, 15)
+    assert evaluation_interval(make_cfg("train", "model=tiny", "train.max_evaluations=0"), 50.0, 45) is None
+
+
 @pytest.mark.slow
 def test_frozen_encoder_model_trains_serves_and_logs_like_the_others(make_cfg, tmp_path):
     import mlflow

@@ -98,8 +98,8 @@ class LinearHead:
             raise PipelineError(f"{path}: unreadable head ({exc}); re-train the model") from None
 
 
-def pooled_classifier(encoder, num_labels: int, *, pooling: str, dropout: float):
-    """A torch module for fine-tuning: encoder → pooling → dropout → linear head, returning `.logits`.
+def pooled_classifier(encoder, num_labels: int, *, pooling: str, dropout: float, normalize: bool = False):
+    """A torch module for fine-tuning: encoder → pooling (→ L2 norm) → dropout → linear head, returning `.logits`.
 
     transformers' sequence-classification heads read the first token through a pooler layer; an encoder
     trained for mean-pooled sentence embeddings (e5) has no trained pooler, so with tens of gold sentences
@@ -117,17 +117,57 @@ def pooled_classifier(encoder, num_labels: int, *, pooling: str, dropout: float)
             self.dropout = torch.nn.Dropout(dropout)
             self.head = torch.nn.Linear(encoder.config.hidden_size, num_labels)
             self.config = encoder.config  # Trainer reads model.config
+            self.pooling = pooling
 
         def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **_):
+            return SequenceClassifierOutput(logits=self.head(self.dropout(self.embed(input_ids, attention_mask,
+                                                                                    token_type_ids))))
+
+        def embed(self, input_ids, attention_mask, token_type_ids=None):
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                                   token_type_ids=token_type_ids).last_hidden_state
-            return SequenceClassifierOutput(logits=self.head(self.dropout(pool(hidden, attention_mask, pooling))))
+            pooled = pool(hidden, attention_mask, pooling)
+            return torch.nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+
+        def load_head(self, head: LinearHead) -> None:
+            with torch.no_grad():
+                self.head.weight.copy_(torch.as_tensor(head.weight, dtype=self.head.weight.dtype))
+                self.head.bias.copy_(torch.as_tensor(head.bias, dtype=self.head.bias.dtype))
 
         def export_head(self) -> LinearHead:
             return LinearHead(self.head.weight.detach().double().cpu().numpy(),
-                              self.head.bias.detach().double().cpu().numpy(), pooling=pooling, normalize=False)
+                              self.head.bias.detach().double().cpu().numpy(), pooling=pooling, normalize=normalize)
 
     return PooledClassifier()
+
+
+def linear_probe_head(classifier, tokenizer, texts: Sequence[str], labels: Sequence[str], label_order: Sequence[str], *,
+                      sample_weight: Sequence[float] | None, C: float, class_weight: str | None, max_length: int,
+                      batch_size: int, seed: int) -> LinearHead:
+    """A logistic-regression head fitted on the classifier's own (frozen) pooled embeddings of the training rows.
+
+    Fine-tuning from this head rather than a random one (linear probing, then fine-tuning) keeps the first
+    updates from tearing down the pretrained features to fit a head that knows nothing yet: on tens of
+    sentences the random-head recipe learns little; this starts where the frozen-encoder model ends."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    if len(set(labels)) < 2:
+        raise PipelineError("train.head_init=linear_probe needs at least two classes in the training rows")
+    was_training = classifier.training
+    classifier.eval()
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
+                              max_length=max_length, return_tensors="pt")
+            chunks.append(classifier.embed(batch["input_ids"], batch["attention_mask"]).float().cpu().numpy())
+    classifier.train(was_training)
+    clf = LogisticRegression(C=C, max_iter=5000, class_weight=class_weight, random_state=seed)
+    clf.fit(np.concatenate(chunks), list(labels), sample_weight=None if sample_weight is None else np.asarray(sample_weight))
+    head = LinearHead.from_logistic_regression(clf, label_order, pooling=classifier.pooling, normalize=False)
+    head.bias = np.maximum(head.bias, -10.0)  # an unseen class stays trainable (the served -30 would never move)
+    return head
 
 
 def _transformer_predictor():

@@ -221,14 +221,30 @@ def mlflow_epoch_logger():
     return MlflowEpochLogger()
 
 
+def evaluation_interval(cfg: DictConfig, epochs: float, n_train: int) -> int | None:
+    """Optimiser steps between validations (and checkpoints), or None for once per epoch.
+
+    The step floor makes tens of epochs of a few steps each; validating and saving a pretrained model after every
+    one of them costs more than the training (a checkpoint of e5-small is ~0.5 GB) and early stopping on a dozen
+    validation sentences would fire on noise. At most `train.max_evaluations` validations per run instead."""
+    import math
+
+    most = int(OmegaConf.select(cfg, "train.max_evaluations", default=0) or 0)
+    if not most or epochs <= most:
+        return None
+    steps_per_epoch = max(1, math.ceil(n_train / (int(cfg.train.batch_size) * int(cfg.train.grad_accumulation))))
+    return steps_per_epoch * math.ceil(epochs / most)
+
+
 def training_arguments(cfg: DictConfig, output_dir: Path, *, has_val: bool, max_steps: int | None = None,
-                       save: bool = True, epochs: float | None = None):
+                       save: bool = True, epochs: float | None = None, eval_every: int | None = None):
     import torch
     from transformers import TrainingArguments
 
     t = cfg.train
     if t.lr is None or t.epochs is None:
         raise PipelineError("train.lr and train.epochs must be set for a transformer model")
+    strategy = "steps" if eval_every else "epoch"
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=float(t.epochs if epochs is None else epochs),
@@ -240,8 +256,10 @@ def training_arguments(cfg: DictConfig, output_dir: Path, *, has_val: bool, max_
         weight_decay=float(t.weight_decay),
         warmup_steps=float(t.warmup_ratio),  # a float below 1 is a share of the total steps
         train_sampling_strategy="group_by_length" if bool(t.group_by_length) else "random",
-        eval_strategy="epoch" if has_val else "no",
-        save_strategy="epoch" if save else "no",
+        eval_strategy=strategy if has_val else "no",
+        save_strategy=strategy if save else "no",
+        eval_steps=eval_every,
+        save_steps=eval_every,
         logging_strategy="epoch",
         load_best_model_at_end=has_val,
         metric_for_best_model="macro_f1" if has_val else None,
@@ -278,7 +296,9 @@ def build_trainer(cfg: DictConfig, model, tokenizer, train_texts: Sequence[str],
         all_callbacks.insert(0, EarlyStoppingCallback(early_stopping_patience=int(cfg.train.early_stopping_patience)))
     return sample_weighted_trainer(weights)(
         model=model,
-        args=training_arguments(cfg, output_dir, has_val=has_val, max_steps=max_steps, save=save, epochs=epochs),
+        args=training_arguments(cfg, output_dir, has_val=has_val, max_steps=max_steps, save=save, epochs=epochs,
+                                eval_every=None if max_steps else evaluation_interval(
+                                    cfg, float(cfg.train.epochs if epochs is None else epochs), len(train_texts))),
         train_dataset=train_ds,
         eval_dataset=val_ds,
         processing_class=tokenizer,
@@ -311,7 +331,10 @@ def _fit_transformer(cfg: DictConfig, split: Split, work_dir: Path, out: Path, p
         from pipeline.encoder_head import pooled_classifier
 
         model = pooled_classifier(model, len(LABELS), pooling=str(pooling),
-                                  dropout=float(getattr(model.config, "hidden_dropout_prob", 0.1)))
+                                  dropout=float(getattr(model.config, "hidden_dropout_prob", 0.1)),
+                                  normalize=bool(OmegaConf.select(cfg, "model.normalize", default=False)))
+        if str(OmegaConf.select(cfg, "train.head_init", default="random")) == "linear_probe":
+            model.load_head(probe_head(cfg, model, tokenizer, train_texts, split.train))
     if bool(OmegaConf.select(cfg, "train.freeze_embeddings", default=False)):
         # Tens of sentences cannot re-learn a 250k-word embedding table, and Adam over it dominates a CPU step.
         for param in (model.encoder if pooling else model).get_input_embeddings().parameters():
@@ -347,6 +370,20 @@ def _fit_transformer(cfg: DictConfig, split: Split, work_dir: Path, out: Path, p
     write_text_atomic(out / TRAINING_FILE, json.dumps({"epochs": epochs, "best_epoch": best_epoch,
                                                         "train_rows": len(train_texts)}))
     log_metrics(summary, step=int(trainer.state.global_step))
+
+
+def probe_head(cfg: DictConfig, model, tokenizer, train_texts: Sequence[str], train_rows: pd.DataFrame):
+    """`train.head_init=linear_probe`: the head a frozen-encoder model would fit (`model.head.C`), to start from."""
+    from pipeline.encoder_head import linear_probe_head
+
+    head = linear_probe_head(model, tokenizer, list(train_texts), train_rows["label"].tolist(), LABELS,
+                             sample_weight=sample_weights(train_rows),
+                             C=float(OmegaConf.select(cfg, "model.head.C", default=1.0)),
+                             class_weight="balanced" if str(cfg.train.class_weights) == "balanced" else None,
+                             max_length=int(cfg.train.max_length), batch_size=int(cfg.train.eval_batch_size),
+                             seed=int(cfg.seed))
+    log.info("train: head initialised by a linear probe on %d frozen sentence embeddings", len(train_texts))
+    return head
 
 
 def epochs_for(cfg: DictConfig, n_train: int) -> float:

@@ -100,6 +100,17 @@ def test_step_floor_raises_epochs_only_when_needed(make_cfg):
     assert epochs_for(make_cfg("train", "model=tiny", "train.epochs=2"), 40) == 2.0  # tiny sets no floor
 
 
+def test_many_short_epochs_are_validated_and_saved_at_most_max_evaluations_times(make_cfg):
+    from pipeline.fitting import evaluation_interval, training_arguments
+
+    cfg = make_cfg("train", "model=tiny", "train.batch_size=16", "train.max_evaluations=10")
+    assert evaluation_interval(cfg, 8.0, 45) is None             # few epochs: once per epoch
+    assert evaluation_interval(cfg, 50.0, 45) == 15              # 3 steps per epoch, every 5th epoch
+    args = training_arguments(cfg, "unused", has_val=True, epochs=50.0, eval_every=15)
+    assert (args.eval_strategy, args.save_strategy, args.eval_steps, args.save_steps) == ("steps", "steps", 15, 15)
+    assert evaluation_interval(make_cfg("train", "model=tiny", "train.max_evaluations=0"), 50.0, 45) is None
+
+
 @pytest.mark.slow
 def test_frozen_encoder_model_trains_serves_and_logs_like_the_others(make_cfg, tmp_path):
     import mlflow
@@ -161,6 +172,41 @@ def test_hybrid_lets_confident_rules_decide_and_says_so(make_cfg, tmp_path):
     assert np.allclose(served[[f"p_{x}" for x in LABELS]].to_numpy()[1], Calibration.load(inner).apply(raw)[0])
 
 
+def test_linear_probe_head_starts_fine_tuning_where_the_frozen_model_ends(tmp_path):
+    """train.head_init=linear_probe: before any update, the pooled classifier predicts what a logistic regression
+    on its own frozen, normalised embeddings predicts (a random head would not), and the exported head says so."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from pipeline.encoder_head import linear_probe_head, pooled_classifier
+    from pipeline.modeling import load_tokenizer_and_model
+    from pipeline.segmentation import seed_sentences
+    from pipeline.tiny_model import build_tiny_bert
+
+    texts = seed_sentences()[:40]
+    labels = [LABELS[i % 3] for i in range(len(texts))]
+    build_tiny_bert(texts, tmp_path / "tiny", LABELS, seed=0, hidden_size=32, num_layers=1, num_heads=2,
+                    intermediate_size=64)
+    tokenizer, encoder = load_tokenizer_and_model(tmp_path / "tiny", LABELS, hub_timeout_s=1, encoder_only=True)
+    torch.manual_seed(0)
+    model = pooled_classifier(encoder, len(LABELS), pooling="mean", dropout=0.0, normalize=True).eval()
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+    with torch.inference_mode():
+        features = model.embed(batch["input_ids"], batch["attention_mask"]).numpy()
+        random_pred = [LABELS[i] for i in model(**batch).logits.argmax(-1).numpy()]
+    assert np.allclose(np.linalg.norm(features, axis=1), 1.0, atol=1e-5)
+    expected = list(LogisticRegression(C=1.0, max_iter=5000, random_state=0).fit(features, labels).predict(features))
+
+    head = linear_probe_head(model, tokenizer, texts, labels, LABELS, sample_weight=None, C=1.0, class_weight=None,
+                             max_length=64, batch_size=16, seed=0)
+    model.load_head(head)
+    with torch.inference_mode():
+        probed = [LABELS[i] for i in model(**batch).logits.argmax(-1).numpy()]
+    assert probed == expected and random_pred != expected
+    exported = model.export_head()
+    assert exported.normalize is True and np.allclose(exported.weight, head.weight, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_mean_pooled_fine_tuning_saves_an_encoder_model_and_the_refit_is_served(make_cfg, tmp_path):
     import mlflow
@@ -169,8 +215,9 @@ def test_mean_pooled_fine_tuning_saves_an_encoder_model_and_the_refit_is_served(
     from pipeline.train import train
 
     labelled = make_labelled(make_cfg, tmp_path / "work" / "labelled.parquet", separable=True)
-    cfg = make_cfg("train", "model=tiny", "+model.pooling=mean", "train.epochs=12", "train.lr=1e-3",
-                   "train.baselines=[majority]", f"paths.labelled={labelled}", "train.refit=all")
+    cfg = make_cfg("train", "model=tiny", "+model.pooling=mean", "+model.normalize=true", "train.epochs=12",
+                   "train.lr=1e-3", "train.head_init=linear_probe", "train.baselines=[majority]",
+                   f"paths.labelled={labelled}", "train.refit=all")
     result = train(cfg)
     served = Path(result["model_dir"])
     assert served.parent.name == "final"                     # the refit on every labelled row is what is served

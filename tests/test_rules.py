@@ -163,7 +163,7 @@ def test_shipped_lexicon_on_new_sentences():
         "رحب الكرملين بالمقترحات الأمريكية الجديدة": "positive",
         "رفضت موسكو الرد الأمريكي ووصفته بأنه غير مقبول": "negative",
         "حذر الحلف من أن أي هجوم سيقابل برد حازم": "negative",
-        "لم يحرز الطرفان أي تقدم في جولة المحادثات": None,   # «يحرز» is no listed form: honest abstention
+        "لم يحرز الطرفان أي تقدم في جولة المحادثات": "negative",  # negated progress
         "قال المتحدث إن الوزارة تدرس الرد ولن تتسرع": "neutral",
         "يعقد الاجتماع المقبل في فيينا يوم الأربعاء": None,
         "لا يوجد أي تقدم ملموس في المفاوضات": "negative",
@@ -171,3 +171,18 @@ def test_shipped_lexicon_on_new_sentences():
     }
     got = {text: lex.apply(text).label for text in cases}
     assert got == cases
+
+
+def test_shipped_lexicon_on_written_cases():
+    """Cues a journalist uses on any such talks, on sentences written for the test (tests/golden/lexicon_cases.csv,
+    none from the seed articles): agreement between the parties, openness, breakthroughs, threats, sanctions,
+    disagreement, build-up, and look-alike words that must not fire (لوحظ is no threat, a cyber «اختراق» no deal)."""
+    import csv
+
+    lex = load_lexicon(REPO / "labels" / "lexicon.yaml")
+    with open(REPO / "tests" / "golden" / "lexicon_cases.csv", encoding="utf-8", newline="") as f:
+        cases = list(csv.DictReader(f))
+    assert len(cases) >= 25
+    wrong = [(c["text"], c["expected"], lex.apply(c["text"]).label or "neutral") for c in cases
+             if (lex.apply(c["text"]).label or "neutral") != c["expected"]]
+    assert not wrong, wrong

@@ -1,0 +1,83 @@
+"""int8 against fp32 on a trained stance model: label agreement and the speed-up, side by side in one run.
+
+    .venv/bin/python bench/int8_agreement.py --model outputs/train/<run>/final/model \
+        [--data ../shared/data/arsarcasm_v2/testing_data.csv --column tweet --n 500] [--rounds 5]
+
+`--model` is a stance model directory written by `pipeline train` (transformer or encoder kind), e.g. the
+pretrained stand-in fine-tuned with `train model=e5-small`: agreement measured on random or from-scratch weights
+says little about a model whose probabilities are decisions. Sentences: every seed sentence (the news domain the
+model was trained for) plus, with --data, up to --n other Arabic sentences. Both predictors run the stage's own
+code (`pipeline.inference.load_predictor`, `predict.quantize=int8` = dynamic int8 Linear layers); the rounds are
+interleaved (fp32, int8, fp32, int8, …) and the speed-up is reported per round as median and min–max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def sentences(data: str | None, column: str, n: int) -> tuple[list[str], int]:
+    from pipeline.segmentation import seed_sentences
+
+    seeds = seed_sentences()
+    extra: list[str] = []
+    if data:
+        from pipeline.io import read_table
+
+        frame = read_table(Path(data))
+        if column not in frame.columns:
+            raise SystemExit(f"error: {data}: no column {column!r}; pass --column")
+        extra = frame[column].dropna().astype(str).head(n).tolist()
+    return seeds + extra, len(seeds)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="stance model directory (transformer or encoder kind)")
+    parser.add_argument("--data", help="CSV/parquet of more Arabic sentences")
+    parser.add_argument("--column", default="tweet")
+    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+
+    import numpy as np
+
+    from pipeline import LABELS
+    from pipeline.inference import load_predictor
+
+    texts, n_seed = sentences(args.data, args.column, args.n)
+    predictors = {"fp32": load_predictor(args.model), "int8": load_predictor(args.model, quantize="int8")}
+    probs = {name: p.predict_proba(texts, batch_size=args.batch_size) for name, p in predictors.items()}  # warm-up
+    seconds: dict[str, list[float]] = {name: [] for name in predictors}
+    for _ in range(args.rounds):
+        for name, predictor in predictors.items():
+            started = time.perf_counter()
+            predictor.predict_proba(texts, batch_size=args.batch_size)
+            seconds[name].append(time.perf_counter() - started)
+    labels = {name: p.argmax(axis=1) for name, p in probs.items()}
+    agree = labels["fp32"] == labels["int8"]
+    ratios = [f / i for f, i in zip(seconds["fp32"], seconds["int8"])]
+    print(f"model {args.model}: {len(texts)} sentences ({n_seed} seed news sentences), {args.rounds} interleaved rounds")
+    print(f"  label agreement int8 vs fp32: {agree.mean():.3f} overall, {agree[:n_seed].mean():.3f} on the seed "
+          f"sentences, {agree[n_seed:].mean() if len(texts) > n_seed else float('nan'):.3f} on --data")
+    print(f"  max |p_int8 - p_fp32|: {np.abs(probs['int8'] - probs['fp32']).max():.3f}; fp32 label shares: "
+          + ", ".join(f"{LABELS[i]} {np.mean(labels['fp32'] == i):.2f}" for i in range(len(LABELS))))
+    for name in predictors:
+        print(f"  {name}: {len(texts) / statistics.median(seconds[name]):.1f} sentences/s (median of rounds)")
+    print(f"  int8 speed-up: {statistics.median(ratios):.2f}x (min {min(ratios):.2f}, max {max(ratios):.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -255,7 +255,9 @@ def _finish(name: str, data: LabelledSet, rest: pd.DataFrame, test: pd.DataFrame
     seed = int(cfg.seed)
     val_share = float(cfg.train.val_size)
     labelled = rest[rest["label"].notna()]
-    if data.grouped:
+    if val_share <= 0:  # no validation: the epoch count is the recipe's (chosen by CV), every article trains
+        val, train_rows = rest.iloc[:0], rest
+    elif data.grouped:
         gold_rest = labelled[labelled["source"] == "gold"]
         basis = gold_rest if gold_rest["group"].nunique() >= 2 else _trainable(labelled, sources)
         val_groups = _pick_groups(basis, val_share, seed) if rest["group"].nunique() >= 3 else []

@@ -78,6 +78,19 @@ def test_holdout_split_is_grouped_by_article_and_tests_on_gold_only(make_cfg, la
         assert set(split.train["source"]) <= {"gold", "annotation", "rules"}
 
 
+def test_no_validation_split_trains_on_every_non_test_article(make_cfg, labelled):
+    """train.val_size=0 (e5-small: the step count is chosen by CV, not by early stopping on one small article)."""
+    from pipeline.splits import holdout_split, load_labelled
+
+    cfg = make_cfg("train", f"paths.labelled={labelled}", "train.val_size=0")
+    data = load_labelled(cfg)
+    split = holdout_split(data, cfg)
+    assert split.val.empty
+    trainable = data.frame[~data.frame["group"].isin(split.test_groups) & data.frame["label"].notna()]
+    assert set(split.train["group"]) == set(trainable["group"])
+    assert make_cfg("train", "model=e5-small").train.val_size == 0
+
+
 def test_train_sources_are_configurable(make_cfg, labelled):
     from pipeline.splits import holdout_split, load_labelled
 

@@ -137,6 +137,9 @@ def test_calibration_fitted_at_train_time_is_applied_when_serving(make_cfg, tmp_
     served = load_predictor(model_dir).predict_proba(held_out["text"].tolist())
     assert not np.allclose(served, raw) and (served.argmax(axis=1) == raw.argmax(axis=1)).all()
     assert expected_calibration_error(served, gold) < expected_calibration_error(raw, gold)
+    # No validation split (train.val_size=0 gives an empty frame): fitted on the test rows, and says so
+    assert calibrate_model(cfg, SimpleNamespace(val=held_out.iloc[:0], test=held_out), model_dir,
+                           tmp_path / "eval3").fitted_on == "test"
     # train.calibrate=false: nothing fitted
     assert calibrate_model(make_cfg("train", "train.calibrate=false"), SimpleNamespace(val=held_out, test=held_out),
                            model_dir, tmp_path / "eval2") is None

@@ -90,10 +90,13 @@ def find_chromium() -> str | None:
     return None
 
 
+# --no-sandbox: containers run as root, where Chromium's sandbox refuses to start.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+                  "--no-first-run", "--disable-extensions", "--mute-audio")
+
+
 def _chromium(binary: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    # --no-sandbox: containers run as root, where Chromium's sandbox refuses to start.
-    cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-           "--no-first-run", "--disable-extensions", "--mute-audio", *args]
+    cmd = [binary, *CHROMIUM_FLAGS, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
 
 

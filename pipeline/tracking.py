@@ -22,11 +22,14 @@ from pipeline.errors import PipelineError
 log = logging.getLogger(__name__)
 
 MAX_PARAM_CHARS = 500  # MLflow rejects longer param values (the limit is 6000 on recent servers, 500 on old)
-# The MLflow UI opens an experiment of this kind on its training runs (not the GenAI overview).
+# MLflow's marker for a model-training experiment (not a GenAI one). MLflow 3.17's UI does not pick the view by it:
+# it opens every experiment in the view of its global "GenAI | Model training" switch (GenAI until the user clicks
+# Model training, then remembered by the browser), so the description below starts by saying where the runs are.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 NOTE_TAG = "mlflow.note.content"  # an experiment's or a run's description in the UI
-EXPERIMENT_DESCRIPTION = (
+EXPERIMENT_DESCRIPTION = (  # its first line is what the UI shows until the description is unfolded
+    "The runs are in the **Model training** view (the switch at the top left). "
     "Stance toward the agreement (negative / neutral / positive) in Arabic news sentences, by the `pipeline` "
     "project: one run per `train` (test macro-F1 with a bootstrap interval, baselines on the same rows, calibration, "
     "the served model), `evaluate` and sweep (`--multirun`, child runs named by their swept values).")
@@ -143,8 +146,8 @@ def setup(cfg: DictConfig):
 
 
 def mark_experiment(experiment) -> None:
-    """Tag the experiment as model development (so the UI opens on its runs) and give it a description,
-    unless it already has them (a description someone wrote in the UI is kept)."""
+    """Tag the experiment as model development and give it a description, unless it already has them (a
+    description someone wrote in the UI is kept)."""
     from mlflow import MlflowClient
 
     tags = dict(experiment.tags or {})

@@ -22,7 +22,6 @@ dropped; parts of another model are refused; the interrupted run's error rows ar
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -34,7 +33,7 @@ from tqdm.auto import tqdm
 from pipeline.errors import PipelineError
 from pipeline.inference import load_predictor, set_threads
 from pipeline.io import TABLE_SUFFIXES, read_table, write_table_atomic, write_text_atomic
-from pipeline.model_store import resolve_model, segment_rules_for
+from pipeline.model_store import model_identity, resolve_model, segment_rules_for
 from pipeline.predict_inputs import ArticleReader, as_list, expand_inputs
 from pipeline.predict_outputs import ERROR_COLUMNS, ErrorLog, PartsWriter, plot_net_stance
 
@@ -45,16 +44,6 @@ def _sibling(output: Path, configured, tail: str) -> Path:
     if configured:
         return Path(str(configured))
     return output.with_name(output.stem + tail)
-
-
-def model_identity(uri: str, model_dir: Path) -> str:
-    """The model a parts directory was predicted with: the URI and a digest of the model directory's files."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
-        h.update(f"{path.relative_to(model_dir)}\x1f{path.stat().st_size}\x1f".encode())
-        if path.stat().st_size <= 1 << 20:
-            h.update(path.read_bytes())
-    return f"{uri}#{h.hexdigest()[:16]}"
 
 
 def predict(cfg: DictConfig) -> dict:

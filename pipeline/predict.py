@@ -82,15 +82,16 @@ def predict(cfg: DictConfig) -> dict:
 
     try:
         model = resolve_model(cfg, run_dir / "model")
-        predictor = load_predictor(model.model_dir, quantize=pcfg.quantize or None)
+        predictor = load_predictor(model.model_dir, quantize=pcfg.quantize or None, device=str(pcfg.device),
+                                   max_batch_tokens=pcfg.max_batch_tokens)
     except PipelineError as exc:
         errors.add(OmegaConf.select(cfg, "model_uri", default=None) or "(default model)", "model", str(exc))
         write_table_atomic(errors.frame(), errors_path)
         raise
     threads = set_threads(pcfg.threads)
-    log.info("predict: model %s (%s, labels %s, max_length %d%s), %d threads", model.uri, predictor.kind,
+    log.info("predict: model %s (%s, labels %s, max_length %d%s) on %s, %d threads", model.uri, predictor.kind,
              ",".join(predictor.labels), predictor.max_length,
-             ", int8" if pcfg.quantize else "", threads)
+             ", int8" if pcfg.quantize else "", getattr(predictor, "device", "cpu"), threads)
     rules = segment_rules_for(cfg, model)
 
     writer = PartsWriter(output, predictor, errors, chunk_sentences=chunk_sentences,

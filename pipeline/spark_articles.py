@@ -126,8 +126,8 @@ def ship_code(spark) -> None:
 def predict_articles(articles, model_dir: Path | str, *, rules: SegmentRules, model_id: str | None = None,
                      id_column: str = "article_id", text_column: str = "text", content_column: str | None = None,
                      source_column: str | None = None, keep_first: dict[str, str] | None = None,
-                     batch_size: int = 64, arrow_batch: int = 64, threads: int = 1,
-                     code: bool = True) -> SparkPrediction:
+                     batch_size: int = 64, arrow_batch: int = 64, threads: int = 1, device: str = "auto",
+                     max_batch_tokens: int | None = None, code: bool = True) -> SparkPrediction:
     """Predict whole articles on Spark as the local predict stage does; see the module docstring.
 
     `articles` holds `id_column` and either `text_column` (text) or `content_column` (a file's bytes, decoded like
@@ -142,7 +142,7 @@ def predict_articles(articles, model_dir: Path | str, *, rules: SegmentRules, mo
     from pipeline.model_store import model_identity
 
     model_dir = Path(model_dir)
-    predictor = load_predictor(model_dir)  # checked here, on the driver: a bad model fails before any Spark work
+    predictor = load_predictor(model_dir, device="cpu")  # checked on the driver: a bad model fails before Spark work
     labels, extra = list(predictor.labels), extra_columns(predictor)
     del predictor
     spark = articles.sparkSession
@@ -175,7 +175,7 @@ def predict_articles(articles, model_dir: Path | str, *, rules: SegmentRules, mo
     def mapper(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         return map_articles(batches, model_name=name, rules=rules, metadata=metadata,
                             as_bytes=content_column is not None, keep_first=keep, batch_size=int(batch_size),
-                            threads=int(threads))
+                            threads=int(threads), device=device, max_batch_tokens=max_batch_tokens)
 
     def summarise(frame: pd.DataFrame) -> pd.DataFrame:
         return summarise_article(frame, labels=labels, metadata=metadata)
@@ -288,8 +288,9 @@ def duplicate_ids(frame, id_column: str, source_column: str | None) -> dict[str,
 _PREDICTORS: dict[str, object] = {}  # model name -> predictor, one per executor Python process
 
 
-def executor_predictor(name: str, threads: int):
-    """The shipped model, loaded once per Python worker process (Spark reuses workers across tasks)."""
+def executor_predictor(name: str, threads: int, device: str = "auto", max_batch_tokens: int | None = None):
+    """The shipped model, loaded once per Python worker process (Spark reuses workers across tasks), on the
+    executor's GPU when it has one (predict.device)."""
     if name not in _PREDICTORS:
         import torch
         from pyspark import SparkFiles
@@ -298,14 +299,15 @@ def executor_predictor(name: str, threads: int):
 
         if threads > 0:
             torch.set_num_threads(threads)
-        _PREDICTORS[name] = load_predictor(SparkFiles.get(name))
+        _PREDICTORS[name] = load_predictor(SparkFiles.get(name), device=device, max_batch_tokens=max_batch_tokens)
     return _PREDICTORS[name]
 
 
 def map_articles(batches: Iterator[pd.DataFrame], *, model_name: str, rules: SegmentRules, metadata: list[str],
-                 as_bytes: bool, keep_first: dict[str, str], batch_size: int, threads: int) -> Iterator[pd.DataFrame]:
+                 as_bytes: bool, keep_first: dict[str, str], batch_size: int, threads: int, device: str = "auto",
+                 max_batch_tokens: int | None = None) -> Iterator[pd.DataFrame]:
     """mapInPandas body: Arrow batches of articles → sentence rows and error rows (column `row_kind`)."""
-    predictor = executor_predictor(model_name, threads)
+    predictor = executor_predictor(model_name, threads, device, max_batch_tokens)
     labels, extra = list(predictor.labels), extra_columns(predictor)
     for batch in batches:
         errors = ErrorLog()

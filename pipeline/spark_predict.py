@@ -72,7 +72,8 @@ def spark_predict(cfg: DictConfig) -> dict:
             id_column=articles.id_column, text_column=articles.text_column, content_column=articles.content_column,
             source_column=articles.source_column, keep_first=articles.keep_first,
             batch_size=int(pcfg.batch_size), arrow_batch=int(scfg.arrow_batch_articles),
-            threads=int(scfg.executor_threads), code=bool(scfg.ship_code))
+            threads=int(scfg.executor_threads), device=str(pcfg.device), max_batch_tokens=pcfg.max_batch_tokens,
+            code=bool(scfg.ship_code))
         partition_by = [str(c) for c in scfg.partition_by]
         unknown = [c for c in partition_by if c not in result.sentences.columns]
         if unknown:

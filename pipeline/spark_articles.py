@@ -15,9 +15,10 @@ functions the local stage uses, with the segmentation rules of the model's train
 segment_rules_for`) and the model's saved preprocessing: the rows equal the local stage's (labels, ids, and
 probabilities to float rounding). The work runs in `mapInPandas` over Arrow batches of `arrow_batch` articles; the
 model directory is shipped with `SparkContext.addFile` and loaded once per executor Python process (Spark reuses
-its Python workers), this package is shipped as a zip (`ship_code`). Segmentation and prediction happen once: the
-mapped rows are persisted and the three outputs are read from them (call `SparkPrediction.unpersist()` after
-writing).
+its Python workers), this package is shipped as a zip (`ship_code`). An article is never split across batches,
+so its summary row is made in the same batch (no shuffle). Segmentation and prediction happen once: the mapped
+rows (sentence, summary and error rows in one schema, told apart by `row_kind`) are persisted and the three
+outputs are read from them (call `SparkPrediction.unpersist()` after writing).
 """
 
 from __future__ import annotations
@@ -164,8 +165,9 @@ def predict_articles(articles, model_dir: Path | str, *, rules: SegmentRules, mo
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(int(arrow_batch)))
 
     meta_fields = [(f.name, f.dataType.simpleString()) for f in articles.schema.fields if f.name in metadata]
+    summary_fields = [f for f in summary_schema(labels) if f[0] != "article_id"]
     mapped_schema = ddl([*sentence_schema(labels, extra), *meta_fields, *[(c, "string") for c in ERROR_FIELDS],
-                         (KIND, "string")])
+                         *summary_fields, (KIND, "string")])
     source = F.col(source_column) if source_column else F.col(id_column).cast("string")
     body_col = F.col(body) if content_column else F.col(body).cast("string")
     prepared = articles.select(F.col(id_column).cast("string").alias("article_id"), body_col.alias("body"),
@@ -177,15 +179,13 @@ def predict_articles(articles, model_dir: Path | str, *, rules: SegmentRules, mo
                             as_bytes=content_column is not None, keep_first=keep, batch_size=int(batch_size),
                             threads=int(threads), device=device, max_batch_tokens=max_batch_tokens)
 
-    def summarise(frame: pd.DataFrame) -> pd.DataFrame:
-        return summarise_article(frame, labels=labels, metadata=metadata)
-
     mapped = prepared.mapInPandas(mapper, schema=mapped_schema).persist(StorageLevel.MEMORY_AND_DISK)
     sentence_columns = [*conform_dtypes(labels, extra), *metadata]
     sentences = mapped.filter(F.col(KIND) == "sentence").select(*sentence_columns)
     errors = mapped.filter(F.col(KIND) == "error").select(*ERROR_COLUMNS)
-    articles_out = sentences.groupBy("article_id").applyInPandas(
-        summarise, schema=ddl([*summary_schema(labels), *meta_fields]))
+    # An article's sentences are all in one Arrow batch: its summary row is made there, with no shuffle.
+    articles_out = mapped.filter(F.col(KIND) == "article").select(
+        *[name for name, _ in summary_schema(labels)], *metadata)
     return SparkPrediction(sentences, articles_out, errors, mapped)
 
 
@@ -339,26 +339,39 @@ def map_articles(batches: Iterator[pd.DataFrame], *, model_name: str, rules: Seg
         frames = []
         if rows:
             scored = predict_rows(predictor, pd.DataFrame(rows), sources, errors, batch_size=batch_size)
-            for column in metadata:
-                scored[column] = [meta[a][column] for a in scored["article_id"]]
-            scored[KIND] = "sentence"
-            frames.append(scored)
+            summary = Summary(labels)
+            summary.add(scored)
+            articles = summary.frame()
+            for frame, kind in ((scored, "sentence"), (articles, "article")):
+                for column in metadata:
+                    frame[column] = [meta[a][column] for a in frame["article_id"]]
+                frame[KIND] = kind
+            frames += [scored, articles]
         if errors.rows:
             err = errors.frame()
             err[KIND] = "error"
             frames.append(err)
         if frames:
-            yield mapped_frame(pd.concat(frames, ignore_index=True), labels, extra, metadata)
+            yield mapped_frame(pd.concat(frames, ignore_index=True), labels, extra, metadata, summary_schema(labels))
 
 
-def mapped_frame(frame: pd.DataFrame, labels, extra, metadata) -> pd.DataFrame:
-    """Every column of the mapped schema, in order, with nullable dtypes (error rows have no idx or probabilities)."""
+NULLABLE = {"int64": "Int64", "float64": "Float64", "bool": "boolean", "bigint": "Int64", "double": "Float64",
+            "boolean": "boolean"}
+
+
+def mapped_frame(frame: pd.DataFrame, labels, extra, metadata, summary_fields) -> pd.DataFrame:
+    """Every column of the mapped schema, in order, with nullable dtypes (a row of one kind leaves the columns of
+    the others null: an error row has no probabilities, a sentence row no summary)."""
     out = pd.DataFrame(index=frame.index)
+    missing = pd.Series([None] * len(frame), index=frame.index, dtype=object)
     for column, dtype in conform_dtypes(labels, extra).items():
-        values = frame[column] if column in frame else pd.Series([None] * len(frame), index=frame.index)
-        out[column] = values.astype({"int64": "Int64", "float64": "Float64", "bool": "boolean"}.get(dtype, object))
-    for column in [*metadata, *ERROR_FIELDS, KIND]:
+        out[column] = (frame[column] if column in frame else missing).astype(NULLABLE.get(dtype, object))
+    for column in [*metadata, *ERROR_FIELDS]:
         out[column] = frame[column] if column in frame else None
+    for column, dtype in summary_fields:
+        if column != "article_id":
+            out[column] = (frame[column] if column in frame else missing).astype(NULLABLE.get(dtype, object))
+    out[KIND] = frame[KIND]
     return plain_strings(out)
 
 
@@ -369,16 +382,6 @@ def plain_strings(frame: pd.DataFrame) -> pd.DataFrame:
         if isinstance(frame[column].dtype, pd.StringDtype):
             frame[column] = frame[column].astype(object)
     return frame
-
-
-def summarise_article(frame: pd.DataFrame, *, labels: list[str], metadata: list[str]) -> pd.DataFrame:
-    """applyInPandas body: one article's sentence rows → its summary row (`predict_outputs.Summary`)."""
-    summary = Summary(labels)
-    summary.add(frame)
-    out = summary.frame()
-    for column in metadata:
-        out[column] = frame[column].iloc[0] if len(frame) else None
-    return plain_strings(out)
 
 
 # ---------------------------------------------------------------- the session

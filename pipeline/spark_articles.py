@@ -37,8 +37,7 @@ import pandas as pd
 from pipeline.errors import PipelineError
 from pipeline.io import BadInputFile, decode_text_strict
 from pipeline.predict_inputs import segment_article
-from pipeline.predict_outputs import (ERROR_COLUMNS, ErrorLog, Summary, conform_dtypes, extra_columns,
-                                      output_columns, predict_rows)
+from pipeline.predict_outputs import ERROR_COLUMNS, ErrorLog, Summary, conform_dtypes, extra_columns, predict_rows
 from pipeline.segmentation import SegmentRules
 
 log = logging.getLogger(__name__)

@@ -164,3 +164,19 @@ def test_a_crash_on_another_rank_marks_the_run_failed(make_cfg, tmp_path):
     assert "injected crash on rank 1" in result.stderr
     (run,) = runs_in(tmp_path, "crash")
     assert run.info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_accelerate_launch_runs_the_same_way(make_cfg, tmp_path):
+    """`accelerate launch --multi_gpu` starts the processes through torch's launcher (gloo here, no GPU);
+    `accelerate launch --cpu` would start one process only."""
+    labelled = make_labelled(make_cfg, tmp_path / "labelled.parquet", separable=True)
+    args = [arg for arg in overrides(tmp_path, labelled, "acc") if not arg.startswith("train.epochs")]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
+               "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", "-m", "pipeline", "train",
+               *args, "train.epochs=2"]
+    result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = runs_in(tmp_path, "acc")
+    assert run.info.status == "FINISHED" and run.data.tags["processes"] == "2"
+    assert (tmp_path / "acc" / "run" / "pipeline.rank1.log").exists()

@@ -402,5 +402,7 @@ def spark_session(cfg):
     builder = builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
     for key, value in (cfg.spark.conf or {}).items():
         builder = builder.config(str(key), str(value))
-    return builder.getOrCreate(), True
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("WARN")  # Spark's INFO lines would drown the stage's log; its progress bar stays
+    return session, True
 

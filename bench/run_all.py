@@ -77,6 +77,18 @@ def main() -> int:
     else:
         bench("prediction speed (tiny model, seed sentences)", [*speed, "--train-n", "0"])
     bench("prediction memory (tiny model)", ["bench/predict_memory.py", "--sizes", "2000,20000"])
+    try:
+        import pyspark  # noqa: F401
+        import shutil
+
+        spark_ok = shutil.which("java") is not None or bool(os.environ.get("JAVA_HOME"))
+    except ImportError:
+        spark_ok = False
+    if spark_ok:
+        bench("whole-article prediction on Spark local[2] vs the predict stage (tiny model)",
+              ["bench/spark_predict.py", "--sizes", "2000,20000", "--rounds", "1"])
+    else:
+        skip("whole-article prediction on Spark", "needs the spark extra (`pip install -e '.[spark]'`) and Java")
     skip("Label Studio round trip", "needs a running Label Studio (--url, --token): "
          "`python bench/labelstudio_roundtrip.py --help`, see docs/label.md")
 

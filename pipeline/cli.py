@@ -10,12 +10,15 @@ from typing import Sequence
 
 from omegaconf import DictConfig
 
+from pipeline import distributed
 from pipeline.config import compose_config, new_run_dir, to_yaml, with_run_dir
 from pipeline.errors import PipelineError, UsageError
 from pipeline.io import write_text_atomic
 from pipeline.stages import STAGES, ensure_inputs
 
 log = logging.getLogger("pipeline")
+
+DISTRIBUTED_STAGES = ("train",)  # the stages that may run as several processes (torchrun, accelerate launch)
 
 
 def usage() -> str:
@@ -82,12 +85,20 @@ def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
 
 
 def setup_logging(cfg: DictConfig, run_dir: Path) -> None:
+    """stderr + `pipeline.log` in the run dir; in a multi-process run, ranks other than 0 write
+    `pipeline.rank<N>.log` and print warnings only."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_pipeline", False):
             root.removeHandler(handler)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(run_dir / "pipeline.log", encoding="utf-8")):
+    replica = not distributed.is_main()
+    fmt = logging.Formatter(f"%(asctime)s %(levelname)s {f'[rank {distributed.rank()}] ' if replica else ''}"
+                            "%(name)s: %(message)s", "%H:%M:%S")
+    stream = logging.StreamHandler(sys.stderr)
+    if replica:
+        stream.setLevel(logging.WARNING)
+    log_file = run_dir / (f"pipeline.rank{distributed.rank()}.log" if replica else "pipeline.log")
+    for handler in (stream, logging.FileHandler(log_file, encoding="utf-8")):
         handler.setFormatter(fmt)
         handler._pipeline = True  # type: ignore[attr-defined]
         root.addHandler(handler)
@@ -99,23 +110,33 @@ def setup_logging(cfg: DictConfig, run_dir: Path) -> None:
 def run_stage(stage_name: str, cfg: DictConfig):
     """Run one stage (and the stages it needs) with a composed config; usable without the CLI."""
     stage = STAGES[stage_name]
-    if not cfg.paths.run_dir:
-        cfg = with_run_dir(cfg, new_run_dir(cfg, stage_name))
+    if distributed.is_distributed():
+        if stage_name not in DISTRIBUTED_STAGES:
+            raise PipelineError(f"{stage_name} runs in one process; only {', '.join(DISTRIBUTED_STAGES)} runs under "
+                                f"torchrun / accelerate launch: run `python -m pipeline {stage_name} ...`")
+        distributed.init()
+    if not cfg.paths.run_dir:  # in a multi-process run, rank 0's directory is every rank's
+        cfg = with_run_dir(cfg, distributed.from_main(lambda: str(new_run_dir(cfg, stage_name))))
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(cfg, run_dir)
-    write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
-    log.info("%s: run dir %s", stage_name, run_dir)
-    if stage_name != "segment":  # every other stage (or a stage it needs) logs to or reads from MLflow
-        from pipeline import tracking
+    if distributed.is_main():
+        write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
+        log.info("%s: run dir %s", stage_name, run_dir)
+        if stage_name != "segment":  # every other stage (or a stage it needs) logs to or reads from MLflow
+            from pipeline import tracking
 
-        tracking.check_reachable(cfg)  # a stopped server fails here in seconds, before any work
-    ensure_inputs(stage, cfg)
+            tracking.check_reachable(cfg)  # a stopped server fails here in seconds, before any work
+        ensure_inputs(stage, cfg)
+    distributed.barrier()  # the tables rank 0 (re)built are there for every rank
     return stage.run(cfg)
 
 
 def run_multirun(stage_name: str, overrides: Sequence[str]):
     from pipeline import tracking
+
+    if distributed.is_distributed():
+        raise PipelineError("-m sweeps run in one process; under torchrun / accelerate launch run one job at a time")
 
     jobs = expand_sweep(overrides)
     base = compose_config(stage_name, [o for o in jobs[0]])
@@ -167,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_multirun(stage_name, overrides)
         else:
             run_stage(stage_name, compose_config(stage_name, overrides))
-        return 0
+        return distributed.final_status(0)
     except PipelineError as exc:
         log.debug("failure", exc_info=True)
         print(f"error: {exc}", file=sys.stderr)
@@ -175,6 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except distributed.Terminated as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

@@ -202,7 +202,7 @@ class EncoderHeadPredictor(_transformer_predictor()):
     def logits(self, input_ids, attention_mask):
         import torch
 
-        return torch.from_numpy(self.head.logits(self.pooled(input_ids, attention_mask).double().numpy()))
+        return torch.from_numpy(self.head.logits(self.pooled(input_ids, attention_mask).double().cpu().numpy()))
 
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """(n, hidden) pooled embeddings of raw sentences (preprocessed as the model was trained)."""

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import LABELS
+from pipeline import LABELS, distributed
 from pipeline.errors import PipelineError
 from pipeline.io import write_text_atomic
 from pipeline.preprocess import TextPreprocessor
@@ -72,7 +72,7 @@ def fit_model(cfg: DictConfig, split: Split, work_dir: Path, *, resume_from: str
     preprocess = TextPreprocessor.from_cfg(cfg)
     target = work_dir / MODEL_SUBDIR
     partial = work_dir / f"{MODEL_SUBDIR}.partial"
-    if partial.exists():
+    if partial.exists() and distributed.is_main():
         shutil.rmtree(partial)
     kind = stance_kind(cfg)
     learned = partial / "learned" if hybrid_enabled(cfg) else partial
@@ -84,6 +84,9 @@ def fit_model(cfg: DictConfig, split: Split, work_dir: Path, *, resume_from: str
         fit_frozen(cfg, split, work_dir, learned, preprocess)
     else:
         _fit_transformer(cfg, split, work_dir, learned, preprocess, resume_from)
+    if not distributed.is_main():  # a multi-process run: rank 0 writes the model; wait until it is in place
+        distributed.barrier()
+        return target
     if hybrid_enabled(cfg):
         from pipeline.hybrid import write_hybrid_model
 
@@ -92,6 +95,7 @@ def fit_model(cfg: DictConfig, split: Split, work_dir: Path, *, resume_from: str
     if target.exists():
         shutil.rmtree(target)
     os.replace(partial, target)
+    distributed.barrier()
     return target
 
 
@@ -131,7 +135,7 @@ def log_metrics(metrics: dict[str, float], step: int) -> None:
     """Into the caller's MLflow run, if there is one (fold fits and tests may have none)."""
     import mlflow
 
-    if mlflow.active_run() is not None and metrics:
+    if distributed.is_main() and mlflow.active_run() is not None and metrics:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
@@ -245,12 +249,13 @@ def training_arguments(cfg: DictConfig, output_dir: Path, *, has_val: bool, max_
     if t.lr is None or t.epochs is None:
         raise PipelineError("train.lr and train.epochs must be set for a transformer model")
     strategy = "steps" if eval_every else "epoch"
+    precision = resolve_precision(str(OmegaConf.select(cfg, "train.precision", default="auto")))
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=float(t.epochs if epochs is None else epochs),
         max_steps=int(max_steps) if max_steps else -1,
         learning_rate=float(t.lr),
-        per_device_train_batch_size=int(t.batch_size),
+        per_device_train_batch_size=per_device_batch(int(t.batch_size)),
         per_device_eval_batch_size=int(t.eval_batch_size),
         gradient_accumulation_steps=int(t.grad_accumulation),
         weight_decay=float(t.weight_decay),
@@ -269,10 +274,48 @@ def training_arguments(cfg: DictConfig, output_dir: Path, *, has_val: bool, max_
         data_seed=int(cfg.seed),
         report_to="none",  # our own callback logs into the one run; the stock one would end it
         remove_unused_columns=False,  # our datasets hold model inputs, labels and sample_weight only
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # the device: the GPU (this rank's, under torchrun) when there is one
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
+
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def resolve_precision(requested: str, *, cuda: bool | None = None, bf16_supported: bool | None = None) -> str:
+    """`train.precision`: auto = bf16 on a GPU that supports it (Ampere and later), else fp16 on a GPU, fp32 on
+    the CPU; fp32 / fp16 / bf16 as asked, refused where the device cannot do it. `cuda` / `bf16_supported` default
+    to what torch reports (tests pass them)."""
+    import torch
+
+    if requested not in PRECISIONS:
+        raise PipelineError(f"train.precision={requested!r}: choose one of {', '.join(PRECISIONS)}")
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    if bf16_supported is None:
+        bf16_supported = bool(cuda and torch.cuda.is_bf16_supported())
+    if requested == "auto":
+        return ("bf16" if bf16_supported else "fp16") if cuda else "fp32"
+    if requested == "fp16" and not cuda:
+        raise PipelineError("train.precision=fp16 needs a GPU (none found); use auto or fp32 (or bf16 on a CPU "
+                            "with bf16 support)")
+    if requested == "bf16" and cuda and not bf16_supported:
+        raise PipelineError("train.precision=bf16: this GPU has no bf16 support; use auto (fp16 here) or fp16")
+    return requested
+
+
+def per_device_batch(batch_size: int) -> int:
+    """`train.batch_size` is the batch of one optimiser step whatever the number of processes: each of N
+    processes (torchrun) takes batch_size / N rows, rounded up."""
+    n = distributed.world_size()
+    per_device = -(-batch_size // n)
+    if per_device * n != batch_size:
+        log.warning("train.batch_size=%d over %d processes: %d per process, %d per step", batch_size, n, per_device,
+                    per_device * n)
+    return per_device
 
 
 def build_trainer(cfg: DictConfig, model, tokenizer, train_texts: Sequence[str], train_labels: Sequence[str],
@@ -322,7 +365,8 @@ def _fit_transformer(cfg: DictConfig, split: Split, work_dir: Path, out: Path, p
         torch.set_num_threads(int(cfg.train.num_threads))
     train_texts = preprocess(split.train["text"])
     val_texts = preprocess(split.val["text"])
-    base = base_model_dir(cfg, train_texts, work_dir / "base_model", LABELS)
+    # A tiny model is built by rank 0 of a multi-process run; the other ranks read it.
+    base = distributed.from_main(lambda: base_model_dir(cfg, train_texts, work_dir / "base_model", LABELS))
     pooling = OmegaConf.select(cfg, "model.pooling", default=None)
     set_seed(int(cfg.seed))  # the new classification head is initialised from this seed
     tokenizer, model = load_tokenizer_and_model(base, LABELS, hub_timeout_s=float(cfg.model.hub_timeout_s),
@@ -346,6 +390,8 @@ def _fit_transformer(cfg: DictConfig, split: Split, work_dir: Path, out: Path, p
     if resume_from:
         log.info("resuming from %s", resume_from)
     trainer.train(resume_from_checkpoint=resume_from)
+    if not distributed.is_main():
+        return  # rank 0 saves the model (the Trainer saves checkpoints from rank 0 only too)
     best = trainer.state.best_metric
     if trainer.state.best_model_checkpoint and best is not None:
         log.info("best checkpoint %s (validation macro-F1 %.4f)", trainer.state.best_model_checkpoint, best)

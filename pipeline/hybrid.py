@@ -95,14 +95,14 @@ class HybridPredictor:
 
     kind = "hybrid"
 
-    def __init__(self, model_dir: Path, meta: dict, *, quantize: str | None = None):
+    def __init__(self, model_dir: Path, meta: dict, *, quantize: str | None = None, **options):
         from pipeline.inference import load_predictor
         from pipeline.rules import load_lexicon
 
         self.model_dir = Path(model_dir)
         hybrid = read_hybrid_meta(model_dir)
         self.min_rule_confidence = float(hybrid["min_rule_confidence"])
-        self.inner = load_predictor(self.model_dir / hybrid.get("inner", INNER_DIR), quantize=quantize)
+        self.inner = load_predictor(self.model_dir / hybrid.get("inner", INNER_DIR), quantize=quantize, **options)
         self.lexicon = load_lexicon(self.model_dir / LEXICON_FILE)
         self.labels: list[str] = list(meta["labels"])
         if self.labels != list(self.inner.labels):

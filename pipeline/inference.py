@@ -159,7 +159,8 @@ class StancePredictor:
 class TransformerPredictor(StancePredictor):
     kind = "transformer"
 
-    def __init__(self, model_dir: Path, meta: dict, *, quantize: str | None = None):
+    def __init__(self, model_dir: Path, meta: dict, *, quantize: str | None = None, device: str = "auto",
+                 max_batch_tokens: int | None = None):
         super().__init__(model_dir, meta)
         from transformers import AutoTokenizer
 
@@ -176,11 +177,13 @@ class TransformerPredictor(StancePredictor):
                         model_dir, self.max_length, positions, positions)
             self.max_length = int(positions)
         self.quantize = quantize
+        self.device = resolve_device(device, quantize)
         if quantize == "int8":
             model = quantize_encoder(model)
         elif quantize not in (None, "", "none"):
             raise PipelineError(f"predict.quantize={quantize!r}: choose null or int8")
-        self.model = model
+        self.model = model.to(self.device)
+        self.max_batch_tokens = batch_token_budget(max_batch_tokens, self.device)
         keep_freed_memory()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self._backend = None
@@ -226,13 +229,16 @@ class TransformerPredictor(StancePredictor):
         return self.scores_from_ids(ids, batch_size), truncated
 
     def batches(self, lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-        """Row indices per batch: longest first, each batch of similar lengths."""
+        """Row indices per batch: longest first, each batch of similar lengths, at most `batch_size` sentences and
+        (with a token budget) at most `max_batch_tokens` padded tokens."""
         order = np.argsort(-lengths, kind="stable")
         out, start, n = [], 0, len(order)
+        budget = getattr(self, "max_batch_tokens", None)
         while start < n:
             width = int(lengths[order[start]])
             end = start + 1
-            while end < n and end - start < batch_size:
+            cap = batch_size if not budget else max(1, min(batch_size, budget // max(width, 1)))
+            while end < n and end - start < cap:
                 if lengths[order[end]] < width * (1 - PAD_TOLERANCE) and (end - start) * width >= MIN_BATCH_TOKENS:
                     break
                 end += 1
@@ -262,8 +268,8 @@ class TransformerPredictor(StancePredictor):
                     batch[i, :lengths[r]] = ids[r]
                     mask[i, :lengths[r]] = 1
                 # No padding in the batch: no mask, so attention can take its unmasked fast path.
-                attention = None if mask.all() else torch.from_numpy(mask)
-                probs[rows] = forward(torch.from_numpy(batch), attention).double().numpy()
+                attention = None if mask.all() else torch.from_numpy(mask).to(self.device)
+                probs[rows] = forward(torch.from_numpy(batch).to(self.device), attention).double().cpu().numpy()
         return probs
 
 
@@ -292,10 +298,13 @@ class TfidfPredictor(StancePredictor):
         return probs, np.zeros(len(texts), dtype=bool)
 
 
-def load_predictor(model_dir, *, quantize: str | None = None) -> StancePredictor:
-    """The predictor of a stance model directory; PipelineError if it is not one."""
+def load_predictor(model_dir, *, quantize: str | None = None, device: str = "auto",
+                   max_batch_tokens: int | None = None) -> StancePredictor:
+    """The predictor of a stance model directory; PipelineError if it is not one. `device`: auto (the GPU when
+    there is one), cpu, cuda or cuda:<n>; `max_batch_tokens`: the token budget of a batch (see batch_token_budget)."""
     model_dir = Path(model_dir)
     meta = read_model_metadata(model_dir)
+    options = {"quantize": quantize, "device": device, "max_batch_tokens": max_batch_tokens}
     if meta["kind"] == "tfidf":
         if quantize not in (None, "", "none"):
             raise PipelineError(f"predict.quantize={quantize!r} applies to transformer models only; this one is tfidf")
@@ -303,12 +312,48 @@ def load_predictor(model_dir, *, quantize: str | None = None) -> StancePredictor
     if meta["kind"] == "encoder":
         from pipeline.encoder_head import EncoderHeadPredictor
 
-        return EncoderHeadPredictor(model_dir, meta, quantize=quantize)
+        return EncoderHeadPredictor(model_dir, meta, **options)
     if meta["kind"] == "hybrid":
         from pipeline.hybrid import HybridPredictor
 
-        return HybridPredictor(model_dir, meta, quantize=quantize)
-    return TransformerPredictor(model_dir, meta, quantize=quantize)
+        return HybridPredictor(model_dir, meta, **options)
+    return TransformerPredictor(model_dir, meta, **options)
+
+
+# A batch on a GPU holds up to this many padded tokens (rows x width) unless predict.max_batch_tokens says
+# otherwise: BERT-base activations for 65,536 tokens take well under 2 GiB in fp32.
+GPU_BATCH_TOKENS = 65536
+
+
+def resolve_device(requested: str | None, quantize: str | None = None, *, cuda: bool | None = None) -> str:
+    """`predict.device`: auto = the GPU when torch sees one (the CPU for an int8 model: dynamic int8 is a CPU
+    kernel), else the CPU; cpu / cuda / cuda:<n> as asked (cuda without a GPU is refused)."""
+    import torch
+
+    requested = str(requested or "auto")
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    if requested == "auto":
+        return "cuda" if cuda and quantize != "int8" else "cpu"
+    if requested.startswith("cuda"):
+        if not cuda:
+            raise PipelineError(f"predict.device={requested}: no GPU is visible to torch; use auto or cpu")
+        if quantize == "int8":
+            raise PipelineError("predict.quantize=int8 runs on the CPU; drop it, or set predict.device=cpu")
+        return requested
+    if requested != "cpu":
+        raise PipelineError(f"predict.device={requested!r}: choose auto, cpu, cuda or cuda:<n>")
+    return "cpu"
+
+
+def batch_token_budget(configured: int | None, device: str) -> int | None:
+    """Padded tokens per batch: `predict.max_batch_tokens` when set; else none on the CPU (batch_size and the
+    length sorting decide) and GPU_BATCH_TOKENS on a GPU."""
+    if configured:
+        if int(configured) < 1:
+            raise PipelineError(f"predict.max_batch_tokens={configured} must be at least 1")
+        return int(configured)
+    return GPU_BATCH_TOKENS if str(device).startswith("cuda") else None
 
 
 def quantize_encoder(model):

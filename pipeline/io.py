@@ -36,6 +36,12 @@ def read_text_strict(path: Path | str) -> str:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise BadInputFile(path, "missing", "file not found") from None
+    return decode_text_strict(raw, path)
+
+
+def decode_text_strict(raw: bytes, path: Path | str) -> str:
+    """`read_text_strict` on bytes already read (e.g. by Spark's binaryFile source); `path` names them in errors."""
+    path = Path(path)
     if not raw.strip():
         raise BadInputFile(path, "empty", "file is empty; remove it or give it some text")
     if b"\x00" in raw:

@@ -195,6 +195,19 @@ def fetch_model_dir(cfg, uri: str, *, key: str, download_to=None) -> Path:
     return model_dir_of_pyfunc(local)
 
 
+def model_identity(uri: str, model_dir: Path) -> str:
+    """A model as predicted with: the URI and a digest of the model directory's files (predict's parts manifest,
+    the Spark job's staged copy)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(model_dir)}\x1f{path.stat().st_size}\x1f".encode())
+        if path.stat().st_size <= 1 << 20:
+            h.update(path.read_bytes())
+    return f"{uri}#{h.hexdigest()[:16]}"
+
+
 @dataclass
 class ResolvedModel:
     model_dir: Path

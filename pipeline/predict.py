@@ -26,7 +26,6 @@ dropped; parts of another model are refused; the interrupted run's error rows ar
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -38,7 +37,7 @@ from tqdm.auto import tqdm
 from pipeline.errors import PipelineError
 from pipeline.inference import load_predictor, set_threads
 from pipeline.io import TABLE_SUFFIXES, read_table, write_table_atomic, write_text_atomic
-from pipeline.model_store import resolve_model, segment_rules_for
+from pipeline.model_store import model_identity, resolve_model, segment_rules_for
 from pipeline.predict_extras import Enricher, timeline_freq, write_report, write_summaries
 from pipeline.predict_inputs import ArticleReader, as_list, expand_inputs
 from pipeline.predict_outputs import ERROR_COLUMNS, ErrorLog, PartsWriter, plot_net_stance
@@ -50,16 +49,6 @@ def _sibling(output: Path, configured, tail: str) -> Path:
     if configured:
         return Path(str(configured))
     return output.with_name(output.stem + tail)
-
-
-def model_identity(uri: str, model_dir: Path) -> str:
-    """The model a parts directory was predicted with: the URI and a digest of the model directory's files."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
-        h.update(f"{path.relative_to(model_dir)}\x1f{path.stat().st_size}\x1f".encode())
-        if path.stat().st_size <= 1 << 20:
-            h.update(path.read_bytes())
-    return f"{uri}#{h.hexdigest()[:16]}"
 
 
 def predict(cfg: DictConfig) -> dict:
@@ -99,15 +88,16 @@ def predict(cfg: DictConfig) -> dict:
 
     try:
         model = resolve_model(cfg, run_dir / "model")
-        predictor = load_predictor(model.model_dir, quantize=pcfg.quantize or None)
+        predictor = load_predictor(model.model_dir, quantize=pcfg.quantize or None, device=str(pcfg.device),
+                                   max_batch_tokens=pcfg.max_batch_tokens)
     except PipelineError as exc:
         errors.add(OmegaConf.select(cfg, "model_uri", default=None) or "(default model)", "model", str(exc))
         write_table_atomic(errors.frame(), errors_path)
         raise
     threads = set_threads(pcfg.threads)
-    log.info("predict: model %s (%s, labels %s, max_length %d%s), %d threads", model.uri, predictor.kind,
+    log.info("predict: model %s (%s, labels %s, max_length %d%s) on %s, %d threads", model.uri, predictor.kind,
              ",".join(predictor.labels), predictor.max_length,
-             ", int8" if pcfg.quantize else "", threads)
+             ", int8" if pcfg.quantize else "", getattr(predictor, "device", "cpu"), threads)
     rules = segment_rules_for(cfg, model)
 
     enricher = Enricher(cfg, predictor)

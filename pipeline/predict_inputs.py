@@ -75,6 +75,20 @@ def expand_inputs(inputs: Sequence[str], errors: ErrorLog) -> list[Path]:
     return files
 
 
+def segment_article(article_id: str, text: str, source: str, rules: SegmentRules, errors: ErrorLog) -> Article | None:
+    """One article's text → its sentences (ids, positions), as every predict path does it (the local stage and the
+    Spark job, pipeline.spark_articles). Raises BadInputFile (`no_arabic`) for text without Arabic; an article left
+    with no sentence (only boilerplate or punctuation) is a `no_sentences` row of `errors` and gives None."""
+    if not has_arabic(text):
+        raise BadInputFile(source, "no_arabic", "holds no Arabic text; is it the right file?")
+    rows, _removed = article_rows(article_id, text, rules)
+    if not rows:
+        errors.add(source, "no_sentences", f"{source}: no sentence left after segmentation "
+                   "(only boilerplate or punctuation)", article_id=article_id)
+        return None
+    return Article(article_id, source, [{k: r[k] for k in ("sentence_id", "idx", "text")} for r in rows])
+
+
 class ArticleReader:
     """Yields the articles of all inputs one at a time; unusable ones become error rows."""
 
@@ -142,16 +156,10 @@ class ArticleReader:
         return True
 
     def _segmented(self, article_id: str, text: str, source: str) -> Article | None:
-        if not has_arabic(text):
-            raise BadInputFile(source, "no_arabic", "holds no Arabic text; is it the right file?")
-        rows, _removed = article_rows(article_id, text, self.rules)
-        if not rows:
-            self.errors.add(source, "no_sentences", f"{source}: no sentence left after segmentation "
-                            "(only boilerplate or punctuation)", article_id=article_id)
+        article = segment_article(article_id, text, source, self.rules, self.errors)
+        if article is None or not self._claim(article_id, source):
             return None
-        if not self._claim(article_id, source):
-            return None
-        return Article(article_id, source, [{k: r[k] for k in ("sentence_id", "idx", "text")} for r in rows])
+        return article
 
     def _text_file(self, path: Path) -> Article | None:
         article = self._segmented(article_id_for(path), read_text_strict(path), str(path))

@@ -96,6 +96,26 @@ def conform_dtypes(labels: Sequence[str], extra: Sequence[str] = ()) -> dict[str
             **{f"p_{x}": "float64" for x in labels}, "truncated": "bool", **{c: "object" for c in extra}}
 
 
+def predict_rows(predictor, rows: pd.DataFrame, sources: dict[str, str], errors: ErrorLog, *,
+                 batch_size: int, enrich=None) -> pd.DataFrame:
+    """Sentence rows (article_id, sentence_id, idx, text, any carried columns) → the same rows with the predictions
+    (and `enrich`'s columns: confidence, reasons), as every predict path does it (the local stage's parts and the
+    Spark job); each sentence cut at the model's max_length becomes a `truncated` row of `errors` naming its
+    article's source (`sources`: article id → source). Callers choose and type the output columns."""
+    max_length = predictor.max_length
+    scored = predictor.predict(rows["text"].tolist(), batch_size=batch_size)
+    frame = pd.concat([rows.reset_index(drop=True), scored], axis=1)
+    if enrich is not None:
+        frame = enrich(frame)
+    for row in frame.loc[frame["truncated"], ["article_id", "sentence_id"]].itertuples(index=False):
+        source = sources[row.article_id]
+        errors.add(source, "truncated",
+                   f"{source}: sentence {row.sentence_id} is longer than the model's max_length={max_length} "
+                   f"tokens; predicted from its first {max_length} tokens",
+                   article_id=row.article_id, sentence_id=row.sentence_id)
+    return frame
+
+
 class TableWriter:
     """Appends DataFrames to one .csv / .jsonl / .parquet file without holding them all."""
 
@@ -320,16 +340,8 @@ class PartsWriter:
         frame = pd.DataFrame(self._buffer)
         sources = self._sources
         self._buffer, self._sources = [], {}
-        max_length = self.predictor.max_length
-        scored = self.predictor.predict(frame["text"].tolist(), batch_size=self.batch_size)
-        frame = pd.concat([frame.reset_index(drop=True), scored], axis=1)
-        if self.enrich is not None:
-            frame = self.enrich(frame)
-        for row in frame.loc[frame["truncated"], ["article_id", "sentence_id"]].itertuples(index=False):
-            self.errors.add(sources[row.article_id], "truncated",
-                            f"{sources[row.article_id]}: sentence {row.sentence_id} is longer than the model's "
-                            f"max_length={max_length} tokens; predicted from its first "
-                            f"{max_length} tokens", article_id=row.article_id, sentence_id=row.sentence_id)
+        frame = predict_rows(self.predictor, frame, sources, self.errors,
+                             batch_size=self.batch_size, enrich=self.enrich)
         self.sentences += len(frame)
         self.truncated += int(frame["truncated"].sum())
         new_errors = ErrorLog(self.errors.rows[self._errors_written:])

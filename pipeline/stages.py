@@ -161,6 +161,11 @@ STAGES: dict[str, Stage] = {
             "pipeline.predict:predict",
         ),
         Stage(
+            "spark_predict",
+            "the same prediction as a Spark job (local[*] or spark-submit): parquet sentence rows, summary, errors",
+            "pipeline.spark_predict:spark_predict",
+        ),
+        Stage(
             "all",
             "segment → label → train → evaluate on the configured corpus",
             "pipeline.stages:run_all",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import tracking, train_state
+from pipeline import distributed, tracking, train_state
 from pipeline.errors import PipelineError
 from pipeline.fitting import CHECKPOINT_SUBDIR, MODEL_SUBDIR, fit_model, preflight, refit_on_all, stance_kind
 from pipeline.scoring import comparison_table, log_data, log_scored, register_alias, score_split
@@ -79,6 +79,13 @@ def run_description(cfg: DictConfig, scored, n_test: int, calibration) -> str:
         lines.append(f"calibration: T={calibration.temperature:.2f}, ECE {calibration.ece_before:.3f} → "
                      f"{calibration.ece_after:.3f} ({calibration.fitted_on}, n={calibration.n})")
     return "\n\n".join(lines)
+def train_replica(cfg: DictConfig, data, split, work_dir: Path, resume_from: str | None) -> dict:
+    """A rank other than 0 of a multi-process run: the same fits (their collectives need every rank), and nothing
+    else: no MLflow, no files (the Trainer saves from rank 0 only), no scoring."""
+    fit_model(cfg, split, work_dir, resume_from=resume_from)
+    if str(OmegaConf.select(cfg, "train.refit", default="none")) == "all":
+        refit_on_all(cfg, data, work_dir / MODEL_SUBDIR, work_dir)
+    return {"rank": distributed.rank()}
 
 
 def train(cfg: DictConfig) -> dict:
@@ -96,9 +103,15 @@ def train(cfg: DictConfig) -> dict:
     log.info("train: %s", split.describe())
     work_dir, resume_from = (resolve_resume(cfg, data, split) if kind == "transformer"
                              else (Path(str(cfg.paths.run_dir)), None))
+    if distributed.is_distributed():
+        if kind != "transformer":
+            raise PipelineError(f"model.kind={cfg.model.kind} fits in one process; only fine-tuned transformer "
+                                "models train under torchrun / accelerate launch")
+        if not distributed.is_main():
+            return train_replica(cfg, data, split, work_dir, resume_from)
     train_state.mark_dead_runs(cfg)  # runs left RUNNING by a killed process (kill -9) are KILLED, not RUNNING
     tags = {"stage": "train", "model_kind": kind, "model_name": str(cfg.model.name), **tracking.recipe_tags(cfg),
-            **train_state.process_tags()}
+            **train_state.process_tags(), "processes": str(distributed.world_size())}
     reopen = None
     if resume_from:
         tags["resumed_from"] = str(resume_from)

@@ -54,3 +54,32 @@ def make_cfg(tmp_path):
         return compose_config(stage, [*base, *overrides])
 
     return _make
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local[2] SparkSession for every Spark test of the run; skipped without pyspark or a Java runtime."""
+    import logging
+    import shutil
+    import sys
+
+    pytest.importorskip("pyspark", reason="pyspark is not installed: `pip install -e '.[spark]'` runs this test")
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        pytest.skip("Spark needs a Java runtime (java on PATH or JAVA_HOME)")
+    from pyspark.sql import SparkSession
+
+    # py4j logs "closing connection" at interpreter exit, after pytest has closed the captured stream.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    session = (SparkSession.builder.master("local[2]").appName("stance-test")
+               .config("spark.ui.enabled", "false")
+               .config("spark.ui.showConsoleProgress", "false")
+               .config("spark.sql.shuffle.partitions", "2")
+               .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+               .config("spark.driver.bindAddress", "127.0.0.1")
+               .config("spark.driver.host", "127.0.0.1")
+               .getOrCreate())
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()

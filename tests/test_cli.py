@@ -24,7 +24,7 @@ def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 def test_help_lists_every_stage():
     result = cli("--help")
     assert result.returncode == 0
-    for name in ("segment", "label", "train", "evaluate", "predict", "all"):
+    for name in ("segment", "label", "train", "evaluate", "predict", "spark_predict", "all"):
         assert f"  {name} " in result.stdout
 
 
@@ -42,7 +42,7 @@ def test_stage_help_shows_composed_config_with_overrides(capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["bogus"], "unknown stage 'bogus'; choose one of: segment, label, train, evaluate, predict, all"),
+        (["bogus"], "unknown stage 'bogus'; choose one of: segment, label, train, evaluate, predict, spark_predict, all"),
         (["segment", "model=nope"], "unknown model config; choices: "),
         (["segment", "segment.nope=1"], "no config key 'segment.nope'"),
         (["segment", "x=[1"], "bad override"),

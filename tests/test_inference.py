@@ -166,3 +166,32 @@ def test_log_stance_model_needs_an_active_run(model_dir):
     assert mlflow.active_run() is None
     with pytest.raises(PipelineError, match="active MLflow run"):
         log_stance_model(model_dir)
+
+
+def test_device_choice_with_mocked_gpu():
+    from pipeline.inference import GPU_BATCH_TOKENS, batch_token_budget, resolve_device
+
+    assert resolve_device("auto", cuda=False) == "cpu"
+    assert resolve_device("auto", cuda=True) == "cuda"
+    assert resolve_device("auto", "int8", cuda=True) == "cpu"  # dynamic int8 is a CPU kernel
+    assert resolve_device("cuda:1", cuda=True) == "cuda:1"
+    with pytest.raises(PipelineError, match="no GPU is visible"):
+        resolve_device("cuda", cuda=False)
+    with pytest.raises(PipelineError, match="choose auto, cpu, cuda"):
+        resolve_device("tpu", cuda=True)
+    assert batch_token_budget(None, "cpu") is None
+    assert batch_token_budget(None, "cuda") == GPU_BATCH_TOKENS
+    assert batch_token_budget(4096, "cpu") == 4096
+
+
+def test_token_budget_caps_the_padded_tokens_of_every_batch(model_dir):
+    texts = seed_sentences()
+    predictor = load_predictor(model_dir, max_batch_tokens=64)
+    ids, _ = predictor.encode(predictor.preprocessor(texts))
+    lengths = np.array([len(x) for x in ids])
+    batches = predictor.batches(lengths, batch_size=64)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(texts)))
+    assert all(len(rows) * lengths[rows].max() <= 64 or len(rows) == 1 for rows in batches)
+    # Same probabilities as without a budget (smaller batches, same sentences).
+    np.testing.assert_allclose(predictor.predict_proba(texts), load_predictor(model_dir).predict_proba(texts),
+                               atol=1e-6)

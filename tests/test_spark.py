@@ -5,11 +5,8 @@ Needs the `spark` extra (`pip install -e ".[spark]"`) and a Java runtime; skippe
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,26 +32,6 @@ def many_sentences(n: int) -> list[str]:
         out.append(" ".join(a.split()[: 4 + i % 9] + b.split()[-(3 + i % 5):]))
         i += 1
     return out[:n]
-
-
-@pytest.fixture(scope="module")
-def spark():
-    from pyspark.sql import SparkSession
-
-    # py4j logs "closing connection" at interpreter exit, after pytest has closed the captured stream.
-    logging.getLogger("py4j").setLevel(logging.WARNING)
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    session = (SparkSession.builder.master("local[2]").appName("stance-test")
-               .config("spark.ui.enabled", "false")
-               .config("spark.sql.shuffle.partitions", "2")
-               .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-               .config("spark.driver.bindAddress", "127.0.0.1")
-               .config("spark.driver.host", "127.0.0.1")
-               .getOrCreate())
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
 
 
 def test_spark_udf_matches_the_predict_stage(spark, make_cfg, tmp_path):

@@ -1,0 +1,104 @@
+"""spark_predict stage: whole articles → per-sentence stance, a per-article summary and an errors report, as a
+Spark job (pipeline.spark_articles), written as parquet directories.
+
+    python -m pipeline spark_predict input=<dir | glob | .parquet | .jsonl> output=<dir> [model_uri=...]
+    spark-submit scripts/spark_predict.py input=s3a://bucket/articles/ output=s3a://bucket/stance/ \
+        model_uri=models:/stance@champion tracking.uri=http://mlflow:5000
+
+The model is resolved on the driver as `predict` does (model_uri, or the experiment's best run), with the
+segmentation rules of its training run; the rows equal the local predict stage's. Spark's output committer
+publishes each directory whole at the end of its job (`_SUCCESS` marks a finished one).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.errors import PipelineError
+from pipeline.io import write_text_atomic
+from pipeline.model_store import model_identity, resolve_model, segment_rules_for
+from pipeline.predict_inputs import as_list
+from pipeline.spark_articles import predict_articles, read_articles, spark_session
+
+log = logging.getLogger(__name__)
+
+
+def _sibling(output: str, configured, tail: str) -> str:
+    return str(configured) if configured else output.rstrip("/") + tail
+
+
+def _refuse_existing(paths: dict[str, str], mode: str) -> None:
+    if mode not in ("error", "overwrite"):
+        raise PipelineError(f"spark.mode={mode!r}: choose error or overwrite")
+    if mode == "error":
+        for key, path in paths.items():
+            local = Path(path[len("file:"):] if path.startswith("file:") else path)
+            if "://" not in path and local.exists():
+                raise PipelineError(f"{key}={path} already exists; choose another output, remove it, or set "
+                                    "spark.mode=overwrite")
+
+
+def spark_predict(cfg: DictConfig) -> dict:
+    """Stage entry: predict the articles of `input` on Spark into the parquet directory `output`."""
+    scfg, pcfg = cfg.spark, cfg.predict
+    inputs = as_list(OmegaConf.select(cfg, "input", default=None))
+    output = OmegaConf.select(cfg, "output", default=None)
+    if len(inputs) != 1:
+        raise PipelineError("give one input: input=<directory | glob of text files | .parquet | .jsonl>")
+    if not output:
+        raise PipelineError("give where to write predictions: output=<directory> (parquet)")
+    source, output = inputs[0], str(output)
+    summary_out = _sibling(output, scfg.summary, ".articles")
+    errors_out = _sibling(output, scfg.errors, ".errors")
+    written = {"output": output, "spark.summary": summary_out, "spark.errors": errors_out}
+    for key, path in written.items():
+        if Path(path).resolve() == Path(source).resolve() if "://" not in path else path == source:
+            raise PipelineError(f"{key}={path} is also the input; predicting would overwrite it: write elsewhere")
+    _refuse_existing(written, str(scfg.mode))
+    run_dir = Path(cfg.paths.run_dir)
+
+    model = resolve_model(cfg, run_dir / "model")
+    rules = segment_rules_for(cfg, model)
+    spark, created = spark_session(cfg)
+    try:
+        articles = read_articles(spark, source, fmt=str(scfg.input_format), id_column=str(scfg.id_column),
+                                 text_column=str(pcfg.text_column))
+        result = predict_articles(
+            articles.frame, model.model_dir, rules=rules, model_id=model_identity(model.uri, model.model_dir),
+            id_column=articles.id_column, text_column=articles.text_column, content_column=articles.content_column,
+            source_column=articles.source_column, keep_first=articles.keep_first,
+            batch_size=int(pcfg.batch_size), arrow_batch=int(scfg.arrow_batch_articles),
+            threads=int(scfg.executor_threads), device=str(pcfg.device), max_batch_tokens=pcfg.max_batch_tokens,
+            code=bool(scfg.ship_code))
+        partition_by = [str(c) for c in scfg.partition_by]
+        unknown = [c for c in partition_by if c not in result.sentences.columns]
+        if unknown:
+            raise PipelineError(f"spark.partition_by: no column {', '.join(map(repr, unknown))} in the sentence rows "
+                                f"(columns: {', '.join(result.sentences.columns)})")
+        mode = "errorifexists" if str(scfg.mode) == "error" else "overwrite"
+        log.info("spark_predict: model %s; %s → %s (+ %s, %s)", model.uri, source, output, summary_out, errors_out)
+        sentences = result.sentences
+        if scfg.output_partitions:
+            sentences = sentences.repartition(int(scfg.output_partitions))
+        sentences.write.mode(mode).partitionBy(*partition_by).parquet(output)
+        summary_partitions = [c for c in partition_by if c in result.articles.columns]
+        result.articles.write.mode(mode).partitionBy(*summary_partitions).parquet(summary_out)
+        result.errors.write.mode(mode).parquet(errors_out)
+        counts = {"sentences": result.sentences.count(), "articles": result.articles.count()}
+        reasons = {r["reason"]: int(r["count"]) for r in result.errors.groupBy("reason").count().collect()}
+        result.unpersist()
+    finally:
+        if created:
+            spark.stop()
+    problems = sum(n for reason, n in reasons.items() if reason != "truncated")
+    log.info("spark_predict: %d articles, %d sentences predicted (%d truncated); %d input problems (%s)",
+             counts["articles"], counts["sentences"], reasons.get("truncated", 0), problems,
+             ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none")
+    report = {"output": output, "summary": summary_out, "errors": errors_out, "model_uri": model.uri, **counts,
+              "truncated": reasons.get("truncated", 0), "input_problems": problems, "errors_by_reason": reasons}
+    write_text_atomic(run_dir / "spark_predict_report.json", json.dumps(report, ensure_ascii=False, indent=2))
+    return report

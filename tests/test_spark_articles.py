@@ -1,0 +1,145 @@
+"""Whole-article prediction on Spark (pipeline.spark_articles, the spark_predict stage) on local[2] = the local
+predict stage, row for row: sentence rows, per-article summary and error rows, for the seed articles and edge cases.
+
+Needs the `spark` extra (`pip install -e ".[spark]"`) and a Java runtime; skipped with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import SEEDS
+from pipeline.errors import PipelineError
+from test_inference import make_stance_model
+
+pytestmark = pytest.mark.slow
+
+PROBS = ["p_negative", "p_neutral", "p_positive"]
+BOILERPLATE_ONLY = "نهاية الرسالة\nجميع الحقوق محفوظة لموقع الأخبار\n...\n"
+
+
+@pytest.fixture(scope="module")
+def logged_model(tmp_path_factory):
+    """A tiny stance model logged under a train run (whose config.yaml gives the segmentation rules)."""
+    from pipeline import tracking
+    from pipeline.config import compose_config
+    from pipeline.model_store import log_stance_model
+
+    root = tmp_path_factory.mktemp("spark-model")
+    store = [f"tracking.uri=sqlite:///{root}/mlruns/mlflow.db", f"tracking.artifact_root={root}/mlruns/artifacts",
+             f"paths.output_root={root}/outputs"]
+    cfg = compose_config("train", [*store, f"paths.run_dir={root}/run"])
+    with tracking.start_run(cfg, "spark-articles-model"):  # logs config.yaml: its segment rules
+        info = log_stance_model(make_stance_model(root / "model"))
+    return info.model_uri, store
+
+
+def articles_dir(tmp_path):
+    folder = tmp_path / "articles"
+    folder.mkdir()
+    for path in sorted(SEEDS.glob("*.txt")):
+        shutil.copy(path, folder / path.name)
+    (folder / "empty.txt").write_text("", encoding="utf-8")
+    (folder / "boilerplate.txt").write_text(BOILERPLATE_ONLY, encoding="utf-8")
+    (folder / "english.txt").write_text("No Arabic here.\n", encoding="utf-8")
+    (folder / "cp1256.txt").write_bytes("روسيا ترفض الرد.".encode("cp1256"))
+    (folder / "bom_crlf.txt").write_bytes("\ufeffقالت موسكو إن المحادثات بناءة.\r\nولم يتفق الطرفان بعد؟!\r\n"
+                                          .encode("utf-8"))
+    (folder / "sub").mkdir()
+    shutil.copy(folder / "bom_crlf.txt", folder / "sub" / "bom_crlf.txt")  # a second article with the same id
+    return folder
+
+
+def sentence_rows(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values(["article_id", "idx"]).reset_index(drop=True)
+
+
+def assert_same_rows(spark_rows: pd.DataFrame, local_rows: pd.DataFrame, key: list[str]) -> None:
+    got = spark_rows.sort_values(key).reset_index(drop=True)
+    want = local_rows.sort_values(key).reset_index(drop=True)
+    assert list(got.columns) == list(want.columns)
+    assert len(got) == len(want) > 0
+    floats = [c for c in want.columns if want[c].dtype == np.float64]
+    others = [c for c in want.columns if c not in floats]
+    pd.testing.assert_frame_equal(got[others], want[others], check_dtype=False)
+    np.testing.assert_allclose(got[floats].to_numpy(), want[floats].to_numpy(), atol=1e-6, rtol=0)
+
+
+def errors_set(frame: pd.DataFrame) -> set[tuple]:
+    return {tuple(str(v) for v in row) for row in frame[["source", "article_id", "sentence_id", "reason",
+                                                           "message"]].itertuples(index=False)}
+
+
+def test_spark_job_equals_the_local_predict_stage_row_for_row(spark, make_cfg, logged_model, tmp_path):
+    from pipeline.predict import predict
+    from pipeline.spark_predict import spark_predict
+
+    uri, store = logged_model
+    folder = articles_dir(tmp_path)
+    local = predict(make_cfg("predict", *store, f"input={folder}", f"output={tmp_path}/local.parquet",
+                             f"model_uri={uri}"))
+    report = spark_predict(make_cfg("spark_predict", *store, f"input={folder}", f"output={tmp_path}/spark",
+                                    f"model_uri={uri}", "spark.arrow_batch_articles=3"))
+
+    local_rows = pd.read_parquet(local["output"])
+    spark_rows = pd.read_parquet(tmp_path / "spark")
+    assert set(local_rows["article_id"]) == {p.stem for p in SEEDS.glob("*.txt")} | {"bom_crlf"}
+    assert local_rows["truncated"].any()  # max_length 24: truncation is part of the comparison
+    assert_same_rows(spark_rows, local_rows, ["article_id", "idx"])
+
+    assert_same_rows(pd.read_parquet(tmp_path / "spark.articles"), pd.read_parquet(local["summary"]), ["article_id"])
+
+    local_errors = pd.read_csv(local["errors"], dtype=str, keep_default_na=False)
+    spark_errors = pd.read_parquet(tmp_path / "spark.errors").fillna("")
+    assert errors_set(spark_errors) == errors_set(local_errors)
+    assert {"empty", "no_sentences", "no_arabic", "not_utf8", "duplicate_article", "truncated"} \
+        <= set(spark_errors["reason"])
+    assert report["articles"] == len(pd.read_parquet(local["summary"]))
+    assert report["sentences"] == len(local_rows)
+
+
+def test_table_of_articles_keeps_metadata_and_partitions(spark, make_cfg, logged_model, tmp_path):
+    from pipeline.predict import predict
+    from pipeline.spark_predict import spark_predict
+
+    uri, store = logged_model
+    seeds = sorted(SEEDS.glob("*.txt"))
+    table = pd.DataFrame({"article_id": [p.stem for p in seeds],
+                          "text": [p.read_text(encoding="utf-8") for p in seeds],
+                          "outlet": ["a", "b", "a", "b", "a"]})
+    table.to_json(tmp_path / "articles.jsonl", orient="records", lines=True, force_ascii=False)
+    local = predict(make_cfg("predict", *store, f"input={tmp_path}/articles.jsonl",
+                             f"output={tmp_path}/local.parquet", f"model_uri={uri}"))
+    spark_predict(make_cfg("spark_predict", *store, f"input={tmp_path}/articles.jsonl", f"output={tmp_path}/out",
+                           f"model_uri={uri}", "spark.partition_by=[outlet]"))
+
+    assert sorted(p.name for p in (tmp_path / "out").glob("outlet=*")) == ["outlet=a", "outlet=b"]
+    got = pd.read_parquet(tmp_path / "out")
+    outlet = dict(zip(table["article_id"], table["outlet"]))
+    assert (got["outlet"].astype(str) == got["article_id"].map(outlet)).all()
+    local_rows = pd.read_parquet(local["output"])
+    assert_same_rows(got[list(local_rows.columns)], local_rows, ["article_id", "idx"])
+    summary = pd.read_parquet(tmp_path / "out.articles")
+    assert (summary["outlet"].astype(str) == summary["article_id"].map(outlet)).all()
+
+
+def test_bad_requests_are_one_clear_error(spark, make_cfg, logged_model, tmp_path):
+    from pipeline.spark_predict import spark_predict
+
+    uri, store = logged_model
+    pd.DataFrame({"article_id": ["x", "x"], "text": ["نص", "نص آخر"]}).to_parquet(tmp_path / "dup.parquet")
+    with pytest.raises(PipelineError, match=r"dup.parquet: article id\(s\) 'x' are on several rows"):
+        spark_predict(make_cfg("spark_predict", *store, f"input={tmp_path}/dup.parquet", f"output={tmp_path}/o1",
+                               f"model_uri={uri}"))
+    pd.DataFrame({"id": ["x"], "body": ["نص"]}).to_parquet(tmp_path / "cols.parquet")
+    with pytest.raises(PipelineError, match="no 'article_id', 'text' column .* set spark.id_column"):
+        spark_predict(make_cfg("spark_predict", *store, f"input={tmp_path}/cols.parquet", f"output={tmp_path}/o2",
+                               f"model_uri={uri}"))
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(PipelineError, match="already exists; .* spark.mode=overwrite"):
+        spark_predict(make_cfg("spark_predict", *store, f"input={tmp_path}/cols.parquet", f"output={tmp_path}/exists",
+                               f"model_uri={uri}"))

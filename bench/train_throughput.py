@@ -1,6 +1,6 @@
 """Training throughput of the train stage against run_classification.py's padding, side by side.
 
-All setups run the stage's own Trainer (pipeline.fitting.build_trainer) on the same model and sentences;
+All setups run the stage's own Trainer (pipeline.trainer.build_trainer) on the same model and sentences;
 only the padding and batch order differ:
   pad to 128:                     every batch padded to max_length 128, random batches: transformers' examples/
                                   pytorch/text-classification/run_classification.py defaults
@@ -89,7 +89,7 @@ def run_setup(model_dir: Path, texts, labels, *, pad_to_max: bool, group: bool, 
               out_dir: Path) -> dict:
     from pipeline.config import compose_config
     from pipeline.modeling import load_tokenizer_and_model
-    from pipeline.fitting import build_trainer
+    from pipeline.trainer import build_trainer
 
     cfg = compose_config("train", [
         "model=tiny", f"train.batch_size={batch_size}", "train.max_length=128",

@@ -27,7 +27,8 @@ def fit_frozen(cfg: DictConfig, split: Split, work_dir: Path, out: Path, preproc
     """Write an encoder stance model dir to `out`: the base encoder as it is + a fitted logistic-regression head."""
     from sklearn.linear_model import LogisticRegression
 
-    from pipeline.fitting import log_metrics, sample_weights
+    from pipeline.fitting import sample_weights
+    from pipeline.trainer import log_metrics
     from pipeline.inference import load_predictor, write_model_metadata
     from pipeline.metrics import classification_metrics
     from pipeline.modeling import base_model_dir, load_tokenizer_and_model

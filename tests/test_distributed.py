@@ -23,7 +23,7 @@ METRIC_TOLERANCE = 0.1
 
 
 def test_precision_auto_follows_the_device():
-    from pipeline.fitting import resolve_precision
+    from pipeline.trainer import resolve_precision
 
     assert resolve_precision("auto", cuda=False, bf16_supported=False) == "fp32"
     assert resolve_precision("auto", cuda=True, bf16_supported=True) == "bf16"     # Ampere and later
@@ -41,21 +41,21 @@ def test_precision_auto_follows_the_device():
 def test_precision_reaches_the_trainer_with_a_mocked_gpu(make_cfg, monkeypatch, tmp_path):
     import torch
 
-    from pipeline import fitting
+    from pipeline import trainer
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    args = fitting.training_arguments(make_cfg("train", "model=tiny"), tmp_path / "ckpt", has_val=False)
+    args = trainer.training_arguments(make_cfg("train", "model=tiny"), tmp_path / "ckpt", has_val=False)
     assert not args.bf16 and not args.fp16 and args.use_cpu
     # The choice itself, on a mocked bf16-capable and an fp16-only GPU (no GPU here: TrainingArguments would refuse).
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert fitting.resolve_precision("auto") == "bf16"
+    assert trainer.resolve_precision("auto") == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert fitting.resolve_precision("auto") == "fp16"
+    assert trainer.resolve_precision("auto") == "fp16"
 
 
 def test_batch_size_is_split_over_the_processes(monkeypatch):
-    from pipeline.fitting import per_device_batch
+    from pipeline.trainer import per_device_batch
 
     assert per_device_batch(16) == 16
     monkeypatch.setenv("WORLD_SIZE", "2")

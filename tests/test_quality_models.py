@@ -101,7 +101,7 @@ def test_step_floor_raises_epochs_only_when_needed(make_cfg):
 
 
 def test_many_short_epochs_are_validated_and_saved_at_most_max_evaluations_times(make_cfg):
-    from pipeline.fitting import evaluation_interval, training_arguments
+    from pipeline.trainer import evaluation_interval, training_arguments
 
     cfg = make_cfg("train", "model=tiny", "train.batch_size=16", "train.max_evaluations=10")
     assert evaluation_interval(cfg, 8.0, 45) is None             # few epochs: once per epoch

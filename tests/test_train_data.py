@@ -279,7 +279,7 @@ def test_weighted_loss_on_both_branches_by_hand():
 
     import torch
 
-    from pipeline.fitting import weighted_loss
+    from pipeline.trainer import weighted_loss
 
     logits = [[2.0, 0.0, -1.0], [0.5, 1.5, 0.0], [0.0, 0.0, 3.0], [1.0, 1.0, 1.0]]
     labels = [0, 2, 2, 1]
@@ -303,7 +303,7 @@ def test_weighted_loss_on_both_branches_by_hand():
 def test_weighted_loss_matches_torch_cross_entropy():
     import torch
 
-    from pipeline.fitting import weighted_loss
+    from pipeline.trainer import weighted_loss
 
     torch.manual_seed(0)
     logits = torch.randn(6, 3)

@@ -272,7 +272,7 @@ def test_batches_are_padded_dynamically_and_grouped_by_length(make_cfg, tmp_path
 
     from pipeline.modeling import load_tokenizer_and_model
     from pipeline.tiny_model import build_tiny_bert
-    from pipeline.fitting import build_trainer
+    from pipeline.trainer import build_trainer
 
     words = ["موسكو", "واشنطن", "الضمانات", "الأمنية", "الحلف", "المحادثات"]
     texts = [" ".join(words[i % 6] for i in range(n)) for n in range(1, 65)] * 4  # 3..66 tokens each

@@ -100,7 +100,7 @@ def predict(cfg: DictConfig) -> dict:
              ", int8" if pcfg.quantize else "", getattr(predictor, "device", "cpu"), threads)
     rules = segment_rules_for(cfg, model)
 
-    enricher = Enricher(cfg, predictor)
+    enricher = Enricher.from_cfg(cfg, predictor)
     writer = PartsWriter(output, predictor, errors, chunk_sentences=chunk_sentences,
                          batch_size=int(pcfg.batch_size), resume=bool(pcfg.resume),
                          model_id=model_identity(model.uri, model.model_dir), enrich=enricher,

@@ -30,27 +30,39 @@ TIMELINE_CHOICES = ("day", "week", "none")
 
 class Enricher:
     """Callable on a predicted chunk (text, label, p_<label>… columns): adds confidence, confident, rules_fired and
-    (explain) top_words. `added` lists the text columns it adds."""
+    (explain) top_words. `added` lists the text columns it adds.
 
-    def __init__(self, cfg: DictConfig, predictor):
-        pcfg = cfg.predict
+    Built from plain values, so that a Spark executor builds the same one without the Hydra config
+    (pipeline.spark_articles); the predict stage uses `from_cfg`. `lexicon` is a loaded rules.Lexicon, the path of
+    one, or None (an empty rules_fired); it is not used when the predictor (a hybrid) returns rules_fired itself."""
+
+    def __init__(self, predictor, *, min_confidence: float = 0.0, explain: bool = False, top_k: int = 3,
+                 batch_size: int = 64, lexicon=None):
         self.predictor = predictor
         self.labels = list(predictor.labels)
-        self.min_confidence = float(OmegaConf.select(pcfg, "min_confidence", default=0.0) or 0.0)
-        self.explain = bool(OmegaConf.select(pcfg, "explain", default=False))
-        self.top_k = int(OmegaConf.select(pcfg, "explain_top_k", default=3))
-        self.batch_size = int(OmegaConf.select(pcfg, "batch_size", default=64))
+        self.min_confidence = float(min_confidence or 0.0)
+        self.explain = bool(explain)
+        self.top_k = int(top_k)
+        self.batch_size = int(batch_size)
         self.lexicon = None
         if "rules_fired" not in predictor.output_columns:  # a hybrid returns them: never computed twice
-            path = OmegaConf.select(cfg, "labeling.lexicon", default=None)
-            if path:
-                from pipeline.rules import load_lexicon
-
-                try:
-                    self.lexicon = load_lexicon(str(path))
-                except (PipelineError, OSError) as exc:
-                    log.warning("predict: no rules_fired column values: cannot load the lexicon %s (%s)", path, exc)
+            self.lexicon = read_lexicon(lexicon) if isinstance(lexicon, (str, Path)) else lexicon
         self.added = ["rules_fired"] + (["top_words"] if self.explain else [])
+
+    @staticmethod
+    def settings(cfg: DictConfig) -> dict:
+        """The constructor's plain values from the config (predict.*, labeling.lexicon as a path or None)."""
+        pcfg = cfg.predict
+        lexicon = OmegaConf.select(cfg, "labeling.lexicon", default=None)
+        return {"min_confidence": float(OmegaConf.select(pcfg, "min_confidence", default=0.0) or 0.0),
+                "explain": bool(OmegaConf.select(pcfg, "explain", default=False)),
+                "top_k": int(OmegaConf.select(pcfg, "explain_top_k", default=3)),
+                "batch_size": int(OmegaConf.select(pcfg, "batch_size", default=64)),
+                "lexicon": str(lexicon) if lexicon else None}
+
+    @classmethod
+    def from_cfg(cls, cfg: DictConfig, predictor) -> "Enricher":
+        return cls(predictor, **cls.settings(cfg))
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         frame = frame.copy()
@@ -66,6 +78,17 @@ class Enricher:
                               frame["label"].tolist(), k=self.top_k, classes=self.labels)
             frame["top_words"] = [format_reasons(w) for w in words]
         return frame
+
+
+def read_lexicon(path):
+    """The cue lexicon at `path`, or None with a warning when it cannot be loaded (rules_fired is then empty)."""
+    from pipeline.rules import load_lexicon
+
+    try:
+        return load_lexicon(str(path))
+    except (PipelineError, OSError) as exc:
+        log.warning("predict: no rules_fired column values: cannot load the lexicon %s (%s)", path, exc)
+        return None
 
 
 def timeline_freq(cfg: DictConfig) -> str | None:

@@ -31,6 +31,46 @@ RESERVED = {"article_id", "sentence_id", "idx", "text", "label", "truncated", "c
             "decided_by", "rules_fired", "top_words", "sentences", "net_stance", "dominant_label"}
 
 
+def carry_setting(cfg: DictConfig) -> list[str] | None:
+    """predict.carry_columns: None = every column but the text (`all`), else the list ([] for none / false)."""
+    carry = cfg.predict.get("carry_columns", "all")
+    if carry is None or (isinstance(carry, str) and carry == "all"):
+        return None
+    return [] if carry in (False, "none") else [str(c) for c in as_list(carry)]
+
+
+def carried_columns(columns, text_column: str, carry: Sequence[str] | None, warned: set | None = None) -> list[str]:
+    """The input columns carried into the outputs (`carry`: None = all but the text); one that clashes with an
+    output column is not carried (a warning, once per name in `warned`)."""
+    wanted = [c for c in columns if c != text_column] if carry is None else [c for c in carry if c in columns]
+    warned = set() if warned is None else warned
+    out = []
+    for c in map(str, wanted):
+        if c in RESERVED or c.startswith("p_") or c.startswith(("n_", "share_")):
+            if c not in ("article_id", "sentence_id", "idx") and c not in warned:
+                warned.add(c)
+                log.warning("predict: input column %r clashes with an output column; not carried", c)
+            continue
+        out.append(c)
+    return out
+
+
+def carried_values(record: dict, columns: Sequence[str], date_column: str, where: str, source: str,
+                   article_id: str, errors: ErrorLog, row_number: int = 0) -> dict:
+    """The carried values of one input row, as text; the date normalised to ISO (a `bad_date` error row naming
+    `source`, its message `where`, if unreadable)."""
+    meta = {c: "" if record.get(c) is None or (not isinstance(record.get(c), str) and pd.isna(record.get(c)))
+            else str(record[c]) for c in columns}
+    if date_column in meta and meta[date_column].strip():
+        parsed, messages = parse_dates(pd.Series([meta[date_column]], index=[row_number]), source=where)
+        for message in messages:
+            errors.add(source, "bad_date", message, article_id=article_id)
+        stamp = parsed.iloc[0]
+        meta[date_column] = "" if pd.isna(stamp) else (
+            stamp.strftime("%Y-%m-%d") if stamp == stamp.normalize() else stamp.isoformat())
+    return meta
+
+
 @dataclass
 class Article:
     article_id: str
@@ -101,37 +141,19 @@ class ArticleReader:
         if self.table_rows not in ("auto", "articles", "sentences"):
             raise PipelineError(f"predict.table_rows={self.table_rows!r}: choose auto, articles or sentences")
         self.owners: dict[str, str] = {}
-        carry = cfg.predict.get("carry_columns", "all")
-        self.carry_all = carry is None or (isinstance(carry, str) and carry == "all")
-        self.carry = [] if self.carry_all or carry in (False, "none") else as_list(carry)
+        carry = carry_setting(cfg)
+        self.carry_all = carry is None
+        self.carry = carry or []
         self.date_column = str(cfg.predict.get("date_column", "date") or "")
         self._warned: set[str] = set()
 
     def _carried(self, columns) -> list[str]:
         """The input columns carried into the outputs."""
-        wanted = [c for c in columns if c != self.text_column] if self.carry_all else [c for c in self.carry if c in columns]
-        out = []
-        for c in map(str, wanted):
-            if c in RESERVED or c.startswith("p_") or c.startswith(("n_", "share_")):
-                if c not in ("article_id", "sentence_id", "idx") and c not in self._warned:
-                    self._warned.add(c)
-                    log.warning("predict: input column %r clashes with an output column; not carried", c)
-                continue
-            out.append(c)
-        return out
+        return carried_columns(columns, self.text_column, None if self.carry_all else self.carry, self._warned)
 
     def _meta(self, record: dict, columns: list[str], path: Path, row_number: int, article_id: str) -> dict:
-        """The carried values of one input row, as text; the date normalised to ISO (`bad_date` error if unreadable)."""
-        meta = {c: "" if record.get(c) is None or (not isinstance(record.get(c), str) and pd.isna(record.get(c)))
-                else str(record[c]) for c in columns}
-        if self.date_column in meta and meta[self.date_column].strip():
-            parsed, errors = parse_dates(pd.Series([meta[self.date_column]], index=[row_number]), source=str(path))
-            for message in errors:
-                self.errors.add(f"{path}#{article_id}", "bad_date", message, article_id=article_id)
-            stamp = parsed.iloc[0]
-            meta[self.date_column] = "" if pd.isna(stamp) else (
-                stamp.strftime("%Y-%m-%d") if stamp == stamp.normalize() else stamp.isoformat())
-        return meta
+        return carried_values(record, columns, self.date_column, str(path), f"{path}#{article_id}", article_id,
+                              self.errors, row_number)
 
     def read(self, files: Iterable[Path]) -> Iterator[Article]:
         for path in files:

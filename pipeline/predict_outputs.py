@@ -46,9 +46,11 @@ def output_columns(labels: Sequence[str], extra: Sequence[str] = ()) -> list[str
     return ["article_id", "sentence_id", "idx", "text", "label", *[f"p_{x}" for x in labels], "truncated", *extra]
 
 
-def extra_columns(predictor) -> list[str]:
-    """What a predictor returns beyond the label and the probabilities."""
-    return [c for c in predictor.output_columns if c not in ("label", *predictor.prob_columns)]
+def extra_columns(predictor, added: Sequence[str] = ()) -> list[str]:
+    """What a predictor returns beyond the label and the probabilities, then the text columns an enricher `added`
+    (predict_extras.Enricher: rules_fired, top_words) that it does not return itself."""
+    extra = [c for c in predictor.output_columns if c not in ("label", *predictor.prob_columns)]
+    return extra + [c for c in added if c not in extra]
 
 
 def conform(df: pd.DataFrame, labels: Sequence[str], extra: Sequence[str] = ()) -> pd.DataFrame:
@@ -94,6 +96,18 @@ def conform_rows(df: pd.DataFrame, labels: Sequence[str], extra: Sequence[str], 
 def conform_dtypes(labels: Sequence[str], extra: Sequence[str] = ()) -> dict[str, str]:
     return {"article_id": "object", "sentence_id": "object", "idx": "int64", "text": "object", "label": "object",
             **{f"p_{x}": "float64" for x in labels}, "truncated": "bool", **{c: "object" for c in extra}}
+
+
+def sentence_dtypes(labels: Sequence[str], extra: Sequence[str], meta: Sequence[str] = ()) -> dict[str, str]:
+    """The sentence rows' columns in order with their dtypes: `output_columns`, confidence / confident, the
+    carried metadata columns (text) — what `sentence_rows` gives, locally and on Spark."""
+    return {**conform_dtypes(labels, extra), "confidence": "float64", "confident": "bool",
+            **{c: "object" for c in meta}}
+
+
+def sentence_rows(df: pd.DataFrame, labels: Sequence[str], extra: Sequence[str], meta: Sequence[str]) -> pd.DataFrame:
+    """Predicted (and enriched) rows → the sentence output rows: `conform_rows`, in `sentence_dtypes`' order."""
+    return conform_rows(df, labels, extra, meta)[list(sentence_dtypes(labels, extra, meta))]
 
 
 def predict_rows(predictor, rows: pd.DataFrame, sources: dict[str, str], errors: ErrorLog, *,
@@ -264,8 +278,7 @@ class PartsWriter:
         self.labels = list(predictor.labels)
         # `enrich(frame)` adds confidence / confident and the text columns `added` (rules_fired, top_words).
         self.enrich = enrich
-        self.extra = extra_columns(predictor)
-        self.extra += [c for c in added if c not in self.extra]
+        self.extra = extra_columns(predictor, added)
         self.meta: list[str] = []  # carried input columns, in first-seen order
         self.columns = output_columns(self.labels, self.extra)
         self.errors = errors
@@ -351,7 +364,7 @@ class PartsWriter:
         self._next_part += 1
 
     def rows(self, frame: pd.DataFrame, meta: Sequence[str]) -> pd.DataFrame:
-        return conform_rows(frame, self.labels, self.extra, meta)[[*self.columns, *CONFIDENCE_COLUMNS, *meta]]
+        return sentence_rows(frame, self.labels, self.extra, meta)
 
     def merged_meta(self, paths: Sequence[Path]) -> list[str]:
         """The carried columns of everything merged (parts of an interrupted run, an earlier output)."""
@@ -382,8 +395,7 @@ class PartsWriter:
                     chunk = self.rows(chunk, meta)
                     writer.write(chunk)
                     summary.add(chunk)
-            dtypes = {**conform_dtypes(self.labels, self.extra), "confidence": "float64", "confident": "bool",
-                      **{c: "object" for c in meta}}
+            dtypes = sentence_dtypes(self.labels, self.extra, meta)
             writer.close(pd.DataFrame({c: pd.Series(dtype=t) for c, t in dtypes.items()}))
         self.discard()
         return summary.frame()

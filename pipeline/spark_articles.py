@@ -4,8 +4,9 @@
 raw bytes of a file, decoded as strictly as the local stage reads files), and any metadata columns — and returns
 three DataFrames:
 
-* `sentences`: the predict stage's output rows (`predict_outputs.output_columns`: article_id, sentence_id, idx,
-  text, label, p_<label>…, truncated) plus the article's metadata columns;
+* `sentences`: the predict stage's output rows (`predict_outputs.sentence_rows` / `sentence_dtypes`: article_id,
+  sentence_id, idx, text, label, p_<label>…, truncated, rules_fired (, top_words), confidence, confident) plus the
+  carried metadata columns (text), made by the local stage's `predict_extras.Enricher` and `sentence_rows`;
 * `articles`: the per-article summary (`predict_outputs.Summary`: sentences, n_/share_<label>, net_stance,
   dominant_label, truncated_sentences) plus the metadata columns;
 * `errors`: the errors report's rows (`predict_outputs.ERROR_COLUMNS`).
@@ -14,11 +15,11 @@ Each article is segmented by `predict_inputs.segment_article` and predicted by `
 functions the local stage uses, with the segmentation rules of the model's training run (`model_store.
 segment_rules_for`) and the model's saved preprocessing: the rows equal the local stage's (labels, ids, and
 probabilities to float rounding). The work runs in `mapInPandas` over Arrow batches of `arrow_batch` articles; the
-model directory is shipped with `SparkContext.addFile` and loaded once per executor Python process (Spark reuses
-its Python workers), this package is shipped as a zip (`ship_code`). An article is never split across batches,
-so its summary row is made in the same batch (no shuffle). Segmentation and prediction happen once: the mapped
-rows (sentence, summary and error rows in one schema, told apart by `row_kind`) are persisted and the three
-outputs are read from them (call `SparkPrediction.unpersist()` after writing).
+model directory (and the cue lexicon) is shipped with `SparkContext.addFile` and loaded once per executor Python
+process (Spark reuses its Python workers), this package is shipped as a zip (`ship_code`). An article is never split
+across batches, so its summary row is made in the same batch (no shuffle). Segmentation and prediction happen once:
+the mapped rows (sentence, summary and error rows in one schema, told apart by `row_kind`) are persisted and the
+three outputs are read from them (call `SparkPrediction.unpersist()` after writing).
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ import pandas as pd
 
 from pipeline.errors import PipelineError
 from pipeline.io import BadInputFile, decode_text_strict
-from pipeline.predict_inputs import segment_article
-from pipeline.predict_outputs import (ERROR_COLUMNS, ErrorLog, Summary, conform, conform_dtypes, extra_columns,
-                                      output_columns, predict_rows)
+from pipeline.predict_extras import Enricher
+from pipeline.predict_inputs import carried_columns, carried_values, segment_article
+from pipeline.predict_outputs import (ERROR_COLUMNS, ErrorLog, Summary, extra_columns, predict_rows, sentence_dtypes,
+                                      sentence_rows)
 from pipeline.segmentation import SegmentRules
 
 log = logging.getLogger(__name__)
@@ -62,8 +64,9 @@ class SparkPrediction:
 
 # ---------------------------------------------------------------- driver side
 
-def sentence_schema(labels: Sequence[str], extra: Sequence[str]) -> list[tuple[str, str]]:
-    return [(c, SPARK_TYPES[t]) for c, t in conform_dtypes(labels, extra).items()]
+def sentence_schema(labels: Sequence[str], extra: Sequence[str], meta: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """The local stage's sentence columns (`predict_outputs.sentence_dtypes`) as Spark types."""
+    return [(c, SPARK_TYPES[t]) for c, t in sentence_dtypes(labels, extra, meta).items()]
 
 
 def summary_schema(labels: Sequence[str]) -> list[tuple[str, str]]:
@@ -85,7 +88,7 @@ def _ship(spark, name: str, path: Path, *, py_file: bool = False) -> str:
         if py_file:
             spark.sparkContext.addPyFile(str(path))
         else:
-            spark.sparkContext.addFile(str(path), recursive=True)
+            spark.sparkContext.addFile(str(path), recursive=Path(path).is_dir())
         _SHIPPED[key] = str(path)
     return name
 
@@ -103,6 +106,22 @@ def ship_model(spark, model_dir: Path, model_id: str) -> str:
             os.replace(tmp, staged)  # atomic: a staged copy is always complete
         except OSError:  # another process staged the same digest first
             shutil.rmtree(tmp, ignore_errors=True)
+    return _ship(spark, name, staged)
+
+
+def ship_lexicon(spark, path: Path | str) -> str:
+    """Send the cue lexicon file (rules_fired) to every executor under a name made of its digest; returns that name."""
+    import hashlib
+
+    path = Path(path)
+    data = path.read_bytes()
+    name = f"lexicon-{hashlib.sha256(data).hexdigest()[:16]}{path.suffix}"
+    staged = Path(tempfile.gettempdir()) / "pipeline-spark" / name
+    if not staged.exists():
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        tmp = staged.with_name(f".{name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, staged)
     return _ship(spark, name, staged)
 
 
@@ -128,12 +147,18 @@ def predict_articles(articles, model_dir: Path | str, *, rules: SegmentRules, mo
                      id_column: str = "article_id", text_column: str = "text", content_column: str | None = None,
                      source_column: str | None = None, keep_first: dict[str, str] | None = None,
                      batch_size: int = 64, arrow_batch: int = 64, threads: int = 1, device: str = "auto",
-                     max_batch_tokens: int | None = None, code: bool = True) -> SparkPrediction:
+                     max_batch_tokens: int | None = None, code: bool = True, enrich: dict | None = None,
+                     carry: Sequence[str] | None = None, date_column: str = "date") -> SparkPrediction:
     """Predict whole articles on Spark as the local predict stage does; see the module docstring.
 
     `articles` holds `id_column` and either `text_column` (text) or `content_column` (a file's bytes, decoded like
     the local stage reads a file: BOM, empty, binary and not-UTF-8 checks); `source_column` names each article in
-    error rows (default: its id). Every other column is metadata, carried onto its sentence and summary rows.
+    error rows (default: its id). The other columns are metadata, carried as text onto the article's sentence and
+    summary rows as the local stage carries a table's columns (`carry`: their names, None = all; a column named
+    like an output column is not carried; `date_column` normalised to ISO); files (`content_column`) carry their
+    `path`, as local text files do. `enrich` holds `predict_extras.Enricher`'s settings (`Enricher.settings(cfg)`:
+    min_confidence, explain, top_k, batch_size, lexicon path): every sentence row gets the local stage's
+    confidence, confident, rules_fired (and top_words) columns; the lexicon file is shipped like the model.
     `keep_first` maps an article id that several rows share to the one source kept; the other copies become
     `duplicate_article` error rows (the local stage keeps the first file of that id in path order)."""
     from pyspark import StorageLevel
@@ -144,8 +169,13 @@ def predict_articles(articles, model_dir: Path | str, *, rules: SegmentRules, mo
 
     model_dir = Path(model_dir)
     predictor = load_predictor(model_dir, device="cpu")  # checked on the driver: a bad model fails before Spark work
-    labels, extra = list(predictor.labels), extra_columns(predictor)
-    del predictor
+    settings = dict(enrich or {})
+    enricher = Enricher(predictor, **settings)  # a lexicon that cannot be loaded is warned about here, once
+    labels, extra = list(predictor.labels), extra_columns(predictor, enricher.added)
+    lexicon_path = settings.get("lexicon") if isinstance(settings.get("lexicon"), (str, Path)) else None
+    if enricher.lexicon is None:
+        settings["lexicon"] = None
+    del predictor, enricher
     spark = articles.sparkSession
     body = content_column or text_column
     columns = list(articles.columns)
@@ -153,8 +183,11 @@ def predict_articles(articles, model_dir: Path | str, *, rules: SegmentRules, mo
         if needed not in columns:
             raise PipelineError(f"the articles DataFrame has no {needed!r} column (columns: {', '.join(columns)}); "
                                 "set spark.id_column / predict.text_column")
-    metadata = [c for c in columns if c not in (id_column, body, source_column)]
-    clash = [c for c in metadata if c in {*conform_dtypes(labels, extra), *dict(summary_schema(labels)), KIND,
+    files = content_column is not None
+    table_meta = carried_columns([c for c in columns if c not in (id_column, body, source_column)
+                                  and not (files and c == "path")], body, carry)
+    metadata = (["path"] if files else []) + table_meta  # a file carries its path, as in the local stage
+    clash = [c for c in metadata if c in {*sentence_dtypes(labels, extra), *dict(summary_schema(labels)), KIND,
                                           *ERROR_FIELDS}]
     if clash:
         raise PipelineError(f"the articles DataFrame's metadata column(s) {', '.join(clash)} would collide with "
@@ -162,26 +195,28 @@ def predict_articles(articles, model_dir: Path | str, *, rules: SegmentRules, mo
     if code:
         ship_code(spark)
     name = ship_model(spark, model_dir, model_id or model_identity(str(model_dir), model_dir))
+    if settings.get("lexicon") is not None and lexicon_path is not None:
+        settings["lexicon"] = ship_lexicon(spark, lexicon_path)  # the executors open it by this name
+        settings["shipped_lexicon"] = True
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(int(arrow_batch)))
 
-    meta_fields = [(f.name, f.dataType.simpleString()) for f in articles.schema.fields if f.name in metadata]
     summary_fields = [f for f in summary_schema(labels) if f[0] != "article_id"]
-    mapped_schema = ddl([*sentence_schema(labels, extra), *meta_fields, *[(c, "string") for c in ERROR_FIELDS],
+    mapped_schema = ddl([*sentence_schema(labels, extra, metadata), *[(c, "string") for c in ERROR_FIELDS],
                          *summary_fields, (KIND, "string")])
     source = F.col(source_column) if source_column else F.col(id_column).cast("string")
     body_col = F.col(body) if content_column else F.col(body).cast("string")
     prepared = articles.select(F.col(id_column).cast("string").alias("article_id"), body_col.alias("body"),
-                               source.alias("source"), *[F.col(c) for c in metadata])
+                               source.alias("source"), *[F.col(c) for c in table_meta])
     keep = dict(keep_first or {})
 
     def mapper(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        return map_articles(batches, model_name=name, rules=rules, metadata=metadata,
-                            as_bytes=content_column is not None, keep_first=keep, batch_size=int(batch_size),
-                            threads=int(threads), device=device, max_batch_tokens=max_batch_tokens)
+        return map_articles(batches, model_name=name, rules=rules, metadata=table_meta,
+                            as_bytes=files, keep_first=keep, batch_size=int(batch_size),
+                            threads=int(threads), device=device, max_batch_tokens=max_batch_tokens,
+                            enrich=settings, date_column=str(date_column or ""))
 
     mapped = prepared.mapInPandas(mapper, schema=mapped_schema).persist(StorageLevel.MEMORY_AND_DISK)
-    sentence_columns = [*conform_dtypes(labels, extra), *metadata]
-    sentences = mapped.filter(F.col(KIND) == "sentence").select(*sentence_columns)
+    sentences = mapped.filter(F.col(KIND) == "sentence").select(*sentence_dtypes(labels, extra, metadata))
     errors = mapped.filter(F.col(KIND) == "error").select(*ERROR_COLUMNS)
     # An article's sentences are all in one Arrow batch: its summary row is made there, with no shuffle.
     articles_out = mapped.filter(F.col(KIND) == "article").select(
@@ -303,17 +338,39 @@ def executor_predictor(name: str, threads: int, device: str = "auto", max_batch_
     return _PREDICTORS[name]
 
 
+_ENRICHERS: dict[tuple[str, str], Enricher] = {}  # (model name, settings) -> enricher, one per executor process
+
+
+def executor_enricher(name: str, predictor, settings: dict) -> Enricher:
+    """The local stage's `predict_extras.Enricher` for the shipped model, built once per Python worker process;
+    the lexicon is the file shipped by `ship_lexicon`."""
+    import json
+
+    key = (name, json.dumps(settings, sort_keys=True, default=str))
+    if key not in _ENRICHERS:
+        values = {k: v for k, v in settings.items() if k != "shipped_lexicon"}
+        if settings.get("shipped_lexicon") and values.get("lexicon"):
+            from pyspark import SparkFiles
+
+            values["lexicon"] = SparkFiles.get(values["lexicon"])
+        _ENRICHERS[key] = Enricher(predictor, **values)
+    return _ENRICHERS[key]
+
+
 def map_articles(batches: Iterator[pd.DataFrame], *, model_name: str, rules: SegmentRules, metadata: list[str],
                  as_bytes: bool, keep_first: dict[str, str], batch_size: int, threads: int, device: str = "auto",
-                 max_batch_tokens: int | None = None) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: Arrow batches of articles → sentence rows and error rows (column `row_kind`)."""
+                 max_batch_tokens: int | None = None, enrich: dict | None = None,
+                 date_column: str = "") -> Iterator[pd.DataFrame]:
+    """mapInPandas body: Arrow batches of articles → sentence, summary and error rows (column `row_kind`).
+    `metadata`: the carried table columns (files also carry their path)."""
     predictor = executor_predictor(model_name, threads, device, max_batch_tokens)
-    labels, extra = list(predictor.labels), extra_columns(predictor)
+    enricher = executor_enricher(model_name, predictor, dict(enrich or {}))
+    labels, extra = list(predictor.labels), extra_columns(predictor, enricher.added)
+    carried = (["path"] if as_bytes else []) + list(metadata)
     for batch in batches:
         errors = ErrorLog()
         rows: list[dict] = []
         sources: dict[str, str] = {}
-        meta: dict[str, dict] = {}
         for record in batch.to_dict("records"):
             article_id, source = str(record["article_id"]), str(record["source"])
             if article_id in keep_first and keep_first[article_id] != source:
@@ -321,6 +378,10 @@ def map_articles(batches: Iterator[pd.DataFrame], *, model_name: str, rules: Seg
                            "skipped (ids are file stems or the table's article_id: make them unique)")
                 errors.add(source, "duplicate_article", message, article_id=article_id)
                 continue
+            # The carried values first, as the local stage reads them with the article's first row (bad_date).
+            where = source[:-len(article_id) - 1] if source.endswith("#" + article_id) else source
+            values = {"path": source} if as_bytes else {}
+            values.update(carried_values(record, metadata, date_column, where, source, article_id, errors))
             try:
                 body = record["body"]
                 if as_bytes:
@@ -334,18 +395,16 @@ def map_articles(batches: Iterator[pd.DataFrame], *, model_name: str, rules: Seg
             if article is None:
                 continue
             sources[article_id] = source
-            meta[article_id] = {c: record[c] for c in metadata}
-            rows.extend({"article_id": article_id, **row} for row in article.rows)
+            rows.extend({**values, "article_id": article_id, **row} for row in article.rows)
         frames = []
         if rows:
-            scored = predict_rows(predictor, pd.DataFrame(rows), sources, errors, batch_size=batch_size)
-            scored = conform(scored, labels, extra)[output_columns(labels, extra)]
-            summary = Summary(labels)
+            scored = predict_rows(predictor, pd.DataFrame(rows), sources, errors, batch_size=batch_size,
+                                  enrich=enricher)
+            scored = sentence_rows(scored, labels, extra, carried)  # the local stage's columns and dtypes
+            summary = Summary(labels, carried)
             summary.add(scored)
             articles = summary.frame()
             for frame, kind in ((scored, "sentence"), (articles, "article")):
-                for column in metadata:
-                    frame[column] = [meta[a][column] for a in frame["article_id"]]
                 frame[KIND] = kind
             frames += [scored, articles]
         if errors.rows:
@@ -353,7 +412,7 @@ def map_articles(batches: Iterator[pd.DataFrame], *, model_name: str, rules: Seg
             err[KIND] = "error"
             frames.append(err)
         if frames:
-            yield mapped_frame(pd.concat(frames, ignore_index=True), labels, extra, metadata, summary_schema(labels))
+            yield mapped_frame(pd.concat(frames, ignore_index=True), labels, extra, carried, summary_schema(labels))
 
 
 NULLABLE = {"int64": "Int64", "float64": "Float64", "bool": "boolean", "bigint": "Int64", "double": "Float64",
@@ -365,9 +424,9 @@ def mapped_frame(frame: pd.DataFrame, labels, extra, metadata, summary_fields) -
     the others null: an error row has no probabilities, a sentence row no summary)."""
     out = pd.DataFrame(index=frame.index)
     missing = pd.Series([None] * len(frame), index=frame.index, dtype=object)
-    for column, dtype in conform_dtypes(labels, extra).items():
+    for column, dtype in sentence_dtypes(labels, extra, metadata).items():
         out[column] = (frame[column] if column in frame else missing).astype(NULLABLE.get(dtype, object))
-    for column in [*metadata, *ERROR_FIELDS]:
+    for column in ERROR_FIELDS:
         out[column] = frame[column] if column in frame else None
     for column, dtype in summary_fields:
         if column != "article_id":

@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.errors import PipelineError
 from pipeline.io import write_text_atomic
 from pipeline.model_store import model_identity, resolve_model, segment_rules_for
-from pipeline.predict_inputs import as_list
+from pipeline.predict_extras import Enricher
+from pipeline.predict_inputs import as_list, carry_setting
 from pipeline.spark_articles import predict_articles, read_articles, spark_session
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,8 @@ def spark_predict(cfg: DictConfig) -> dict:
             source_column=articles.source_column, keep_first=articles.keep_first,
             batch_size=int(pcfg.batch_size), arrow_batch=int(scfg.arrow_batch_articles),
             threads=int(scfg.executor_threads), device=str(pcfg.device), max_batch_tokens=pcfg.max_batch_tokens,
-            code=bool(scfg.ship_code))
+            code=bool(scfg.ship_code), enrich=Enricher.settings(cfg), carry=carry_setting(cfg),
+            date_column=str(OmegaConf.select(pcfg, "date_column", default="date") or ""))
         partition_by = [str(c) for c in scfg.partition_by]
         unknown = [c for c in partition_by if c not in result.sentences.columns]
         if unknown:

@@ -89,6 +89,8 @@ def test_spark_job_equals_the_local_predict_stage_row_for_row(spark, make_cfg, l
     spark_rows = pd.read_parquet(tmp_path / "spark")
     assert set(local_rows["article_id"]) == {p.stem for p in SEEDS.glob("*.txt")} | {"bom_crlf"}
     assert local_rows["truncated"].any()  # max_length 24: truncation is part of the comparison
+    assert {"confidence", "confident", "rules_fired", "path"} <= set(local_rows.columns)
+    assert local_rows["rules_fired"].astype(bool).any()  # the lexicon shipped to the executors is used
     assert_same_rows(spark_rows, local_rows, ["article_id", "idx"])
 
     assert_same_rows(pd.read_parquet(tmp_path / "spark.articles"), pd.read_parquet(local["summary"]), ["article_id"])
@@ -112,16 +114,20 @@ def test_table_of_articles_keeps_metadata_and_partitions(spark, make_cfg, logged
                           "text": [p.read_text(encoding="utf-8") for p in seeds],
                           "outlet": ["a", "b", "a", "b", "a"]})
     table.to_json(tmp_path / "articles.jsonl", orient="records", lines=True, force_ascii=False)
+    # predict.explain=true: the analyst columns, top_words included, come from the same Enricher on the executors
     local = predict(make_cfg("predict", *store, f"input={tmp_path}/articles.jsonl",
-                             f"output={tmp_path}/local.parquet", f"model_uri={uri}"))
+                             f"output={tmp_path}/local.parquet", f"model_uri={uri}", "predict.explain=true"))
     spark_predict(make_cfg("spark_predict", *store, f"input={tmp_path}/articles.jsonl", f"output={tmp_path}/out",
-                           f"model_uri={uri}", "spark.partition_by=[outlet]"))
+                           f"model_uri={uri}", "spark.partition_by=[outlet]", "predict.explain=true"))
 
     assert sorted(p.name for p in (tmp_path / "out").glob("outlet=*")) == ["outlet=a", "outlet=b"]
     got = pd.read_parquet(tmp_path / "out")
     outlet = dict(zip(table["article_id"], table["outlet"]))
     assert (got["outlet"].astype(str) == got["article_id"].map(outlet)).all()
+    got["outlet"] = got["outlet"].astype(str).astype(object)  # a partition column reads back as a category
     local_rows = pd.read_parquet(local["output"])
+    assert {"outlet", "confidence", "confident", "rules_fired", "top_words"} <= set(local_rows.columns)
+    assert local_rows["top_words"].astype(bool).any()
     assert_same_rows(got[list(local_rows.columns)], local_rows, ["article_id", "idx"])
     summary = pd.read_parquet(tmp_path / "out.articles")
     assert (summary["outlet"].astype(str) == summary["article_id"].map(outlet)).all()

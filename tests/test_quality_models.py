@@ -265,24 +265,3 @@ def test_unlabelled_article_with_a_corpus_article_id_is_refused(make_cfg, tmp_pa
     clash.write_text("نص عربي قصير عن المحادثات.", encoding="utf-8")
     with pytest.raises(PipelineError, match="also an article of data.articles_glob"):
         segment(make_cfg("segment", f"data.unlabelled={clash}"))
-
-
-def test_weight_averaging_serves_the_interpolation_of_fine_tuned_and_starting_weights():
-    import torch
-
-    from pipeline.errors import PipelineError
-    from pipeline.fitting import average_weights
-
-    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
-    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(2.0)                                    # "fine-tuning" moved every weight by 2
-    model[1].num_batches_tracked.fill_(7)                  # integer buffers are not averaged
-    average_weights(model, start, 0.25)
-    for name, tensor in model.state_dict().items():
-        if torch.is_floating_point(tensor) and name in dict(model.named_parameters()):
-            assert torch.allclose(tensor, start[name] + 0.5)   # 0.25 · (start + 2) + 0.75 · start
-    assert int(model[1].num_batches_tracked) == 7
-    with pytest.raises(PipelineError, match="weight_averaging"):
-        average_weights(model, start, 1.5)

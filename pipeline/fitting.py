@@ -160,16 +160,12 @@ def _fit_transformer(cfg: DictConfig, split: Split, work_dir: Path, out: Path, p
         for param in (model.encoder if pooling else model).get_input_embeddings().parameters():
             param.requires_grad = False
     epochs = epochs_for(cfg, len(train_texts))
-    keep = float(OmegaConf.select(cfg, "train.weight_averaging", default=1.0))
-    start = {k: v.detach().clone() for k, v in model.state_dict().items()} if keep < 1.0 else None
     trainer = build_trainer(cfg, model, tokenizer, train_texts, split.train["label"].tolist(), val_texts,
                             split.val["label"].tolist(), work_dir / CHECKPOINT_SUBDIR, callbacks=extra_callbacks(),
                             epochs=epochs, sample_weight=sample_weights(split.train))
     if resume_from:
         log.info("resuming from %s", resume_from)
     trainer.train(resume_from_checkpoint=resume_from)
-    if start is not None:
-        average_weights(model, start, keep)
     if not distributed.is_main():
         return  # rank 0 saves the model (the Trainer saves checkpoints from rank 0 only too)
     best = trainer.state.best_metric
@@ -196,21 +192,6 @@ def _fit_transformer(cfg: DictConfig, split: Split, work_dir: Path, out: Path, p
     write_text_atomic(out / TRAINING_FILE, json.dumps({"epochs": epochs, "best_epoch": best_epoch,
                                                         "train_rows": len(train_texts)}))
     log_metrics(summary, step=int(trainer.state.global_step))
-
-
-def average_weights(model, start: dict, keep: float) -> None:
-    """`train.weight_averaging=a`: the served weights are a·fine-tuned + (1−a)·starting (the pretrained encoder with
-    its probed head). Interpolating toward the start keeps what pretraining knew about text the few gold
-    sentences never showed, and on small data tends to do better than either end on new text (WiSE-FT)."""
-    import torch
-
-    if not 0.0 <= keep <= 1.0:
-        raise PipelineError(f"train.weight_averaging={keep}: give a share of the fine-tuned weights in [0, 1]")
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if torch.is_floating_point(tensor):
-                tensor.copy_(keep * tensor + (1.0 - keep) * start[name].to(tensor.device))
-    log.info("train: weights averaged: %.2f fine-tuned + %.2f starting", keep, 1.0 - keep)
 
 
 def probe_head(cfg: DictConfig, model, tokenizer, train_texts: Sequence[str], train_rows: pd.DataFrame):

@@ -22,6 +22,7 @@ import numpy as np
 
 from pipeline.calibration import softmax  # noqa: F401 (the head's probabilities: softmax(head.logits(x)))
 from pipeline.errors import PipelineError
+from pipeline.io import read_json_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +80,15 @@ class LinearHead:
         return x @ self.weight.T + self.bias
 
     def save(self, model_dir: Path | str) -> Path:
-        path = Path(model_dir) / HEAD_FILE
         data = {"pooling": self.pooling, "normalize": self.normalize,
                 "weight": self.weight.tolist(), "bias": self.bias.tolist()}
-        path.write_text(json.dumps(data), encoding="utf-8")
-        return path
+        return write_text_atomic(Path(model_dir) / HEAD_FILE, json.dumps(data))
 
     @classmethod
     def load(cls, model_dir: Path | str) -> "LinearHead":
         path = Path(model_dir) / HEAD_FILE
-        if not path.exists():
-            raise PipelineError(f"{path}: missing; an encoder stance model needs its head weights")
+        data = read_json_file(path, "an encoder stance model needs its head weights")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
             return cls(np.array(data["weight"]), np.array(data["bias"]), pooling=str(data["pooling"]),
                        normalize=bool(data["normalize"]))
         except (KeyError, TypeError, ValueError) as exc:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -100,6 +101,17 @@ def write_text_atomic(target: Path | str, text: str) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(target)
+
+
+def read_json_file(path: Path | str, missing: str) -> dict:
+    """A small JSON file of a model directory; a missing or broken one is one PipelineError naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path}: missing; {missing}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise PipelineError(f"{path}: not valid JSON ({exc}); re-train the model") from None
 
 
 def write_table_atomic(df: pd.DataFrame, target: Path | str) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable
 
 from pipeline.errors import PipelineError
+from pipeline.io import read_json_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +82,9 @@ class TextPreprocessor:
         return cls(data.get("arabert_model"), data.get("prefix", ""))
 
     def save(self, model_dir: Path | str) -> Path:
-        path = Path(model_dir) / PREPROCESS_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
-        return path
+        return write_text_atomic(Path(model_dir) / PREPROCESS_FILE, json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, model_dir: Path | str) -> "TextPreprocessor":
-        path = Path(model_dir) / PREPROCESS_FILE
-        if not path.exists():
-            raise PipelineError(f"{path}: missing; this model directory was not written by `pipeline train`")
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        return cls.from_dict(read_json_file(Path(model_dir) / PREPROCESS_FILE,
+                                            "this model directory was not written by `pipeline train`"))

@@ -265,3 +265,18 @@ def test_unlabelled_article_with_a_corpus_article_id_is_refused(make_cfg, tmp_pa
     clash.write_text("نص عربي قصير عن المحادثات.", encoding="utf-8")
     with pytest.raises(PipelineError, match="also an article of data.articles_glob"):
         segment(make_cfg("segment", f"data.unlabelled={clash}"))
+
+
+def test_broken_model_json_files_are_one_error_naming_the_file(tmp_path):
+    from pipeline.encoder_head import LinearHead
+    from pipeline.errors import PipelineError
+    from pipeline.preprocess import TextPreprocessor
+
+    (tmp_path / "head.json").write_text('{"weight": [[1.0', encoding="utf-8")   # cut off mid-write by hand
+    with pytest.raises(PipelineError, match=r"head\.json: not valid JSON"):
+        LinearHead.load(tmp_path)
+    with pytest.raises(PipelineError, match=r"preprocess\.json: missing"):
+        TextPreprocessor.load(tmp_path)
+    TextPreprocessor(None, "query: ").save(tmp_path)
+    assert TextPreprocessor.load(tmp_path).prefix == "query: "
+    assert not list(tmp_path.glob("*.tmp*"))

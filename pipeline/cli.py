@@ -61,10 +61,20 @@ def parse_args(argv: Sequence[str]) -> tuple[str, list[str], bool, bool]:
             known = ", ".join(["--help", "-m", *stage.flags])
             raise UsageError(f"unknown option {arg!r} for stage {stage_name!r}; options: {known}")
         elif "=" not in arg and not arg.startswith("~"):
-            raise UsageError(f"bad override {arg!r}: expected key=value (e.g. model=tiny)")
+            if stage.positional and not any(o.startswith(f"{stage.positional}=") for o in overrides):
+                overrides.append(f"{stage.positional}={quote_value(arg)}")
+            else:
+                raise UsageError(f"bad override {arg!r}: expected key=value (e.g. model=tiny)")
         else:
             overrides.append(arg)
     return stage_name, overrides, show_help, multirun
+
+
+def quote_value(text: str) -> str:
+    """A bare argument as one Hydra string value (`runs:/<id>/model` holds characters Hydra would parse)."""
+    if text.isdigit():
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
@@ -141,7 +151,10 @@ def run_multirun(stage_name: str, overrides: Sequence[str]):
     jobs = expand_sweep(overrides)
     base = compose_config(stage_name, [o for o in jobs[0]])
     sweep_dir = new_run_dir(base, f"{stage_name}-sweep")
-    configs = [with_run_dir(compose_config(stage_name, job), sweep_dir / str(i)) for i, job in enumerate(jobs)]
+    # A train job registers its model but does not take the served alias; the sweep gives it to its best job.
+    deferred = ["tracking.promote=false"] if stage_name == "train" else []
+    configs = [with_run_dir(compose_config(stage_name, [*job, *deferred]), sweep_dir / str(i))
+               for i, job in enumerate(jobs)]
     log.info("multirun: %d jobs in %s", len(jobs), sweep_dir)
     parent_cfg = with_run_dir(base, sweep_dir)
     with tracking.start_run(parent_cfg, f"{stage_name}-sweep", log_params=False, tags={"sweep": "true"}) as _:
@@ -152,7 +165,15 @@ def run_multirun(stage_name: str, overrides: Sequence[str]):
         for job, cfg in zip(jobs, configs):
             with tracking.run_name_suffix(swept_values(jobs, job, overrides)):
                 results.append(run_stage(stage_name, cfg))
-        return results
+    if deferred:
+        from pipeline import registry
+
+        best = registry.promote_best_of_sweep(base, results)
+        if best is not None:
+            print(f"sweep: version {best['registered_version']} (run {best['run_id']}) is now served as "
+                  f"{best['served_as']}: the best {base.tracking.sweep_metric} of the sweep (a selection maximum); "
+                  "predict: python -m pipeline predict input=<articles> output=predictions.csv")
+    return results
 
 
 def swept_values(jobs: Sequence[Sequence[str]], job: Sequence[str], overrides: Sequence[str] = ()) -> str:

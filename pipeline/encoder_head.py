@@ -60,17 +60,7 @@ class LinearHead:
     @classmethod
     def from_logistic_regression(cls, clf, labels: Sequence[str], *, pooling: str, normalize: bool) -> "LinearHead":
         """The head of a fitted sklearn LogisticRegression, rows in `labels` order (absent classes never win)."""
-        classes = [str(c) for c in clf.classes_]
-        coef, intercept = np.asarray(clf.coef_), np.asarray(clf.intercept_)
-        if len(classes) == 2:  # sklearn keeps one row for two classes: logit(class 1) vs class 0
-            coef = np.vstack([-coef[0] / 2, coef[0] / 2])
-            intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
-        weight = np.zeros((len(labels), coef.shape[1]))
-        # A class never seen in training gets a very low bias: probability ~0, as the other model kinds give it.
-        bias = np.full(len(labels), -30.0)
-        for row, label in enumerate(classes):
-            weight[list(labels).index(label)] = coef[row]
-            bias[list(labels).index(label)] = intercept[row]
+        weight, bias = logistic_weights(clf, labels)
         return cls(weight, bias, pooling=pooling, normalize=normalize)
 
     def logits(self, embeddings: np.ndarray) -> np.ndarray:
@@ -127,9 +117,7 @@ def pooled_classifier(encoder, num_labels: int, *, pooling: str, dropout: float,
             return torch.nn.functional.normalize(pooled, dim=-1) if normalize else pooled
 
         def load_head(self, head: LinearHead) -> None:
-            with torch.no_grad():
-                self.head.weight.copy_(torch.as_tensor(head.weight, dtype=self.head.weight.dtype))
-                self.head.bias.copy_(torch.as_tensor(head.bias, dtype=self.head.bias.dtype))
+            load_linear(self.head, head.weight, head.bias)
 
         def export_head(self) -> LinearHead:
             return LinearHead(self.head.weight.detach().double().cpu().numpy(),
@@ -138,33 +126,91 @@ def pooled_classifier(encoder, num_labels: int, *, pooling: str, dropout: float,
     return PooledClassifier()
 
 
-def linear_probe_head(classifier, tokenizer, texts: Sequence[str], labels: Sequence[str], label_order: Sequence[str], *,
-                      sample_weight: Sequence[float] | None, C: float, class_weight: str | None, max_length: int,
-                      batch_size: int, seed: int) -> LinearHead:
-    """A logistic-regression head fitted on the classifier's own (frozen) pooled embeddings of the training rows.
+def logistic_weights(clf, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(weight, bias) of a fitted sklearn LogisticRegression with one row per label in `labels` order."""
+    classes = [str(c) for c in clf.classes_]
+    coef, intercept = np.asarray(clf.coef_), np.asarray(clf.intercept_)
+    if len(classes) == 2:  # sklearn keeps one row for two classes: logit(class 1) vs class 0
+        coef = np.vstack([-coef[0] / 2, coef[0] / 2])
+        intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+    weight = np.zeros((len(labels), coef.shape[1]))
+    # A class never seen in training gets a very low bias: probability ~0, as the other model kinds give it.
+    bias = np.full(len(labels), -30.0)
+    for row, label in enumerate(classes):
+        weight[list(labels).index(label)] = coef[row]
+        bias[list(labels).index(label)] = intercept[row]
+    return weight, bias
 
-    Fine-tuning from this head rather than a random one (linear probing, then fine-tuning) keeps the first
-    updates from tearing down the pretrained features to fit a head that knows nothing yet: on tens of
-    sentences the random-head recipe learns little; this starts where the frozen-encoder model ends."""
-    import torch
+
+def fit_logistic(features: np.ndarray, labels: Sequence[str], label_order: Sequence[str], *, C: float,
+                 max_iter: int, class_weight: str | None, seed: int,
+                 sample_weight: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The one logistic-regression head of the project (frozen kind, linear probe): (weight, bias) in label order."""
     from sklearn.linear_model import LogisticRegression
 
     if len(set(labels)) < 2:
-        raise PipelineError("train.head_init=linear_probe needs at least two classes in the training rows")
-    was_training = classifier.training
-    classifier.eval()
+        raise PipelineError("a logistic-regression head needs at least two classes in the training rows")
+    clf = LogisticRegression(C=C, max_iter=max_iter, class_weight=class_weight, random_state=seed)
+    clf.fit(np.asarray(features), list(labels), sample_weight=None if sample_weight is None else np.asarray(sample_weight))
+    return logistic_weights(clf, label_order)
+
+
+def frozen_features(model, tokenizer, texts: Sequence[str], features, *, max_length: int, batch_size: int) -> np.ndarray:
+    """(n, d) features `features(batch)` of `texts`, computed with the model in eval mode (dropout off), no gradients."""
+    import torch
+
+    was_training = model.training
+    model.eval()
     chunks = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
-                              max_length=max_length, return_tensors="pt")
-            chunks.append(classifier.embed(batch["input_ids"], batch["attention_mask"]).float().cpu().numpy())
-    classifier.train(was_training)
-    clf = LogisticRegression(C=C, max_iter=5000, class_weight=class_weight, random_state=seed)
-    clf.fit(np.concatenate(chunks), list(labels), sample_weight=None if sample_weight is None else np.asarray(sample_weight))
-    head = LinearHead.from_logistic_regression(clf, label_order, pooling=classifier.pooling, normalize=False)
-    head.bias = np.maximum(head.bias, -10.0)  # an unseen class stays trainable (the served -30 would never move)
-    return head
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                batch = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
+                                  max_length=max_length, return_tensors="pt")
+                chunks.append(features(batch).float().cpu().numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(chunks)
+
+
+def output_layer(model, num_labels: int):
+    """The last Linear layer with one output per label: the checkpoint's own classification layer (BERT's
+    `classifier`, RoBERTa's `classifier.out_proj`, ...)."""
+    import torch
+
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == num_labels]
+    if not layers:
+        raise PipelineError(f"{type(model).__name__} has no classification layer with {num_labels} outputs to start "
+                            "from a linear probe; set model.pooling=mean (or cls), or train.head_init=random")
+    return layers[-1]
+
+
+def layer_inputs(model, layer):
+    """features(batch): what `layer` reads when `model` runs on the batch (for BERT, the pooled [CLS] state)."""
+
+    def features(batch):
+        seen = []
+        handle = layer.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+        try:
+            model(**batch)
+        finally:
+            handle.remove()
+        if not seen or seen[-1].dim() != 2:
+            raise PipelineError(f"{type(model).__name__}: its classification layer does not read one vector per "
+                                "sentence; set model.pooling=mean (or cls), or train.head_init=random")
+        return seen[-1]
+
+    return features
+
+
+def load_linear(layer, weight: np.ndarray, bias: np.ndarray) -> None:
+    """Copy head weights into a torch Linear layer, an unseen class's bias raised so that it stays trainable."""
+    import torch
+
+    with torch.no_grad():
+        layer.weight.copy_(torch.as_tensor(weight, dtype=layer.weight.dtype))
+        # The served -30 of an unseen class would never move under fine-tuning; -10 still gives it ~0 probability.
+        layer.bias.copy_(torch.as_tensor(np.maximum(bias, -10.0), dtype=layer.bias.dtype))
 
 
 def _transformer_predictor():

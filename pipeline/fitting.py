@@ -24,7 +24,7 @@ from pipeline.errors import PipelineError
 from pipeline.io import write_text_atomic
 from pipeline.preprocess import TextPreprocessor
 from pipeline.splits import Split
-from pipeline.trainer import build_trainer, log_metrics
+from pipeline.trainer import build_trainer, log_metrics, log_tags
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def _fit_tfidf(cfg: DictConfig, split: Split, out: Path, preprocess: TextPreproc
                      sample_weight=sample_weights(split.train))
     out.mkdir(parents=True, exist_ok=True)
     joblib.dump(pipe, out / TFIDF_FILE)
-    write_model_metadata(out, kind="tfidf", labels=LABELS, max_length=int(cfg.model.max_length),
+    write_model_metadata(out, kind="tfidf", labels=LABELS, max_length=int(cfg.train.max_length),
                          base_model="tfidf+logistic-regression", preprocessor=preprocess)
     if len(split.val):
         from pipeline.baselines import tfidf_proba
@@ -153,12 +153,9 @@ def _fit_transformer(cfg: DictConfig, split: Split, work_dir: Path, out: Path, p
         model = pooled_classifier(model, len(LABELS), pooling=str(pooling),
                                   dropout=float(getattr(model.config, "hidden_dropout_prob", 0.1)),
                                   normalize=bool(OmegaConf.select(cfg, "model.normalize", default=False)))
-        if str(OmegaConf.select(cfg, "train.head_init", default="random")) == "linear_probe":
-            model.load_head(probe_head(cfg, model, tokenizer, train_texts, split.train))
-    if bool(OmegaConf.select(cfg, "train.freeze_embeddings", default=False)):
-        # Tens of sentences cannot re-learn a 250k-word embedding table, and Adam over it dominates a CPU step.
-        for param in (model.encoder if pooling else model).get_input_embeddings().parameters():
-            param.requires_grad = False
+    initialise_head(cfg, model, tokenizer, train_texts, split.train, pooled=bool(pooling))
+    for param in frozen_parameters(cfg, model, pooled=bool(pooling)):
+        param.requires_grad = False
     epochs = epochs_for(cfg, len(train_texts))
     trainer = build_trainer(cfg, model, tokenizer, train_texts, split.train["label"].tolist(), val_texts,
                             split.val["label"].tolist(), work_dir / CHECKPOINT_SUBDIR, callbacks=extra_callbacks(),
@@ -194,18 +191,54 @@ def _fit_transformer(cfg: DictConfig, split: Split, work_dir: Path, out: Path, p
     log_metrics(summary, step=int(trainer.state.global_step))
 
 
-def probe_head(cfg: DictConfig, model, tokenizer, train_texts: Sequence[str], train_rows: pd.DataFrame):
-    """`train.head_init=linear_probe`: the head a frozen-encoder model would fit (`model.head.C`), to start from."""
-    from pipeline.encoder_head import linear_probe_head
+HEAD_INITS = ("random", "linear_probe")
 
-    head = linear_probe_head(model, tokenizer, list(train_texts), train_rows["label"].tolist(), LABELS,
-                             sample_weight=sample_weights(train_rows),
-                             C=float(OmegaConf.select(cfg, "model.head.C", default=1.0)),
-                             class_weight="balanced" if str(cfg.train.class_weights) == "balanced" else None,
-                             max_length=int(cfg.train.max_length), batch_size=int(cfg.train.eval_batch_size),
-                             seed=int(cfg.seed))
-    log.info("train: head initialised by a linear probe on %d frozen sentence embeddings", len(train_texts))
-    return head
+
+def head_settings(cfg: DictConfig) -> dict:
+    """The logistic-regression head's settings (`train.head`, `train.class_weights`, `seed`): the frozen kind's
+    head and the linear probe are one model, fitted by `encoder_head.fit_logistic`."""
+    head = OmegaConf.select(cfg, "train.head", default=None) or {}
+    return {"C": float(head.get("C", 1.0)), "max_iter": int(head.get("max_iter", 5000)),
+            "class_weight": "balanced" if str(cfg.train.class_weights) == "balanced" else None, "seed": int(cfg.seed)}
+
+
+def initialise_head(cfg: DictConfig, model, tokenizer, train_texts: Sequence[str], train_rows: pd.DataFrame, *,
+                    pooled: bool) -> None:
+    """`train.head_init=linear_probe`: the head starts as the logistic regression fitted on the features it reads,
+    computed by the frozen encoder (a pooled head: the pooled embedding; the checkpoint's own classification layer:
+    its input, BERT's pooled [CLS] state). Fine-tuning then starts where a frozen-encoder model ends instead of
+    tearing the pretrained features down to fit a random head; on tens of sentences the random head learned nothing."""
+    from pipeline.encoder_head import fit_logistic, frozen_features, layer_inputs, load_linear, output_layer
+
+    head_init = str(OmegaConf.select(cfg, "train.head_init", default="random"))
+    if head_init not in HEAD_INITS:
+        raise PipelineError(f"train.head_init={head_init!r}: choose one of {', '.join(HEAD_INITS)}")
+    if head_init == "random":
+        return
+    if pooled:
+        layer = model.head
+        features = lambda batch: model.embed(batch["input_ids"], batch["attention_mask"])  # noqa: E731
+    else:
+        layer = output_layer(model, len(LABELS))
+        features = layer_inputs(model, layer)
+    x = frozen_features(model, tokenizer, list(train_texts), features, max_length=int(cfg.train.max_length),
+                        batch_size=int(cfg.train.eval_batch_size))
+    weight, bias = fit_logistic(x, train_rows["label"].tolist(), LABELS, sample_weight=sample_weights(train_rows),
+                                **head_settings(cfg))
+    load_linear(layer, weight, bias)
+    log.info("train: head initialised by a linear probe on %d frozen %s", len(train_texts),
+             "pooled embeddings" if pooled else "classification-layer inputs")
+
+
+def frozen_parameters(cfg: DictConfig, model, *, pooled: bool) -> list:
+    """The parameters `train.freeze_embeddings` keeps fixed: a pretrained encoder's word-embedding table (tens of
+    sentences cannot re-learn 250k rows, and Adam over them dominates a CPU step). A model built from scratch has
+    nothing pretrained to keep: its random embeddings always train."""
+    from pipeline.modeling import from_scratch
+
+    if from_scratch(cfg) or not bool(OmegaConf.select(cfg, "train.freeze_embeddings", default=False)):
+        return []
+    return list((model.encoder if pooled else model).get_input_embeddings().parameters())
 
 
 def epochs_for(cfg: DictConfig, n_train: int) -> float:
@@ -254,7 +287,9 @@ def refit_on_all(cfg: DictConfig, data, fitted_dir: Path, work_dir: Path) -> Pat
         fitted = json.loads(record.read_text(encoding="utf-8"))
         refit_cfg.train.epochs = float(fitted.get("best_epoch") or fitted["epochs"])
         refit_cfg.train.min_steps = 0  # the count is decided; more rows now make more steps per epoch
-    log.info("train: refit on all %d labelled rows for the served model%s", len(rows),
+    sources = ", ".join(f"{k}={v}" for k, v in rows["source"].value_counts().sort_index().items())
+    log.info("train: refit on all %d labelled rows (%s) for the served model%s", len(rows), sources,
              f" ({refit_cfg.train.epochs:g} epochs)" if record is not None else "")
+    log_tags({"refit_sources": sources})
     empty = rows.iloc[:0]
     return fit_model(refit_cfg, Split("refit", rows.reset_index(drop=True), empty, empty), Path(work_dir) / "final")

@@ -15,8 +15,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import LABELS
-from pipeline.encoder_head import LinearHead, check_pooling
-from pipeline.errors import PipelineError
+from pipeline.encoder_head import LinearHead, check_pooling, fit_logistic
 from pipeline.preprocess import TextPreprocessor
 from pipeline.splits import Split
 
@@ -25,9 +24,7 @@ log = logging.getLogger(__name__)
 
 def fit_frozen(cfg: DictConfig, split: Split, work_dir: Path, out: Path, preprocess: TextPreprocessor) -> None:
     """Write an encoder stance model dir to `out`: the base encoder as it is + a fitted logistic-regression head."""
-    from sklearn.linear_model import LogisticRegression
-
-    from pipeline.fitting import sample_weights
+    from pipeline.fitting import head_settings, sample_weights
     from pipeline.trainer import log_metrics
     from pipeline.inference import load_predictor, write_model_metadata
     from pipeline.metrics import classification_metrics
@@ -45,7 +42,7 @@ def fit_frozen(cfg: DictConfig, split: Split, work_dir: Path, out: Path, preproc
     # A zero head first: the directory is then a complete model whose predictor computes the training features.
     LinearHead(np.zeros((len(LABELS), hidden)), np.zeros(len(LABELS)), pooling=pooling, normalize=normalize).save(out)
     base_name = str(m.name_or_path) if m.name_or_path else "tiny-bert (built from the training sentences)"
-    write_model_metadata(out, kind="encoder", labels=LABELS, max_length=int(m.max_length),
+    write_model_metadata(out, kind="encoder", labels=LABELS, max_length=int(cfg.train.max_length),
                          base_model=f"{base_name} (frozen, {pooling}-pooled) + logistic regression",
                          preprocessor=preprocess)
     predictor = load_predictor(out)
@@ -54,14 +51,9 @@ def fit_frozen(cfg: DictConfig, split: Split, work_dir: Path, out: Path, preproc
     if features.size:
         features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12) if normalize else features
     labels = split.train["label"].tolist()
-    if len(set(labels)) < 2:
-        raise PipelineError("a frozen-encoder model needs at least two classes in the training rows")
-    head_cfg = OmegaConf.select(cfg, "model.head", default=None) or {}
-    clf = LogisticRegression(C=float(head_cfg.get("C", 1.0)), max_iter=int(head_cfg.get("max_iter", 5000)),
-                             class_weight="balanced" if str(cfg.train.class_weights) == "balanced" else None,
-                             random_state=int(cfg.seed))
-    clf.fit(features, labels, sample_weight=sample_weights(split.train))
-    LinearHead.from_logistic_regression(clf, LABELS, pooling=pooling, normalize=normalize).save(out)
+    weight, bias = fit_logistic(features, labels, LABELS, sample_weight=sample_weights(split.train),
+                                **head_settings(cfg))
+    LinearHead(weight, bias, pooling=pooling, normalize=normalize).save(out)
     log.info("frozen encoder %s: head fitted on %d sentences (%d features)", base_name, len(labels), hidden)
     if len(split.val):
         val_proba = load_predictor(out).predict_proba(split.val["text"].tolist(), batch_size=batch_size)

@@ -13,6 +13,7 @@ from typing import Iterator
 
 import pandas as pd
 
+from pipeline import provenance
 from pipeline.errors import PipelineError
 
 BOM = "\ufeff"
@@ -33,6 +34,7 @@ def read_text_strict(path: Path | str) -> str:
     Line endings are kept as they are so that character offsets point into the file's own text.
     """
     path = Path(path)
+    provenance.note_file(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -92,6 +94,7 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, target)
+        provenance.note_written(target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -136,6 +139,7 @@ TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
 def read_table(path: Path | str) -> pd.DataFrame:
     """A whole .parquet / .csv / .jsonl table; CSV cells are read as text (no NaN for empty cells)."""
     path = Path(path)
+    provenance.note_file(path)
     if not path.exists():
         raise PipelineError(f"{path}: file not found")
     suffix = path.suffix.lower()
@@ -155,6 +159,7 @@ def iter_table_chunks(path: Path | str, rows: int, *, as_text: bool = False) -> 
     table (empty, binary, not UTF-8, malformed) raises BadInputFile with a reason tag and what to do about it.
     """
     path = Path(path)
+    provenance.note_file(path)
     suffix = path.suffix.lower()
     try:
         if path.stat().st_size == 0:
@@ -184,6 +189,27 @@ def iter_table_chunks(path: Path | str, rows: int, *, as_text: bool = False) -> 
     except (ValueError, pd.errors.ParserError, OSError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise BadInputFile(path, "bad_table", f"cannot be read as a {suffix} table ({first[:200]})") from None
+
+
+def glob_files(pattern: str) -> list[Path]:
+    """The files (not directories) matching a glob pattern (`**` recursive), sorted; recorded for staleness."""
+    import glob
+
+    found = sorted(Path(p) for p in glob.glob(str(pattern), recursive=True) if Path(p).is_file())
+    provenance.note_listing("glob", str(pattern), found)
+    return found
+
+
+def dir_files(directory: Path | str) -> list[Path]:
+    """Every file under a directory, recursively, hidden files and folders skipped, sorted; recorded for staleness."""
+    directory = Path(directory)
+    found = sorted(p for p in directory.rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(directory).parts))
+    provenance.note_listing("dir", str(directory), found)
+    return found
+
+
+LISTINGS = {"glob": glob_files, "dir": dir_files}  # how a recorded listing is made again
 
 
 def backup_file(path: Path | str) -> Path | None:

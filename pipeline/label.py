@@ -27,6 +27,7 @@ from pipeline.errors import PipelineError
 from pipeline.gold import label_distribution, load_gold
 from pipeline.metrics import plot_confusion
 from pipeline.io import read_table, write_table_atomic, write_text_atomic
+from pipeline.provenance import note_file
 from pipeline import labelstudio
 from pipeline.rules import Lexicon, load_lexicon, rule_ids
 
@@ -51,6 +52,7 @@ def read_sentences(cfg: DictConfig) -> pd.DataFrame:
 def read_gold(cfg: DictConfig, sentences: pd.DataFrame) -> pd.DataFrame | None:
     """Gold labels checked against the current sentences (stale ids are an error); None if there is no file."""
     path = Path(cfg.paths.gold)
+    note_file(path)
     if not path.exists():
         log.warning("label: no gold labels at %s; rule quality cannot be measured and every label is weak", path)
         return None

@@ -33,6 +33,7 @@ from pipeline import LABELS
 from pipeline.errors import PipelineError
 from pipeline.gold import check_ids_current, read_label_csv
 from pipeline.io import backup_file, read_text_strict, write_table_atomic, write_text_atomic
+from pipeline.provenance import note_file
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,7 @@ def empty_annotations() -> pd.DataFrame:
 def read_annotations(path: Path | str, sentences: pd.DataFrame | None = None) -> pd.DataFrame:
     """labels/annotations.csv, validated like gold (labels, duplicates, stale ids); empty if it does not exist."""
     path = Path(path)
+    note_file(path)  # absent today: a stage that used none is stale once it appears
     if not path.exists():
         return empty_annotations()
     table = read_label_csv(path, ANNOTATION_COLUMNS)

@@ -3,8 +3,8 @@
 `log_stance_model(dir)` logs the predictor of pipeline.inference as an MLflow pyfunc model, so
 `mlflow.pyfunc.load_model`, `spark_udf` and `mlflow models serve` give the labels and probabilities of the
 predict stage. `fetch_model_dir` turns a model directory or an MLflow URI into a local stance model directory;
-`resolve_model` adds predict's default (the experiment's best run) and the training run behind a URI, whose
-config gives the segmentation rules (`segment_rules_for`).
+`resolve_model` adds predict's default (the registry alias, pipeline.registry) and the training run behind a URI,
+whose config gives the segmentation rules (`segment_rules_for`).
 """
 
 from __future__ import annotations
@@ -215,68 +215,6 @@ class ResolvedModel:
     run_id: str | None       # the training run, when known: its config gives the segmentation rules
 
 
-def best_model_uri(cfg: DictConfig) -> tuple[str, str | None]:
-    """The default model for predict: (URI, training run id or None).
-
-    1. The registry alias `predict.default_alias` (champion) of `tracking.register`, when both are set and exist.
-    2. Else, among FINISHED train runs of `tracking.experiment` that logged a model on the SAME data set
-       (`data.name`) and label set — never a model of another corpus or task — the best by cross-validated macro-F1
-       of an evaluate run with the same recipe (tag `recipe_digest`), then by test macro-F1, then the newest."""
-    from mlflow import MlflowClient
-
-    from pipeline import LABELS
-
-    mlflow = tracking.setup(cfg)
-    experiment = str(cfg.tracking.experiment)
-    name = OmegaConf.select(cfg, "tracking.register", default=None)
-    alias = OmegaConf.select(cfg, "predict.default_alias", default=None)
-    if name and alias:
-        try:
-            version = MlflowClient().get_model_version_by_alias(str(name), str(alias))
-            log.info("predict: default model = %s@%s (version %s)", name, alias, version.version)
-            return f"models:/{name}@{alias}", version.run_id
-        except Exception as exc:  # no such alias yet: fall back to the runs
-            log.info("predict: no %s@%s (%s); choosing among the runs", name, alias, str(exc).splitlines()[0][:120])
-    same_data = (f"tags.data_name = '{cfg.data.name}' and tags.label_set = '{','.join(LABELS)}' "
-                 "and attributes.status = 'FINISHED'")
-    candidates = mlflow.search_runs(experiment_names=[experiment], output_format="list",
-                                    filter_string=f"tags.has_model = 'true' and {same_data}")
-    if not candidates:
-        # Models logged before runs carried their data set: usable only where no run says which data it saw.
-        candidates = [run for run in mlflow.search_runs(
-            experiment_names=[experiment], output_format="list",
-            filter_string="tags.has_model = 'true' and attributes.status = 'FINISHED'")
-            if "data_name" not in run.data.tags]
-        if candidates:
-            log.warning("predict: no run records its data set; choosing among %d older runs", len(candidates))
-    if not candidates:
-        raise PipelineError(
-            f"no trained model on data {cfg.data.name!r} in MLflow experiment {experiment!r} at "
-            f"{tracking.tracking_uri(cfg)}; run `python -m pipeline train` first, or give "
-            "model_uri=<runs:/…, models:/…, or a model directory>"
-        )
-    cv_scores: dict[str, float] = {}
-    for run in mlflow.search_runs(experiment_names=[experiment], output_format="list",
-                                  filter_string=f"tags.stage = 'evaluate' and {same_data}",
-                                  order_by=["attributes.start_time ASC"]):
-        score = run.data.metrics.get("cv_macro_f1_mean")
-        if score is not None and run.data.tags.get("recipe_digest"):
-            cv_scores[run.data.tags["recipe_digest"]] = float(score)  # the newest evaluation of a recipe wins
-
-    def rank(run):
-        cv = cv_scores.get(run.data.tags.get("recipe_digest", ""))
-        test = run.data.metrics.get("test_macro_f1")
-        return (cv is not None, cv or 0.0, test if test is not None else -1.0, run.info.start_time or 0)
-
-    best = max(candidates, key=rank)
-    cv = cv_scores.get(best.data.tags.get("recipe_digest", ""))
-    log.info("predict: default model = run %s (%s) of experiment %r on data %r: %s", best.info.run_id,
-             best.info.run_name, experiment, cfg.data.name,
-             f"cross-validated macro-F1 {cv:.4f}" if cv is not None
-             else f"test macro-F1 {best.data.metrics.get('test_macro_f1', float('nan')):.4f} (no CV of this recipe)")
-    return f"runs:/{best.info.run_id}/model", best.info.run_id
-
-
 def source_run_id(uri: str) -> str | None:
     """The training run behind an MLflow model URI, or None when it cannot be told."""
     from mlflow import MlflowClient
@@ -305,11 +243,15 @@ def source_run_id(uri: str) -> str | None:
 
 
 def resolve_model(cfg: DictConfig, download_to: Path) -> ResolvedModel:
-    """Turn `model_uri` (or the experiment's best run) into a local stance model directory."""
+    """Turn `model_uri` (or, without one, the served model: models:/<tracking.register>@<tracking.alias>) into a
+    local stance model directory."""
     uri = OmegaConf.select(cfg, "model_uri", default=None)
     run_id = None
     if uri in (None, ""):
-        uri, run_id = best_model_uri(cfg)
+        from pipeline.registry import served_model
+
+        served = served_model(cfg)
+        uri, run_id = served.uri, served.run_id
     uri = str(uri)
     model_dir = fetch_model_dir(cfg, uri, key="model_uri", download_to=download_to)
     if not is_mlflow_uri(uri):

@@ -128,12 +128,17 @@ def load_tokenizer_and_model(name_or_path: str, labels: Sequence[str], *, hub_ti
     return tokenizer, model
 
 
-def base_model_dir(cfg: DictConfig, train_texts: Sequence[str], out_dir: Path, labels: Sequence[str]) -> str:
-    """`model.name_or_path`, or a tiny BERT built from the (preprocessed) training texts: for `model=tiny`, and
-    for any kind whose `model.name_or_path` is null and that has `model.tiny` settings (offline tests)."""
-    builds_tiny = str(cfg.model.kind) == "tiny" or (
+def from_scratch(cfg: DictConfig) -> bool:
+    """True when the model is a tiny BERT built here with random weights (`model=tiny`, or any kind whose
+    `model.name_or_path` is null and that has `model.tiny` settings): a smoke model, never a quality one. It is
+    not registered or served by default (pipeline.registry), and its embeddings are never frozen."""
+    return str(cfg.model.kind) == "tiny" or bool(
         not OmegaConf.select(cfg, "model.name_or_path", default=None) and OmegaConf.select(cfg, "model.tiny", default=None))
-    if not builds_tiny:
+
+
+def base_model_dir(cfg: DictConfig, train_texts: Sequence[str], out_dir: Path, labels: Sequence[str]) -> str:
+    """`model.name_or_path`, or a tiny BERT built from the (preprocessed) training texts (`from_scratch`)."""
+    if not from_scratch(cfg):
         return str(cfg.model.name_or_path)
     from pipeline.tiny_model import build_tiny_bert
 

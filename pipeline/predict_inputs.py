@@ -6,7 +6,6 @@ whole articles or ready sentences (see pipeline.predict). Unusable inputs become
 
 from __future__ import annotations
 
-import glob
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,8 @@ import pandas as pd
 from pipeline.analytics import parse_dates
 from pipeline.arabic import has_arabic, squeeze_spaces
 from pipeline.errors import PipelineError
-from pipeline.io import TABLE_SUFFIXES, BadInputFile, iter_table_chunks, read_text_strict
+from pipeline.io import TABLE_SUFFIXES, BadInputFile, dir_files, glob_files, iter_table_chunks, read_text_strict
+from pipeline.provenance import note_file
 from pipeline.predict_outputs import ErrorLog
 from pipeline.segmentation import SegmentRules, article_id_for, article_rows, sentence_ids
 
@@ -95,14 +95,13 @@ def expand_inputs(inputs: Sequence[str], errors: ErrorLog) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if GLOB_CHARS & set(item) and not path.exists():
-            matched = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            matched = glob_files(item)
             if not matched:
                 errors.add(item, "missing", f"{item}: no file matches this pattern")
                 log.warning("predict: %s matches no file", item)
             files.extend(matched)
         elif path.is_dir():
-            found = sorted(p for p in path.rglob("*")
-                           if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found = dir_files(path)
             if not found:
                 errors.add(path, "empty", f"{path}: directory holds no files")
                 log.warning("predict: directory %s holds no files", path)
@@ -110,6 +109,7 @@ def expand_inputs(inputs: Sequence[str], errors: ErrorLog) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
+            note_file(path)  # a stage that read nothing here is stale once the file appears
             errors.add(path, "missing", f"{path}: no such file or directory")
             log.warning("predict: input %s does not exist", path)
     return files

@@ -1,7 +1,7 @@
 """Scoring a trained stance model on gold test rows and logging runs to MLflow, shared by train and evaluate.
 
 `score_split` runs the model through the predict code path and the baselines on the same rows;
-`log_data`, `log_scored` and `register_alias` put the data, the numbers and the model alias into MLflow.
+`log_data` and `log_scored` put the data and the numbers into MLflow.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pipeline import LABELS, tracking
 from pipeline.errors import PipelineError
@@ -104,19 +104,3 @@ def log_scored(scored: Scored, *, prefix: str, artifact_dir: str | None) -> None
         mlflow.log_metrics(prefixed({k: m[k] for k in SUMMARY_METRICS}, f"baseline_{name}_{prefix}"))
     for path in scored.files:
         mlflow.log_artifact(str(path), artifact_path=artifact_dir)
-
-
-def register_alias(info, cfg: DictConfig) -> None:
-    alias = OmegaConf.select(cfg, "tracking.alias", default=None)
-    name = OmegaConf.select(cfg, "tracking.register", default=None)
-    if not (alias and name):
-        return
-    from mlflow import MlflowClient
-
-    version = getattr(info, "registered_model_version", None)
-    if version is None:
-        latest = MlflowClient().search_model_versions(f"name='{name}'", order_by=["version_number DESC"], max_results=1)
-        version = latest[0].version if latest else None
-    if version is not None:
-        MlflowClient().set_registered_model_alias(str(name), str(alias), str(version))
-        log.info("registered model %s version %s as @%s", name, version, alias)

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import re
 from collections import Counter
@@ -17,7 +16,7 @@ from typing import Iterable, Sequence
 
 from pipeline.arabic import normalise_for_id, squeeze_spaces
 from pipeline.errors import PipelineError
-from pipeline.io import read_text_strict
+from pipeline.io import glob_files, read_text_strict
 
 # The seed corpus the project ships with (conf/data/seeds.yaml): bench scripts and tests take sentences from it.
 SEEDS_DIR = Path(__file__).resolve().parent.parent / "seeds"
@@ -177,8 +176,7 @@ def article_rows(article_id: str, text: str, rules: SegmentRules) -> tuple[list[
 
 
 def find_articles(pattern: str) -> list[Path]:
-    paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-    return paths
+    return glob_files(pattern)
 
 
 def article_id_for(path: Path) -> str:

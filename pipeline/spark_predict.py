@@ -3,7 +3,7 @@ Spark job (pipeline.spark_articles), written as parquet directories.
 
     python -m pipeline spark_predict input=<dir | glob | .parquet | .jsonl> output=<dir> [model_uri=...]
     spark-submit scripts/spark_predict.py input=s3a://bucket/articles/ output=s3a://bucket/stance/ \
-        model_uri=models:/stance@champion tracking.uri=http://mlflow:5000
+        model_uri=models:/stance-seeds@champion tracking.uri=http://mlflow:5000
 
 The model is resolved on the driver as `predict` does (model_uri, or the experiment's best run), with the
 segmentation rules of its training run; the rows equal the local predict stage's. Spark's output committer

@@ -1,20 +1,20 @@
-"""The stage registry: what each stage runs, what it needs first, and which files make it stale."""
+"""The stage registry: what each stage runs, what it needs first, and when its outputs are stale."""
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import importlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import provenance
 from pipeline.config import with_run_dir
-from pipeline.io import write_text_atomic
+from pipeline.io import LISTINGS, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -33,22 +33,11 @@ def _table_data(cfg: DictConfig) -> bool:
     return str(OmegaConf.select(cfg, "data.kind", default="articles")) == "table"
 
 
-def _sections(cfg: DictConfig, *keys: str) -> dict:
-    """The resolved values of `keys` (dotted config keys, whole sections allowed), for a fingerprint."""
-    out = {}
-    for key in keys:
-        value = OmegaConf.select(cfg, key, default=None)
-        out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-    return out
-
-
-# What each stage's outputs depend on in the config. Left out on purpose: knobs that change what a run prints or
-# exports but not the table it writes (labeling.stats_only, export*, uncertainty, context_sentences, import_*,
-# log_mlflow, from_name/to_name). An imported annotation file changes `labeling.annotations`, an input.
-SEGMENT_KEYS = ("data.articles_glob", "segment")
-LABEL_KEYS = ("segment", "labeling.lexicon", "labeling.abstain", "labeling.annotations", "paths.gold",
-              "paths.sentences")
+# Keys that say where and how a run reports (its own directory, which command runs it, how much it logs), never
+# what a table holds: a run reading them does not tie its output to their values.
+RUN_LOCAL_KEYS = ("paths.run_dir", "stage", "log_level")
 FINGERPRINT_SUFFIX = ".fingerprint.json"
+FINGERPRINT_VERSION = 2  # 2: the keys, files and listings a run actually read (pipeline.provenance)
 
 
 def fingerprint_path(output: Path) -> Path:
@@ -61,69 +50,88 @@ class Stage:
     help: str
     entry: str                                   # "module:function", the function takes the config
     needs: tuple[str, ...] = ()                  # stages whose outputs this one reads
-    inputs: Callable[[DictConfig], list[Path]] = field(default=lambda cfg: [])
     outputs: Callable[[DictConfig], list[Path]] = field(default=lambda cfg: [])
     flags: dict[str, str] = field(default_factory=dict)  # CLI flag -> override it stands for
     skip_needs: Callable[[DictConfig], bool] = field(default=lambda cfg: False)  # True: `needs` do not apply
-    config_keys: tuple[str, ...] = ()            # config the outputs depend on (see fingerprint)
+    positional: str | None = None                # the key a bare argument sets (`promote 3` = `target=3`)
+
+    def mode_keys(self) -> tuple[str, ...]:
+        """The keys behind the stage's CLI flags (`label --stats`, `--export`): they choose what a run does
+        beside building its table, so a table is not tied to them."""
+        return tuple(override.split("=", 1)[0] for override in self.flags.values())
 
     def run(self, cfg: DictConfig):
+        """Run the stage, recording what it reads; each output it (re)writes gets a fingerprint of what had been
+        read by then (pipeline.provenance)."""
         module_name, func_name = self.entry.split(":")
         outputs = self.outputs(cfg)
-        before = {p: _mtime_ns(p) for p in outputs}
-        result = getattr(importlib.import_module(module_name), func_name)(cfg)
-        # Only an output this run (re)wrote gets this config's fingerprint: `label --stats` writes no table.
-        fingerprint = None
+        with provenance.record(outputs, ignored_keys=(*RUN_LOCAL_KEYS, *self.mode_keys())) as reads:
+            result = getattr(importlib.import_module(module_name), func_name)(cfg)
         for path in outputs:
-            if path.exists() and _mtime_ns(path) != before[path]:
-                fingerprint = fingerprint or self.fingerprint(cfg)
-                write_text_atomic(fingerprint_path(path), json.dumps(fingerprint, ensure_ascii=False, indent=1))
+            snapshot = reads.snapshots.get(os.path.abspath(path))
+            if snapshot is not None:  # written by this run (`label --stats` writes no table)
+                write_text_atomic(fingerprint_path(path),
+                                  json.dumps(self.fingerprint(cfg, snapshot), ensure_ascii=False, indent=1))
         return result
 
-    def fingerprint(self, cfg: DictConfig) -> dict:
-        """What produced the outputs: the stage's config keys and its input files (path, size, mtime)."""
-        inputs = {}
-        for p in sorted(self.inputs(cfg)):
-            if p.exists():
-                st = p.stat()
-                inputs[str(p)] = [st.st_size, st.st_mtime_ns]
-        config = _sections(cfg, *self.config_keys)
-        body = json.dumps({"config": config, "inputs": inputs}, sort_keys=True, ensure_ascii=False, default=str)
-        return {"stage": self.name, "digest": hashlib.sha256(body.encode()).hexdigest(), "config": config}
+    def fingerprint(self, cfg: DictConfig, snapshot: dict) -> dict:
+        """What built an output: the value of every config key the run had read, and the files and listings."""
+        return {"stage": self.name, "version": FINGERPRINT_VERSION,
+                "config": {key: provenance.config_value(cfg, key) for key in snapshot["keys"]},
+                "files": snapshot["files"], "listings": snapshot["listings"]}
 
     def stale_reason(self, cfg: DictConfig) -> str | None:
-        """Why the outputs must be rebuilt (missing, older than an input, other config or inputs), or None."""
+        """Why the outputs must be rebuilt (missing, or something they were built from differs), or None."""
         outputs = self.outputs(cfg)
         if not outputs or any(not p.exists() for p in outputs):
             return "missing"
-        oldest_output = min(p.stat().st_mtime for p in outputs)
-        if any(p.exists() and p.stat().st_mtime > oldest_output for p in self.inputs(cfg)):
-            return "older than an input"
-        digest = self.fingerprint(cfg)["digest"]
         for path in outputs:
             fp = fingerprint_path(path)
             if not fp.exists():
-                # Made outside the pipeline (a hand-made table) or by a version without fingerprints: only the
-                # mtime rule above applies; the next run of the stage writes one.
-                log.warning("%s has no %s; cannot tell which config built it", path, fp.name)
+                # Made outside the pipeline (a hand-made table): nothing says what it was built from.
+                log.warning("%s has no %s: it was not built by this pipeline, so it is used as it is (delete it "
+                            "to rebuild it)", path, fp.name)
                 continue
             try:
-                stored = json.loads(fp.read_text(encoding="utf-8")).get("digest")
+                stored = json.loads(fp.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 return f"unreadable {fp}"
-            if stored != digest:
-                return f"built with another config or other inputs (see {fingerprint_path(path)})"
+            reason = _changed_since(cfg, stored)
+            if reason:
+                return f"{reason} since {path} was built (see {fp})"
         return None
 
     def is_stale(self, cfg: DictConfig) -> bool:
         return self.stale_reason(cfg) is not None
 
 
-def _mtime_ns(path: Path) -> int | None:
-    try:
-        return path.stat().st_mtime_ns
-    except OSError:
-        return None
+def _changed_since(cfg: DictConfig, stored: dict) -> str | None:
+    """The first difference between a fingerprint and the current config, files and listings, or None."""
+    if stored.get("version") != FINGERPRINT_VERSION:
+        return "the pipeline's fingerprint format changed"
+    for key, value in stored.get("config", {}).items():
+        now = provenance.config_value(cfg, key)
+        if not provenance.same_value(value, now):
+            return f"{key} changed ({_short(value)} → {_short(now)})"
+    for path, state in stored.get("files", {}).items():
+        now = provenance.file_state(path)
+        if now != state:
+            return f"{path} {'appeared' if state is None else 'is gone' if now is None else 'changed'}"
+    for listing in stored.get("listings", []):
+        lister = LISTINGS.get(listing.get("kind"))
+        if lister is None:
+            return f"unknown listing {listing.get('kind')!r}"
+        with provenance.unrecorded():
+            found = [os.fspath(p) for p in lister(listing["spec"])]
+        if found != listing.get("files"):
+            added = sorted(set(found) - set(listing.get("files") or []))
+            return f"{listing['spec']} lists other files ({'new: ' + ', '.join(added[:3]) if added else 'fewer'})"
+    return None
+
+
+def _short(value) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _modelling_stage(name: str, help: str) -> Stage:
@@ -138,19 +146,15 @@ STAGES: dict[str, Stage] = {
             "segment",
             "articles → sentences.parquet (clean sentences, stable ids, offsets)",
             "pipeline.segment:segment",
-            inputs=lambda cfg: [Path(p) for p in glob.glob(str(cfg.data.articles_glob), recursive=True)],
             outputs=lambda cfg: _paths(cfg, "paths.sentences"),
-            config_keys=SEGMENT_KEYS,
         ),
         Stage(
             "label",
             "sentences → labelled.parquet (gold, annotation, weak rules); --stats prints label counts",
             "pipeline.label:label",
             needs=("segment",),
-            inputs=lambda cfg: _paths(cfg, "paths.sentences", "paths.gold", "labeling.lexicon", "labeling.annotations"),
             outputs=lambda cfg: _paths(cfg, "paths.labelled"),
             flags={"--stats": "labeling.stats_only=true", "--export": "labeling.export=true"},
-            config_keys=LABEL_KEYS,
         ),
         _modelling_stage("train", "fine-tune the configured model on the labelled set, evaluate on gold, log to MLflow"),
         _modelling_stage("evaluate", "metrics on gold labels (cross-validated on small corpora) against baselines, "
@@ -166,6 +170,13 @@ STAGES: dict[str, Stage] = {
             "pipeline.spark_predict:spark_predict",
         ),
         Stage(
+            "promote",
+            "which model predict serves: list the registered versions, or give the alias to one (promote <version "
+            "| run id>)",
+            "pipeline.promote:promote",
+            positional="target",
+        ),
+        Stage(
             "all",
             "segment → label → train → evaluate on the configured corpus",
             "pipeline.stages:run_all",
@@ -175,7 +186,7 @@ STAGES: dict[str, Stage] = {
 
 
 def ensure_inputs(stage: Stage, cfg: DictConfig) -> None:
-    """Run the stages `stage` depends on whose outputs are missing or older than their inputs."""
+    """Run the stages `stage` depends on whose outputs are missing or were built from other config or files."""
     if stage.skip_needs(cfg):
         return
     for dep_name in stage.needs:

@@ -17,6 +17,7 @@ from typing import Any, Iterator, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import provenance
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -219,8 +220,9 @@ def start_run(cfg: DictConfig, run_name: str, *, nested: bool = False, tags: Map
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested) as run:
         mlflow.set_tags({"stage": str(cfg.stage), **git_tags(), **(tags or {})})
         if log_params:
-            mlflow.log_params(flatten_config(cfg))
-            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+            with provenance.unrecorded():  # the whole config is logged; a stage does not depend on all of it
+                mlflow.log_params(flatten_config(cfg))
+                mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         yield run  # mlflow's ActiveRun marks the run FAILED when the block raises
 
 

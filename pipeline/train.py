@@ -12,10 +12,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import distributed, tracking, train_state
+from pipeline import distributed, registry, tracking, train_state
 from pipeline.errors import PipelineError
 from pipeline.fitting import CHECKPOINT_SUBDIR, MODEL_SUBDIR, fit_model, preflight, refit_on_all, stance_kind
-from pipeline.scoring import comparison_table, log_data, log_scored, register_alias, score_split
+from pipeline.modeling import from_scratch
+from pipeline.scoring import comparison_table, log_data, log_scored, score_split
 from pipeline.splits import holdout_split, load_labelled
 from pipeline.train_calibration import calibrate_model, save_calibration
 
@@ -110,8 +111,10 @@ def train(cfg: DictConfig) -> dict:
         if not distributed.is_main():
             return train_replica(cfg, data, split, work_dir, resume_from)
     train_state.mark_dead_runs(cfg)  # runs left RUNNING by a killed process (kill -9) are KILLED, not RUNNING
+    smoke = from_scratch(cfg)
     tags = {"stage": "train", "model_kind": kind, "model_name": str(cfg.model.name), **tracking.recipe_tags(cfg),
-            **train_state.process_tags(), "processes": str(distributed.world_size())}
+            **train_state.process_tags(), "processes": str(distributed.world_size()),
+            registry.SMOKE_TAG: str(smoke).lower()}
     reopen = None
     if resume_from:
         tags["resumed_from"] = str(resume_from)
@@ -133,14 +136,40 @@ def train(cfg: DictConfig) -> dict:
             save_calibration(calibration, served_dir)
             mlflow.set_tag("served_model", "refit on all labelled rows; test_* metrics are the first fit's")
         info = log_stance_model(served_dir, name="model",
-                                registered_model_name=OmegaConf.select(cfg, "tracking.register", default=None),
+                                registered_model_name=None if smoke else registry.model_name(cfg),
                                 input_example=split.test["text"].head(3).tolist())
-        register_alias(info, cfg)
         mlflow.set_tags({"has_model": "true", "model_uri": info.model_uri,
                          "mlflow.note.content": run_description(cfg, scored, len(split.test), calibration)})
+        outcome = registry.after_train(cfg, run.info.run_id, smoke=smoke)
         log.info("train: test macro-F1 %.3f [%.3f, %.3f] on %d gold sentences; %s",
                  scored.metrics["macro_f1"], scored.metrics["macro_f1_ci_low"], scored.metrics["macro_f1_ci_high"],
                  len(split.test),
                  ", ".join(f"{n} {m['macro_f1']:.3f}" for n, m in scored.baselines.items()) or "no baselines")
-        return {"run_id": run.info.run_id, "model_dir": str(served_dir), "model_uri": info.model_uri,
-                "metrics": prefixed(scored.metrics, "test_"), "baselines": scored.baselines}
+        result = {"run_id": run.info.run_id, "model_dir": str(served_dir), "model_uri": info.model_uri,
+                  "metrics": prefixed(scored.metrics, "test_"), "baselines": scored.baselines, "smoke": smoke,
+                  **outcome}
+    print(outcome_lines(cfg, result))
+    return result
+
+
+def outcome_lines(cfg: DictConfig, result: dict) -> str:
+    """What a train run leaves the user: its model, whether predict serves it, and the command that uses it."""
+    run_uri = f"runs:/{result['run_id']}/model"
+    predict = "python -m pipeline predict input=<articles> output=predictions.csv"
+    lines = [f"train: run {result['run_id']}: test macro-F1 {result['metrics']['test_macro_f1']:.3f} "
+             f"(held-out gold of this run's split)"]
+    if result["smoke"]:
+        lines += [f"  model {run_uri}: a smoke model (built from scratch), not registered and never served by default",
+                  f"  predict with it: {predict} model_uri={run_uri}"]
+    elif result.get("served_as"):
+        lines += [f"  model {run_uri}, registered as {registry.model_name(cfg)} version {result['registered_version']},"
+                  f" now served as {result['served_as']}", f"  predict: {predict}"]
+    elif result.get("registered_version"):
+        version = result["registered_version"]
+        lines += [f"  model {run_uri}, registered as {registry.model_name(cfg)} version {version}, not served "
+                  f"(tracking.promote=false or a sweep job); serve it: python -m pipeline promote {version}",
+                  f"  predict with it: {predict} model_uri=models:/{registry.model_name(cfg)}/{version}"]
+    else:
+        lines += [f"  model {run_uri} (tracking.register=null: not registered)",
+                  f"  predict with it: {predict} model_uri={run_uri}"]
+    return "\n".join(lines)

@@ -33,6 +33,14 @@ def log_metrics(metrics: dict[str, float], step: int) -> None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
+def log_tags(tags: dict[str, str]) -> None:
+    """Into the caller's MLflow run, if there is one."""
+    import mlflow
+
+    if distributed.is_main() and mlflow.active_run() is not None and tags:
+        mlflow.set_tags(tags)
+
+
 def encode(tokenizer, texts: Sequence[str], labels: Sequence[str], max_length: int, pad_to_max: bool):
     import datasets
 

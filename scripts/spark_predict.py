@@ -1,7 +1,7 @@
 """spark-submit entry point of the spark_predict stage (pipeline/spark_predict.py).
 
     spark-submit --master yarn scripts/spark_predict.py input=hdfs:///articles/ output=hdfs:///stance/ \
-        model_uri=models:/stance@champion tracking.uri=http://mlflow.example:5000
+        model_uri=models:/stance-seeds@champion tracking.uri=http://mlflow.example:5000
 
 Arguments are the stage's config overrides, as for `python -m pipeline spark_predict`.
 """

@@ -57,6 +57,20 @@ def make_cfg(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def small_encoder(tmp_path_factory) -> Path:
+    """A small BERT directory standing in for a pretrained encoder (config, tokenizer, safetensors weights), where
+    the README points at ~/models/multilingual-e5-small: built here, no ../shared and no hub."""
+    from pipeline import LABELS
+    from pipeline.segmentation import seed_sentences
+    from pipeline.tiny_model import build_tiny_bert
+
+    target = tmp_path_factory.mktemp("encoder") / "e5-standin"
+    build_tiny_bert(seed_sentences(), target, LABELS, seed=0, hidden_size=32, num_layers=1, num_heads=2,
+                    intermediate_size=64)
+    return target
+
+
+@pytest.fixture(scope="session")
 def spark():
     """One local[2] SparkSession for every Spark test of the run; skipped without pyspark or a Java runtime."""
     import logging

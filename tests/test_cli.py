@@ -42,7 +42,7 @@ def test_stage_help_shows_composed_config_with_overrides(capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["bogus"], "unknown stage 'bogus'; choose one of: segment, label, train, evaluate, predict, spark_predict, all"),
+        (["bogus"], f"unknown stage 'bogus'; choose one of: {', '.join(STAGES)}"),
         (["segment", "model=nope"], "unknown model config; choices: "),
         (["segment", "segment.nope=1"], "no config key 'segment.nope'"),
         (["segment", "x=[1"], "bad override"),
@@ -106,12 +106,79 @@ def test_stale_outputs_are_rebuilt_before_a_stage(tmp_path, make_cfg):
     (articles / "a.txt").write_text("الجملة الأولى.", encoding="utf-8")
     cfg = make_cfg("label", f"data.articles_glob={articles}/*.txt")
     segment = STAGES["segment"]
-    assert segment.is_stale(cfg)                      # missing output
+    assert segment.stale_reason(cfg) == "missing"
     segment.run(cfg)
     assert not segment.is_stale(cfg)
-    sentences = Path(cfg.paths.sentences)
-    os.utime(sentences, (1, 1))                       # output older than its input
-    assert segment.is_stale(cfg)
+    (articles / "a.txt").write_text("الجملة الأولى المعدلة.", encoding="utf-8")   # an input changed
+    assert "a.txt changed" in segment.stale_reason(cfg)
+    segment.run(cfg)
+    (articles / "b.txt").write_text("مقال جديد.", encoding="utf-8")               # the glob lists a new file
+    assert "lists other files (new: " in segment.stale_reason(cfg)
+    segment.run(cfg)
+    assert not segment.is_stale(cfg)
+
+
+def test_articles_to_label_make_the_tables_stale_and_join_them(tmp_path, make_cfg):
+    """data.unlabelled was once left out of segment's fingerprint: a train with new articles used the old table."""
+    import pandas as pd
+
+    quiet = "labeling.log_mlflow=false"
+    ensure_inputs(STAGES["train"], make_cfg("train", quiet))
+    sentences = Path(make_cfg("train").paths.sentences)
+    assert "origin" not in pd.read_parquet(sentences).columns
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "n1.txt").write_text("رفضت موسكو المقترح الأمريكي رفضا قاطعا.\n", encoding="utf-8")
+    with_new = make_cfg("train", quiet, f"data.unlabelled={new}/*.txt")
+    assert STAGES["segment"].stale_reason(with_new).startswith("data.unlabelled changed (null → ")
+    ensure_inputs(STAGES["train"], with_new)
+    labelled = pd.read_parquet(with_new.paths.labelled)
+    assert (labelled["article_id"] == "n1").sum() == 1
+    # A file appearing in the unlabelled folder, or an article edited there, is seen too.
+    (new / "n2.txt").write_text("عقد الاجتماع في جنيف.\n", encoding="utf-8")
+    assert "lists other files" in STAGES["segment"].stale_reason(with_new)
+    ensure_inputs(STAGES["train"], with_new)
+    assert set(pd.read_parquet(with_new.paths.labelled)["article_id"]) >= {"n1", "n2"}
+    # Reading the table through predict.* keys: those keys are recorded because they were read.
+    fingerprint = json.loads(Path(f"{sentences}.fingerprint.json").read_text(encoding="utf-8"))
+    assert fingerprint["config"]["data.unlabelled"] == f"{new}/*.txt"
+    assert any(key.startswith("predict.") for key in fingerprint["config"])
+    assert not STAGES["segment"].is_stale(with_new) and not STAGES["label"].is_stale(with_new)
+
+
+def test_every_file_a_stage_opens_is_in_its_fingerprint(tmp_path, make_cfg):
+    """The property behind staleness: whatever segment and label open for reading (Python's `open` audit event)
+    among the project's data files is recorded, so a change to it rebuilds the table."""
+    import pandas as pd
+
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "n1.txt").write_text("رفضت موسكو المقترح.\n", encoding="utf-8")
+    pd.DataFrame({"text": ["نرحب بالتقدم في المحادثات."]}).to_csv(new / "t.csv", index=False)
+    cfg = make_cfg("label", "labeling.log_mlflow=false", f"data.unlabelled=[{new}/n1.txt,{new}/t.csv]")
+    opened: set[str] = set()
+    watching = [True]
+
+    def hook(event, args):
+        if watching[0] and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            path, mode, flags = args
+            reading = ("r" in mode and "+" not in mode) if isinstance(mode, str) else \
+                not (flags or 0) & (os.O_WRONLY | os.O_RDWR)  # os.open: (path, None, flags)
+            if reading:
+                opened.add(os.path.abspath(os.fsdecode(path)))
+
+    sys.addaudithook(hook)  # audit hooks cannot be removed: this one stops recording at the end
+    try:
+        for name in ("segment", "label"):
+            STAGES[name].run(cfg)
+    finally:
+        watching[0] = False
+    data_roots = (str(tmp_path), str(REPO / "seeds"), str(REPO / "labels"))
+    read = {p for p in opened if p.startswith(data_roots) and not p.endswith(".fingerprint.json")}
+    recorded = set()
+    for table in (cfg.paths.sentences, cfg.paths.labelled):
+        recorded |= {os.path.abspath(p) for p in json.loads(Path(f"{table}.fingerprint.json").read_text())["files"]}
+    assert read and read <= recorded, sorted(read - recorded)
 
 
 def test_outputs_built_with_another_config_are_rebuilt(tmp_path, make_cfg):
@@ -127,12 +194,13 @@ def test_outputs_built_with_another_config_are_rebuilt(tmp_path, make_cfg):
     STAGES["label"].run(small)                                 # `label paths.gold=<29-row copy>`
     assert pd.read_parquet(labelled)["source"].eq("gold").sum() == 29
     plain = make_cfg("train", quiet)
-    assert STAGES["label"].stale_reason(plain).startswith("built with another config")
+    assert STAGES["label"].stale_reason(plain).startswith(f"paths.gold changed (\"{small_gold}\" → ")
     ensure_inputs(STAGES["train"], plain)                      # a plain train rebuilds labelled.parquet
     assert pd.read_parquet(labelled)["source"].eq("gold").sum() == len(lines) - 1
     assert not STAGES["label"].is_stale(plain) and not STAGES["segment"].is_stale(plain)
     # Knobs that do not change the tables do not rebuild them.
-    assert not STAGES["label"].is_stale(make_cfg("train", quiet, "labeling.stats_only=true", "train.epochs=1"))
+    assert not STAGES["label"].is_stale(make_cfg("train", quiet, "labeling.stats_only=true", "train.epochs=1",
+                                                 "labeling.export_size=7", "log_level=DEBUG"))
 
     sentences = Path(plain.paths.sentences)
     built_at = sentences.stat().st_mtime_ns
@@ -142,7 +210,8 @@ def test_outputs_built_with_another_config_are_rebuilt(tmp_path, make_cfg):
     assert sentences.stat().st_mtime_ns != built_at
     assert not STAGES["segment"].is_stale(other) and not STAGES["label"].is_stale(other)
     fingerprint = json.loads(Path(f"{sentences}.fingerprint.json").read_text(encoding="utf-8"))
-    assert fingerprint["config"]["segment"]["repeated_line_max_words"] == 3
+    assert fingerprint["config"]["segment.repeated_line_max_words"] == 3
+    assert "paths.run_dir" not in fingerprint["config"]
 
 
 def test_sweep_expansion_is_a_cartesian_product():

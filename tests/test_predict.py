@@ -26,15 +26,17 @@ PROBS = ["p_negative", "p_neutral", "p_positive"]
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """An MLflow store with two fake training runs of the same tiny model; the second has the better F1
-    and was trained with blank-line paragraphs (to check that predict segments as the model's run did)."""
+    """An MLflow store with two fake training runs of the same tiny model registered as versions 1 and 2 of
+    `stance`; the served alias (champion) is on version 2, trained with blank-line paragraphs (to check that predict
+    segments as the model's run did)."""
     import mlflow
 
     from pipeline import tracking
     from pipeline.model_store import log_stance_model
 
     root = tmp_path_factory.mktemp("store")
-    overrides = [f"tracking.uri=sqlite:///{root}/mlflow.db", f"tracking.artifact_root={root}/artifacts"]
+    overrides = [f"tracking.uri=sqlite:///{root}/mlflow.db", f"tracking.artifact_root={root}/artifacts",
+                 "tracking.register=stance"]
     model_dir = make_stance_model(root / "model")
     # Version 2 has other weights than version 1, so a test can tell which one an alias or URI loaded.
     model_dirs = {"worse": model_dir, "better": make_stance_model(root / "model_better", seed=11)}
@@ -83,8 +85,7 @@ def test_directory_with_bad_files_default_model_and_summary(run_predict, store, 
     out = tmp_path / "out" / "pred.csv"
     report = run_predict(f"input={folder}", f"output={out}", "predict.plot=true", "predict.chunk_sentences=16")
 
-    better_run = store["runs"]["better"][0]
-    assert report["model_uri"] == f"runs:/{better_run}/model"  # the best run by test_macro_f1
+    assert report["model_uri"] == "models:/stance@champion"  # the served model: version 2, the "better" run
     table = read_table(out)
     assert list(table.columns) == ["article_id", "sentence_id", "idx", "text", "label", *PROBS, "truncated",
                                    "rules_fired", "confidence", "confident", "path"]

@@ -239,8 +239,7 @@ def test_tfidf_on_a_table_through_the_cli(make_cfg, tmp_path):
     path = write_table(tmp_path / "t.csv", n=90)
     cfg = make_cfg("train", "model=tfidf", "data=table", f"data.path={path}", "data.text_column=tweet",
                    "data.label_column=sentiment", ARSARCASM_LABEL_MAP_OVERRIDE,
-                   f"paths.sentences={tmp_path}/never.parquet", "tracking.register=stance-tfidf",
-                   "tracking.alias=champion", "train.refit=all")  # tfidf's own default is refit=none
+                   f"paths.sentences={tmp_path}/never.parquet", "tracking.register=stance-tfidf")
     result = run_stage("train", cfg)
     assert Path(result["model_dir"]).parent.name == "final"  # the refit is what is served
     assert not (tmp_path / "never.parquet").exists()

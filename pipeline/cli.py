@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -66,8 +67,17 @@ def parse_args(argv: Sequence[str]) -> tuple[str, list[str], bool, bool]:
             else:
                 raise UsageError(f"bad override {arg!r}: expected key=value (e.g. model=tiny)")
         else:
-            overrides.append(arg)
+            overrides.append(expand_home(arg))
     return stage_name, overrides, show_help, multirun
+
+
+def expand_home(override: str) -> str:
+    """`key=~/dir` → `key=/home/me/dir`, as a shell does for an assignment: an argument is not one, so `~` reaches
+    us as it is, and Hydra's grammar cannot read it in a value (`~` marks a deletion at the start of an override)."""
+    key, sep, value = override.partition("=")
+    if sep and not key.startswith("~") and (value == "~" or value.startswith("~/")):
+        return f"{key}={os.path.expanduser(value)}"
+    return override
 
 
 def quote_value(text: str) -> str:

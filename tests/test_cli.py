@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import expand_sweep, main
+from pipeline.cli import expand_sweep, main, parse_args
 from pipeline.stages import STAGES, ensure_inputs
 
 from conftest import REPO
@@ -212,6 +212,16 @@ def test_outputs_built_with_another_config_are_rebuilt(tmp_path, make_cfg):
     fingerprint = json.loads(Path(f"{sentences}.fingerprint.json").read_text(encoding="utf-8"))
     assert fingerprint["config"]["segment.repeated_line_max_words"] == 3
     assert "paths.run_dir" not in fingerprint["config"]
+
+
+def test_a_home_directory_in_a_value_is_expanded_as_a_shell_would(monkeypatch):
+    """`model.name_or_path=~/models/x` is not a shell assignment, so `~` reaches the CLI, and Hydra cannot parse it."""
+    monkeypatch.setenv("HOME", "/home/analyst")
+    _, overrides, _, _ = parse_args(["train", "model.name_or_path=~/models/x", "~train.lr", "data.unlabelled=a~b"])
+    assert overrides == ["model.name_or_path=/home/analyst/models/x", "~train.lr", "data.unlabelled=a~b"]
+    from pipeline.config import compose_config
+
+    assert compose_config("train", overrides[:1]).model.name_or_path == "/home/analyst/models/x"
 
 
 def test_sweep_expansion_is_a_cartesian_product():

@@ -58,8 +58,15 @@ def makefile_command(target: str) -> list[str]:
 
 
 @pytest.fixture
-def encoder(small_encoder) -> Path:
-    return small_encoder
+def encoder(small_encoder, tmp_path, monkeypatch) -> Path:
+    """The small encoder where the README's commands look for the pretrained one (~/models/...), so that they run
+    exactly as written, `~` included."""
+    home = tmp_path / "home"
+    target = home / STANDIN.removeprefix("~/")
+    target.parent.mkdir(parents=True)
+    target.symlink_to(small_encoder, target_is_directory=True)
+    monkeypatch.setenv("HOME", str(home))
+    return target
 
 
 @pytest.fixture
@@ -83,10 +90,8 @@ def write_articles(folder: Path, articles: dict[str, str]) -> None:
         (folder / f"{name}.txt").write_text(text, encoding="utf-8")
 
 
-def run(argv: list[str], capsys, encoder: Path | None = None) -> str:
-    """One command, as typed (the README's encoder path replaced by the local one); returns its stdout."""
-    if encoder is not None:
-        argv = [a.replace(STANDIN, str(encoder)) for a in argv]
+def run(argv: list[str], capsys) -> str:
+    """One command, as typed; returns its stdout."""
     code = main(argv)
     out = capsys.readouterr().out
     assert code == 0, f"`python -m pipeline {' '.join(argv)}` exited {code}"
@@ -119,10 +124,10 @@ def test_run_offline_then_the_best_offline_model_then_a_sweep_serve_what_was_jus
     # README, "Labelling new articles with the best offline model": train on gold + the new articles, predict.
     write_articles(checkout / "new", NEW_ARTICLES)
     train_cmd, predict_cmd = readme_commands("## Labelling new articles with the best offline model")
-    out = run(train_cmd, capsys, encoder)
+    out = run(train_cmd, capsys)
     offline_best = train_run_id(out)
     assert "now served as models:/stance-seeds@champion" in out
-    run(predict_cmd, capsys, encoder)
+    run(predict_cmd, capsys)
 
     assert champion().run_id == offline_best                          # the model just trained, not tiny
     predictions = pd.read_csv("predictions.csv")
@@ -135,7 +140,7 @@ def test_run_offline_then_the_best_offline_model_then_a_sweep_serve_what_was_jus
     assert tags["refit_sources"] == f"gold=74, rules={new_sentences}"      # the served model: every seed + new
 
     # A sweep, then predict: the sweep's best job is served, and `promote` lists every version.
-    out = run(["train", "-m", "model=frozen", f"model.name_or_path={encoder}", "train.head.C=0.5,2.0"], capsys)
+    out = run(["train", "-m", "model=frozen", f"model.name_or_path={STANDIN}", "train.head.C=0.5,2.0"], capsys)
     assert "a selection maximum" in out
     client = mlflow.MlflowClient()
     jobs = client.search_runs([mlflow.get_experiment_by_name("stance-toward-agreement").experiment_id],
@@ -162,9 +167,9 @@ def test_changing_the_articles_to_label_between_two_trains_retrains_on_the_new_o
     write_articles(checkout / "batch1", NEW_ARTICLES)
     write_articles(checkout / "batch2", OTHER_ARTICLES)
     train_cmd, _ = readme_commands("## Labelling new articles with the best offline model")
-    first = train_run_id(run(train_cmd + ["data.unlabelled=batch1/*.txt"], capsys, encoder))
+    first = train_run_id(run(train_cmd + ["data.unlabelled=batch1/*.txt"], capsys))
     assert sentences_of(NEW_ARTICLES) == 5
-    second = train_run_id(run(train_cmd + ["data.unlabelled=batch2/*.txt"], capsys, encoder))
+    second = train_run_id(run(train_cmd + ["data.unlabelled=batch2/*.txt"], capsys))
 
     assert sentences_of(NEW_ARTICLES) == 0 and sentences_of(OTHER_ARTICLES) == 4
     assert mlflow.get_run(second).data.tags["refit_sources"] == "gold=74, rules=4"

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from pipeline import LABELS, tracking, train_state
 from pipeline.errors import PipelineError
-from pipeline.io import write_table_atomic
+from pipeline.io import CsvStyle, write_table_atomic
 from pipeline.fitting import CHECKPOINT_SUBDIR, fit_model, preflight, stance_kind
 from pipeline.metrics import SUMMARY_METRICS, classification_metrics, prefixed, write_report
 from pipeline.scoring import comparison_table, log_data, log_scored, score_split
@@ -52,7 +52,8 @@ def _evaluate_model_dir(cfg: DictConfig) -> dict:
         scored = score_split(cfg, data, split, Path(str(model_dir)), out / "evaluation")
         log_scored(scored, prefix="eval_", artifact_dir="evaluation")
         mlflow.log_artifact(str(write_table_atomic(
-            comparison_table(str(model_dir), scored.metrics, scored.baselines), out / "evaluation" / "comparison.csv")),
+            comparison_table(str(model_dir), scored.metrics, scored.baselines), out / "evaluation" / "comparison.csv",
+            csv=CsvStyle.from_cfg(cfg))),
             "evaluation")
         return {"run_id": run.info.run_id, "metrics": prefixed(scored.metrics, "eval_"), "baselines": scored.baselines}
 
@@ -109,6 +110,7 @@ def _cross_validate(cfg: DictConfig) -> dict:
     if mode == "loao" and not data.grouped:
         mode = "kfold"  # cv_splits fell back (and said so): no articles to leave out
     ev = cfg.evaluate
+    csv = CsvStyle.from_cfg(cfg)
     log.info("evaluate: %s cross-validation, %d folds", mode, len(folds))
     fold_rows: list[dict] = []
     oof_tests: list[pd.DataFrame] = []
@@ -149,7 +151,7 @@ def _cross_validate(cfg: DictConfig) -> dict:
         proba = np.vstack(oof_proba)
         pooled, files = write_report(run_dir / "evaluation", test, proba, title=f"{cfg.model.name} ({mode}, pooled)",
                                      n_resamples=int(ev.bootstrap), ci=float(ev.ci), seed=int(cfg.seed),
-                                     max_errors=int(ev.max_errors))
+                                     max_errors=int(ev.max_errors), csv=csv)
         summary = {**_spread(model_folds, "cv_"), **prefixed(pooled, "oof_")}
         base_pooled = {}
         for name, per_fold in base_folds.items():
@@ -159,9 +161,9 @@ def _cross_validate(cfg: DictConfig) -> dict:
                 base_pooled[name] = classification_metrics(test["label"], pred)
                 summary.update(prefixed({k: base_pooled[name][k] for k in SUMMARY_METRICS}, f"baseline_{name}_oof_"))
         mlflow.log_metrics(summary)
-        folds_csv = write_table_atomic(pd.DataFrame(fold_rows), run_dir / "evaluation" / "folds.csv")
+        folds_csv = write_table_atomic(pd.DataFrame(fold_rows), run_dir / "evaluation" / "folds.csv", csv=csv)
         comparison = write_table_atomic(comparison_table(str(cfg.model.name), pooled, base_pooled),
-                                        run_dir / "evaluation" / "comparison.csv")
+                                        run_dir / "evaluation" / "comparison.csv", csv=csv)
         for path in [*files, folds_csv, comparison]:
             mlflow.log_artifact(str(path), "evaluation")
         log.info("evaluate: macro-F1 %.3f ± %.3f across %d folds (pooled %.3f [%.3f, %.3f]); %s",

@@ -26,7 +26,7 @@ from pipeline import LABELS
 from pipeline.errors import PipelineError
 from pipeline.gold import label_distribution, load_gold
 from pipeline.metrics import plot_confusion
-from pipeline.io import read_table, write_table_atomic, write_text_atomic
+from pipeline.io import CsvStyle, read_table, write_table_atomic, write_text_atomic
 from pipeline.provenance import note_file
 from pipeline import labelstudio
 from pipeline.rules import Lexicon, load_lexicon, rule_ids
@@ -186,10 +186,11 @@ def log_quality_to_mlflow(cfg: DictConfig, quality: dict, lexicon_path: Path, ru
         return run.info.run_id
 
 
-def write_quality_files(quality: dict, run_dir: Path) -> None:
-    write_table_atomic(quality["confusion"].rename_axis("gold").reset_index(), run_dir / "rules_confusion.csv")
-    write_table_atomic(quality["errors"], run_dir / "rules_errors.csv")
-    write_table_atomic(quality["per_cue"], run_dir / "rules_per_cue.csv")
+def write_quality_files(quality: dict, run_dir: Path, csv: CsvStyle | None = None) -> None:
+    write_table_atomic(quality["confusion"].rename_axis("gold").reset_index(), run_dir / "rules_confusion.csv",
+                       csv=csv)
+    write_table_atomic(quality["errors"], run_dir / "rules_errors.csv", csv=csv)
+    write_table_atomic(quality["per_cue"], run_dir / "rules_per_cue.csv", csv=csv)
     write_text_atomic(run_dir / "rules_quality.json", json.dumps(quality["metrics"], indent=2))
     try:
         plot_confusion(quality["confusion"], run_dir / "rules_confusion.png", title="rules vs gold", xlabel="rules")
@@ -263,7 +264,7 @@ def run_import(cfg: DictConfig, sentences: pd.DataFrame, gold: pd.DataFrame | No
     lab = cfg.labeling
     report = labelstudio.import_export_file(
         lab.import_file, sentences, lab.annotations, gold, on_conflict=str(lab.import_on_conflict),
-        from_name=str(lab.from_name),
+        from_name=str(lab.from_name), csv=CsvStyle.from_cfg(cfg),
     )
     log.info("label: import %s: %s", lab.import_file, report.summary())
     print(f"imported {lab.import_file}: {report.summary()}")
@@ -271,7 +272,7 @@ def run_import(cfg: DictConfig, sentences: pd.DataFrame, gold: pd.DataFrame | No
         print(f"  previous annotations backed up to {report.backup}")
     if report.conflicts:
         conflicts = pd.DataFrame(report.conflicts)
-        path = write_table_atomic(conflicts, Path(cfg.paths.run_dir) / "import_conflicts.csv")
+        path = write_table_atomic(conflicts, Path(cfg.paths.run_dir) / "import_conflicts.csv", csv=CsvStyle.from_cfg(cfg))
         print(f"  {len(conflicts)} conflict(s), not applied unless said otherwise (listed in {path}):")
         for c in report.conflicts:
             print(f"    [{c['kind']}] {c['sentence_id']}: existing={c['existing'] or '-'} imported={c['imported']} "
@@ -306,7 +307,7 @@ def label(cfg: DictConfig) -> pd.DataFrame | dict:
     lexicon_sha = file_digest(lexicon_path)
     if gold is not None and len(gold):
         quality = rules_quality(labelled, gold, str(lab.abstain), lexicon)
-        write_quality_files(quality, run_dir)
+        write_quality_files(quality, run_dir, CsvStyle.from_cfg(cfg))
         print(format_quality(quality, str(lab.abstain)))
         if lab.log_mlflow:
             run_id = log_quality_to_mlflow(cfg, quality, lexicon_path, run_dir)

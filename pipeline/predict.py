@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from pipeline.errors import PipelineError
 from pipeline.inference import load_predictor, set_threads
-from pipeline.io import TABLE_SUFFIXES, read_table, write_table_atomic, write_text_atomic
+from pipeline.io import TABLE_SUFFIXES, CsvStyle, read_table, write_table_atomic, write_text_atomic
 from pipeline.model_store import model_identity, resolve_model, segment_rules_for
 from pipeline.predict_extras import Enricher, timeline_freq, write_report, write_summaries
 from pipeline.predict_inputs import ArticleReader, as_list, expand_inputs
@@ -72,11 +72,13 @@ def predict(cfg: DictConfig) -> dict:
     timeline_freq(cfg)  # a bad predict.timeline fails before any work
     run_dir = Path(cfg.paths.run_dir)
     errors = ErrorLog()
+    csv = CsvStyle.from_cfg(cfg)
+    date_column = str(OmegaConf.select(pcfg, "date_column", default="") or "")
 
     # The inputs first: a missing input is told before a model is fetched or loaded.
     files = expand_inputs(inputs, errors)
     if not files:
-        write_table_atomic(errors.frame(), errors_path)
+        write_table_atomic(errors.frame(), errors_path, csv=csv)
         raise PipelineError(f"no usable article in input={', '.join(inputs)}: none of these exists; "
                             f"give existing files, directories or globs (see {errors_path})")
     written = {p.resolve(): key for p, key in ((output, "output"), (summary_path, "predict.summary"),
@@ -92,7 +94,7 @@ def predict(cfg: DictConfig) -> dict:
                                    max_batch_tokens=pcfg.max_batch_tokens)
     except PipelineError as exc:
         errors.add(OmegaConf.select(cfg, "model_uri", default=None) or "(default model)", "model", str(exc))
-        write_table_atomic(errors.frame(), errors_path)
+        write_table_atomic(errors.frame(), errors_path, csv=csv)
         raise
     threads = set_threads(pcfg.threads)
     log.info("predict: model %s (%s, labels %s, max_length %d%s) on %s, %d threads", model.uri, predictor.kind,
@@ -104,10 +106,11 @@ def predict(cfg: DictConfig) -> dict:
     writer = PartsWriter(output, predictor, errors, chunk_sentences=chunk_sentences,
                          batch_size=int(pcfg.batch_size), resume=bool(pcfg.resume),
                          model_id=model_identity(model.uri, model.model_dir), enrich=enricher,
-                         added=enricher.added)
+                         added=enricher.added, csv=csv, date_column=date_column)
     previous_errors = pd.DataFrame(columns=ERROR_COLUMNS)
     if pcfg.resume:
-        earlier = read_table(errors_path) if errors_path.exists() and output.exists() else previous_errors
+        earlier = (read_table(errors_path, restore=True) if errors_path.exists() and output.exists()
+                   else previous_errors)
         earlier = earlier[earlier["article_id"].isin(writer.done)]  # others are read again and re-reported
         previous_errors = pd.concat([earlier, writer.previous_errors()], ignore_index=True)
     reader = ArticleReader(cfg, rules, errors)
@@ -125,15 +128,15 @@ def predict(cfg: DictConfig) -> dict:
     counts.update(sentences=writer.sentences, truncated=writer.truncated)
 
     if counts["articles"] == 0 and not writer.done:
-        write_table_atomic(errors.frame(), errors_path)
+        write_table_atomic(errors.frame(), errors_path, csv=csv)
         writer.discard()
         raise PipelineError(f"no usable article in input={', '.join(inputs)}; see {errors_path} for why")
 
     summary_frame = writer.merge()
-    write_table_atomic(summary_frame, summary_path)
+    write_table_atomic(summary_frame, summary_path, csv=csv, date_columns=[date_column])
     all_errors = (pd.concat([previous_errors.astype(str), errors.frame().astype(str)], ignore_index=True)
                   .drop_duplicates(ignore_index=True) if len(previous_errors) else errors.frame())
-    write_table_atomic(all_errors, errors_path)
+    write_table_atomic(all_errors, errors_path, csv=csv)
     if plot_path is not None:
         plot_net_stance(summary_frame, plot_path, int(pcfg.plot_max_bars))
     summaries = write_summaries(cfg, output, summary_frame, predictor.labels)

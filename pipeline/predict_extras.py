@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.analytics import by_outlet, timeline
 from pipeline.errors import PipelineError
 from pipeline.explain import format_reasons, top_words
-from pipeline.io import read_table, write_table_atomic
+from pipeline.io import CsvStyle, read_table, write_table_atomic
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,9 @@ def write_summaries(cfg: DictConfig, output: Path, articles: pd.DataFrame, label
                                        labels=labels, per_article=True)
     for name, frame in written.items():
         path = summary_path(output, name)
-        if "period" in frame.columns:  # the same text in every format: YYYY-MM-DD
+        if "period" in frame.columns:  # YYYY-MM-DD in CSV and JSON lines, a date in parquet
             frame = frame.assign(period=frame["period"].dt.strftime("%Y-%m-%d"))
-        write_table_atomic(frame, path)
+        write_table_atomic(frame, path, csv=CsvStyle.from_cfg(cfg), date_columns=["period"])
         log.info("predict: wrote %s (%d rows)", path, len(frame))
     return written
 
@@ -141,7 +141,7 @@ def write_report(cfg: DictConfig, output: Path, articles: pd.DataFrame, summarie
 
     pcfg = cfg.predict
     path = Path(str(pcfg.report_path)) if pcfg.report_path else output.with_name(output.stem + ".report.html")
-    sentences = read_table(output)  # a CSV / JSONL output reads back as text: numbers and flags again
+    sentences = read_table(output, restore=True)  # a CSV / JSONL output reads back as text: numbers and flags again
     for column in [*(f"p_{x}" for x in labels), "confidence", "idx"]:
         if column in sentences.columns:
             sentences[column] = pd.to_numeric(sentences[column])

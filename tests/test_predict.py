@@ -91,7 +91,7 @@ def test_directory_with_bad_files_default_model_and_summary(run_predict, store, 
                                    "rules_fired", "confidence", "confident", "path"]
     table[PROBS] = table[PROBS].astype(float)
     assert sorted(table["article_id"].unique()) == sorted([p.stem for p in SEEDS] + ["wrapped"])
-    np.testing.assert_allclose(table[PROBS].sum(axis=1), 1.0, atol=1e-9)
+    np.testing.assert_allclose(table[PROBS].sum(axis=1), 1.0, atol=2e-4)  # CSV: rounded to csv.float_digits=4
     assert table["sentence_id"].is_unique and report["sentences"] == len(table)
 
     # Segmented with the training run's rules (blank_line), not today's config (line).
@@ -119,8 +119,8 @@ def test_directory_with_bad_files_default_model_and_summary(run_predict, store, 
         part = table[table["article_id"] == row.article_id]
         assert row.sentences == len(part)
         assert row.n_positive == (part["label"] == "positive").sum()
-        assert row.share_neutral == pytest.approx((part["label"] == "neutral").mean())
-        assert row.net_stance == pytest.approx((part["p_positive"] - part["p_negative"]).mean())
+        assert row.share_neutral == pytest.approx((part["label"] == "neutral").mean(), abs=1e-4)
+        assert row.net_stance == pytest.approx((part["p_positive"] - part["p_negative"]).mean(), abs=2e-4)
         assert row.dominant_label == part["label"].value_counts().idxmax()
     assert Path(report["plot"]).read_bytes()[:4] == b"\x89PNG"
     assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # no temp or parts left behind
@@ -266,9 +266,13 @@ def test_output_formats_agree(run_predict, tmp_path):
         run_predict(f"input={SEEDS[2]}", f"output={out}")
         frame = read_table(out) if suffix != ".csv" else pd.read_csv(out)
         frames.append(frame.reset_index(drop=True))
-    for other in frames[1:]:
-        assert (other["sentence_id"] == frames[0]["sentence_id"]).all()
-        np.testing.assert_allclose(other[PROBS].to_numpy(float), frames[0][PROBS].to_numpy(float), atol=1e-9)
+    csv, jsonl, parquet = frames
+    for other in (jsonl, parquet):
+        assert (other["sentence_id"] == csv["sentence_id"]).all()
+        # CSV rounds to csv.float_digits=4 decimals; JSON lines and parquet keep full precision
+        np.testing.assert_allclose(other[PROBS].to_numpy(float), csv[PROBS].to_numpy(float), atol=5.01e-5)
+    np.testing.assert_allclose(jsonl[PROBS].to_numpy(float), parquet[PROBS].to_numpy(float), atol=1e-12)
+    assert (parquet[PROBS].to_numpy(float) != parquet[PROBS].to_numpy(float).round(4)).any()
     with pytest.raises(PipelineError, match="unsupported format"):
         run_predict(f"input={SEEDS[2]}", f"output={tmp_path}/p.xlsx")
 

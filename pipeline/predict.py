@@ -41,6 +41,7 @@ from pipeline.model_store import model_identity, resolve_model, segment_rules_fo
 from pipeline.predict_extras import Enricher, timeline_freq, write_report, write_summaries
 from pipeline.predict_inputs import ArticleReader, as_list, expand_inputs
 from pipeline.predict_outputs import ERROR_COLUMNS, ErrorLog, PartsWriter, plot_net_stance
+from pipeline.registry import model_quality
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +141,14 @@ def predict(cfg: DictConfig) -> dict:
     if plot_path is not None:
         plot_net_stance(summary_frame, plot_path, int(pcfg.plot_max_bars))
     summaries = write_summaries(cfg, output, summary_frame, predictor.labels)
+    quality = model_quality(cfg, model.run_id)
     extra_paths = {name: str(output.with_name(f"{output.stem}.{name}{output.suffix}")) for name in summaries}
     if pcfg.report:
         calibration = getattr(predictor, "calibration", None)
         described = f"{model.uri} ({predictor.kind}, {predictor.base_model}" + (
             f", T={calibration.temperature:.2f})" if calibration is not None and calibration.temperature != 1.0 else ")")
-        extra_paths["report"] = str(write_report(cfg, output, summary_frame, summaries, predictor.labels, described))
+        extra_paths["report"] = str(write_report(cfg, output, summary_frame, summaries, predictor.labels, described,
+                                                 quality=quality, lexicon=enricher.cue_lexicon))
 
     problems = all_errors[all_errors["reason"] != "truncated"]
     log.info("predict: %d articles, %d sentences predicted (%d truncated at %d tokens); %d skipped as already "
@@ -156,6 +159,26 @@ def predict(cfg: DictConfig) -> dict:
     report = {"output": str(output), "summary": str(summary_path), "errors": str(errors_path),
               "plot": str(plot_path) if plot_path else None, "timeline": extra_paths.get("timeline"),
               "outlets": extra_paths.get("outlets"), "report": extra_paths.get("report"), "model_uri": model.uri, **counts,
-              "input_problems": int(len(problems))}
+              "input_problems": int(len(problems)), "model_run_id": model.run_id, "model_quality": quality}
     write_text_atomic(run_dir / "predict_report.json", json.dumps(report, ensure_ascii=False, indent=2))
+    print(outcome_line(report))
     return report
+
+
+def outcome_line(report: dict) -> str:
+    """What a predict run leaves the user: its files, the model that made them (and how good it is), what next."""
+    quality = report.get("model_quality") or {}
+    if quality.get("smoke"):
+        judged = "a SMOKE model (built from scratch): its labels mean nothing"
+    elif quality.get("test_macro_f1") is not None:
+        ci = quality.get("test_ci")
+        judged = f"held-out macro-F1 {quality['test_macro_f1']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+    else:
+        judged = "quality unknown (no MLflow run)"
+    others = [p for p in (report["summary"], report["errors"], report.get("timeline"), report.get("outlets"),
+                          report.get("plot")) if p]
+    problems = f" ({report['input_problems']} input problems)" if report["input_problems"] else ""
+    after = (f"open {report['report']}" if report.get("report")
+             else "add predict.report=true for an HTML report")
+    return (f"predict: {report['articles']} articles, {report['sentences']} sentences → {report['output']} "
+            f"(+ {', '.join(others)}){problems}; model {report['model_uri']}, {judged}; next: {after}")

@@ -49,6 +49,11 @@ class Enricher:
             self.lexicon = read_lexicon(lexicon) if isinstance(lexicon, (str, Path)) else lexicon
         self.added = ["rules_fired"] + (["top_words"] if self.explain else [])
 
+    @property
+    def cue_lexicon(self):
+        """The lexicon whose rules make `rules_fired` (a hybrid model's own, else labeling.lexicon), or None."""
+        return self.lexicon if self.lexicon is not None else getattr(self.predictor, "lexicon", None)
+
     @staticmethod
     def settings(cfg: DictConfig) -> dict:
         """The constructor's plain values from the config (predict.*, labeling.lexicon as a path or None)."""
@@ -135,9 +140,11 @@ def summary_path(output: Path, name: str) -> Path:
 
 
 def write_report(cfg: DictConfig, output: Path, articles: pd.DataFrame, summaries: dict[str, pd.DataFrame],
-                 labels, model_description: str) -> Path:
-    """The HTML report (predict.report_path, default <output stem>.report.html) from the merged outputs."""
-    from pipeline.report import write_html_report
+                 labels, model_description: str, *, quality: dict | None = None, lexicon=None) -> Path:
+    """The HTML report (predict.report_path, default <output stem>.report.html) from the merged outputs.
+    `quality`: registry.model_quality of the model's train run (None: unknown); `lexicon`: the one that made
+    rules_fired (Enricher.cue_lexicon), so the report shows the cues' own words."""
+    from pipeline.report import ModelQuality, write_html_report
 
     pcfg = cfg.predict
     path = Path(str(pcfg.report_path)) if pcfg.report_path else output.with_name(output.stem + ".report.html")
@@ -148,6 +155,10 @@ def write_report(cfg: DictConfig, output: Path, articles: pd.DataFrame, summarie
     for column in ("truncated", "confident"):
         if column in sentences.columns and sentences[column].dtype != bool:
             sentences[column] = sentences[column].astype(str).str.lower().isin(["true", "1"])
+    shown = None if quality is None else ModelQuality(
+        **{k: quality.get(k) for k in ("smoke", "test_macro_f1", "test_ci", "test_n", "cv_macro_f1", "cv_ci", "cv_n",
+                                       "run_id")})
     return write_html_report(path, sentences, articles, summaries.get("timeline"), summaries.get("outlets"),
                              model_description=model_description, top_n=int(pcfg.report_top_sentences),
-                             labels=labels)
+                             labels=labels, quality=shown, min_confidence=float(pcfg.min_confidence),
+                             cues=lexicon.cue_matches if lexicon is not None else None)

@@ -445,3 +445,43 @@ def test_pickled_model_dir_outside_the_store_is_refused_unless_trusted(run_predi
     report = run_predict(f"input={SEEDS[0]}", f"output={tmp_path}/p.csv", f"model_uri={good}",
                          "predict.trust_model_dir=true")
     assert report["sentences"] > 0
+
+
+def test_predict_ends_with_a_summary_line(run_predict, tmp_path, capsys):
+    out = tmp_path / "p.csv"
+    report = run_predict(f"input={SEEDS[2]}", f"output={out}", "predict.report=true", "predict.bootstrap=10")
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"predict: 1 articles, {report['sentences']} sentences → {out} "
+                           f"(+ {report['summary']}, {report['errors']}")
+    # the model it used and how good its run measured it (the served version 2 logged test_macro_f1 0.6)
+    assert "; model models:/stance@champion, held-out macro-F1 0.60;" in line
+    assert line.endswith(f"next: open {report['report']}")
+    assert report["model_quality"]["test_macro_f1"] == 0.6 and report["model_quality"]["smoke"] is None
+
+
+def test_report_and_summary_show_the_models_quality_and_warn_of_a_smoke_model(run_predict, store, tmp_path, capsys):
+    import mlflow
+
+    from pipeline import tracking
+    from pipeline.model_store import log_stance_model
+    from pipeline.registry import SMOKE_TAG
+
+    cfg = compose_config("train", store["overrides"])
+    with tracking.start_run(cfg, "train-tiny", tags={"has_model": "true", SMOKE_TAG: "true", "data_name": "seeds",
+                                                     "recipe_digest": "recipe-x"}) as run:
+        log_stance_model(store["model_dir"])
+        mlflow.log_metrics({"test_macro_f1": 0.24, "test_macro_f1_ci_low": 0.11, "test_macro_f1_ci_high": 0.33,
+                            "test_n": 21})
+    with tracking.start_run(cfg, "evaluate-loao-tiny", tags={"stage": "evaluate", "cv_parent": "true",
+                                                             "data_name": "seeds", "recipe_digest": "recipe-x"}):
+        mlflow.log_metrics({"oof_macro_f1": 0.27, "oof_macro_f1_ci_low": 0.2, "oof_macro_f1_ci_high": 0.35,
+                            "oof_n": 74})
+    out = tmp_path / "p.csv"
+    report = run_predict(f"input={SEEDS[2]}", f"output={out}", f"model_uri=runs:/{run.info.run_id}/model",
+                         "predict.report=true", "predict.bootstrap=10")
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "a SMOKE model (built from scratch): its labels mean nothing" in line
+    html = Path(report["report"]).read_text(encoding="utf-8")
+    assert 'class="warn" role="alert"' in html and "نموذج تجريبي" in html
+    for shown in ("0.24", "[0.11, 0.33]", "0.27", "[0.20, 0.35]", ">21<", ">74<"):
+        assert shown in html, shown

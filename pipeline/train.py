@@ -148,7 +148,7 @@ def train(cfg: DictConfig) -> dict:
                  ", ".join(f"{n} {m['macro_f1']:.3f}" for n, m in scored.baselines.items()) or "no baselines")
         result = {"run_id": run.info.run_id, "model_dir": str(served_dir), "model_uri": info.model_uri,
                   "metrics": prefixed(scored.metrics, "test_"), "baselines": scored.baselines, "smoke": smoke,
-                  **outcome}
+                  "compare_url": tracking.headline_url(cfg, run.info.experiment_id), **outcome}
     print(outcome_lines(cfg, result))
     return result
 
@@ -173,4 +173,6 @@ def outcome_lines(cfg: DictConfig, result: dict) -> str:
     else:
         lines += [f"  model {run_uri} (tracking.register=null: not registered)",
                   f"  predict with it: {predict} model_uri={run_uri}"]
+    if result.get("compare_url"):
+        lines.append(f"  compare the runs (`make ui` first): {result['compare_url']}")
     return "\n".join(lines)

@@ -112,7 +112,8 @@ def test_table_of_articles_keeps_metadata_and_partitions(spark, make_cfg, logged
     seeds = sorted(SEEDS.glob("*.txt"))
     table = pd.DataFrame({"article_id": [p.stem for p in seeds],
                           "text": [p.read_text(encoding="utf-8") for p in seeds],
-                          "outlet": ["a", "b", "a", "b", "a"]})
+                          "outlet": ["a", "b", "a", "b", "a"],
+                          "date": ["2022-01-27", "27/01/2022", "", "2022-01-28", "2022-01-31"]})
     table.to_json(tmp_path / "articles.jsonl", orient="records", lines=True, force_ascii=False)
     # predict.explain=true: the analyst columns, top_words included, come from the same Enricher on the executors
     local = predict(make_cfg("predict", *store, f"input={tmp_path}/articles.jsonl",
@@ -129,6 +130,11 @@ def test_table_of_articles_keeps_metadata_and_partitions(spark, make_cfg, logged
     assert {"outlet", "confidence", "confident", "rules_fired", "top_words"} <= set(local_rows.columns)
     assert local_rows["top_words"].astype(bool).any()
     assert_same_rows(got[list(local_rows.columns)], local_rows, ["article_id", "idx"])
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    assert pq.read_schema(local["output"]).field("date").type == pa.date32()  # dates in parquet, both ways
+    assert pa.types.is_date(pq.read_table(tmp_path / "out").schema.field("date").type)
     summary = pd.read_parquet(tmp_path / "out.articles")
     assert (summary["outlet"].astype(str) == summary["article_id"].map(outlet)).all()
 

@@ -221,13 +221,16 @@ def typed_dates(values: pd.Series) -> "object":
 
 
 def parquet_table(df: pd.DataFrame, date_columns: Sequence[str] = ()):
-    """`df` as a pyarrow table, the `date_columns` it has typed as dates (`typed_dates`)."""
+    """`df` as a pyarrow table, the `date_columns` it has typed as dates (`typed_dates`). The frame is converted
+    first, so that the pandas metadata in the file says dates too (else pandas reads them back as text)."""
     import pyarrow as pa
 
+    typed = {c: typed_dates(df[c]) for c in date_columns if c in df.columns}
+    if typed:
+        df = df.assign(**{c: array.to_pandas().to_numpy() for c, array in typed.items()})
     table = pa.Table.from_pandas(df, preserve_index=False)
-    for column in date_columns:
-        if column in table.column_names:
-            table = table.set_column(table.column_names.index(column), column, typed_dates(df[column]))
+    for column, array in typed.items():  # the arrow type as well, even for a chunk without any date
+        table = table.set_column(table.column_names.index(column), column, array)
     return table
 
 

@@ -184,7 +184,7 @@ def test_label_export_with_new_articles_exports_their_tasks(checkout, capsys):
     write_articles(checkout / "new", NEW_ARTICLES)
     out = run(["label", "--export", "data.unlabelled=new/*.txt", "labeling.export_size=null",
                "labeling.log_mlflow=false"], capsys)
-    tasks_path = Path(re.search(r"Label Studio task\(s\) to (\S+)", out).group(1))
+    tasks_path = Path(re.search(r"Label Studio task\(s\) → (\S+)", out).group(1))
     tasks = json.loads(tasks_path.read_text(encoding="utf-8"))
     exported = {t["data"]["article_id"] for t in tasks}
     assert set(NEW_ARTICLES) <= exported

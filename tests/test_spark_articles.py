@@ -74,7 +74,7 @@ def errors_set(frame: pd.DataFrame) -> set[tuple]:
                                                            "message"]].itertuples(index=False)}
 
 
-def test_spark_job_equals_the_local_predict_stage_row_for_row(spark, make_cfg, logged_model, tmp_path):
+def test_spark_job_equals_the_local_predict_stage_row_for_row(spark, make_cfg, logged_model, tmp_path, capsys):
     from pipeline.predict import predict
     from pipeline.spark_predict import spark_predict
 
@@ -82,8 +82,13 @@ def test_spark_job_equals_the_local_predict_stage_row_for_row(spark, make_cfg, l
     folder = articles_dir(tmp_path)
     local = predict(make_cfg("predict", *store, f"input={folder}", f"output={tmp_path}/local.parquet",
                              f"model_uri={uri}"))
+    capsys.readouterr()
     report = spark_predict(make_cfg("spark_predict", *store, f"input={folder}", f"output={tmp_path}/spark",
                                     f"model_uri={uri}", "spark.arrow_batch_articles=3"))
+    line = capsys.readouterr().out.strip().splitlines()[-1]  # its summary: what, where, the model, what next
+    assert line.startswith(f"spark_predict: {report['articles']} articles, {report['sentences']} sentences → "
+                           f"{tmp_path}/spark (+ {tmp_path}/spark.articles, {tmp_path}/spark.errors: ")
+    assert f"model {uri}; next: read them with spark.read.parquet" in line
 
     local_rows = pd.read_parquet(local["output"])
     spark_rows = pd.read_parquet(tmp_path / "spark")

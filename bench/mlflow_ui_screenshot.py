@@ -8,29 +8,34 @@
     .venv/bin/python -m pipeline train model=tiny $O
     .venv/bin/python -m pipeline train -m model=tiny train.lr=1e-4,5e-4 $O      # sweep: train-tiny lr=1e-4, ...
     .venv/bin/python -m pipeline evaluate model=tfidf $O
+    .venv/bin/python -m pipeline label $O                                            # the rules run: reused, not repeated
     MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid .venv/bin/mlflow server --workers 1 \
         --backend-store-uri sqlite:////tmp/uishot/mlflow.db --default-artifact-root /tmp/uishot/artifacts \
         --host 127.0.0.1 --port 5077 &
-    .venv/bin/python bench/mlflow_ui_screenshot.py --url http://127.0.0.1:5077 \
-        --runs-png docs/img/mlflow-runs.png --compare-png docs/img/mlflow-compare.png
+    .venv/bin/python bench/mlflow_ui_screenshot.py --url http://127.0.0.1:5077 --runs-width 1800 \
+        --runs-png docs/img/mlflow-runs.png --charts-png docs/img/mlflow-charts.png \
+        --compare-png docs/img/mlflow-compare.png
     kill -- -<the server's process group>
 
-Three pages, each in a fresh browser profile (what a first-time visitor sees):
+Four pages, each in a fresh browser profile (what a first-time visitor sees):
   1. landing: `#/experiments/<id>`, as `make ui` users open it. Reported, not checked: the view the UI opened on
      (`runs`, or `overview` for the GenAI overview) and, if not the runs, the view a second visit opens on after
      one click on the UI's "Model training" switch. MLflow 3.17's UI does not pick the view by the experiment's
      `mlflow.experimentKind` tag: it opens every experiment in the view of its global "GenAI | Model training"
      switch, which starts on GenAI and is remembered per browser (localStorage `mlflow.workflowType_v1`), or is set
      by the URL's `?workflowType=machine_learning`. Saved to --landing-png.
-  2. runs: the experiment's runs table in the "Model training" view (`?workflowType=machine_learning`), sweep
+  2. runs: the experiment's runs table through the link the stages print (the headline view pipeline/tracking.py
+     stores in the experiment, `?viewStateShareKey=pipeline-headline&workflowType=machine_learning`), sweep
      parents (`*-sweep`) expanded so that their child runs show with their names (`train-tiny lr=1e-4`).
   3. compare: the run comparison (`#/compare-runs?runs=[...]&experiments=[...]`) of the newest finished train runs
      (a `test_macro_f1` metric; --runs N, or --run-ids), with "Show diff only" on for parameters and metrics so
      the rows that tell the runs apart (model, learning rate, scores) are the ones in view; the parameter table is
      opened to its full height and the metric table scrolled to the test scores.
+  4. charts (--charts-png): the chart view of the headline view (`&compareRunsMode=CHART`).
 
 Checks (exit status 1 if any fails): the runs table names the train runs (the expanded sweep's children
-included); the compare page names every compared run, has both diff switches on, its metric names and values are
+included) and shows the `test_macro_f1` column with the logged values; the chart view's first section is an open
+"Headline" one and every other section is collapsed; the compare page names every compared run, has both diff switches on, its metric names and values are
 scrolled level, and its `test_macro_f1` row shows, run by run, the value each run logged; no screenshot is blank.
 
 Chromium is driven through its DevTools protocol over a pipe (`--remote-debugging-pipe`: no port, no websocket
@@ -43,13 +48,9 @@ visit as done in localStorage before the page loads.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import logging
 import os
-import select
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,8 +58,10 @@ import urllib.parse
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from report_screenshot import CHROMIUM_FLAGS, find_chromium, screenshot_problems  # noqa: E402
+from chromium_driver import Browser, find_chromium, screenshot_problems, shrink_png  # noqa: E402
+from pipeline.tracking import HEADLINE_SECTION, VIEW_KEY  # noqa: E402
 
 log = logging.getLogger("mlflow_ui_screenshot")
 
@@ -70,160 +73,6 @@ PRESET_STORAGE = {
     "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": True,  # else the Assistant panel opens itself
     "mlflow.detectIssues.guidanceShown_v1": True,           # a popover over the GenAI overview
 }
-
-
-class Browser:
-    """One headless Chromium page, driven over the DevTools protocol on fds 3/4 (`--remote-debugging-pipe`)."""
-
-    def __init__(self, binary: str, width: int, height: int, *, timeout: float = 60.0):
-        self.timeout = timeout
-        self._profile = tempfile.TemporaryDirectory(prefix="chromium-profile-")
-        to_browser_r, self._write_fd = os.pipe()
-        self._read_fd, from_browser_w = os.pipe()
-
-        def wire_pipe_fds() -> None:  # in the child, before exec: the protocol's fds are 3 (in) and 4 (out)
-            os.dup2(to_browser_r, 3)
-            os.dup2(from_browser_w, 4)
-
-        self.proc = subprocess.Popen(
-            [binary, *CHROMIUM_FLAGS, "--remote-debugging-pipe", f"--user-data-dir={self._profile.name}",
-             f"--window-size={width},{height}", "about:blank"],
-            pass_fds=(3, 4), preexec_fn=wire_pipe_fds, start_new_session=True,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        os.close(to_browser_r)
-        os.close(from_browser_w)
-        self._buffer = b""
-        self._next_id = 0
-        self.session: str | None = None  # the page's, once attached; browser-level commands go without
-        try:
-            page = next(t for t in self.call("Target.getTargets", session=None)["targetInfos"]
-                        if t["type"] == "page")
-            self.session = self.call("Target.attachToTarget", {"targetId": page["targetId"], "flatten": True},
-                                     session=None)["sessionId"]
-            self.call("Page.enable")
-            self.resize(width, height)
-            preset = "".join(f"localStorage.setItem({json.dumps(k)}, {json.dumps(json.dumps(v))});"
-                             for k, v in PRESET_STORAGE.items())
-            self.call("Page.addScriptToEvaluateOnNewDocument", {"source": f"try {{ {preset} }} catch (e) {{}}"})
-        except BaseException:
-            self.close()
-            raise
-
-    def call(self, method: str, params: dict | None = None, *, session: str | None | bool = True) -> dict:
-        """Send one command (to the page's session unless session=None) and return its result."""
-        self._next_id += 1
-        message = {"id": self._next_id, "method": method, "params": params or {}}
-        if session is True:
-            session = self.session
-        if session:
-            message["sessionId"] = session
-        os.write(self._write_fd, json.dumps(message).encode() + b"\0")
-        deadline = time.monotonic() + self.timeout
-        while True:
-            while b"\0" not in self._buffer:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([self._read_fd], [], [], left)[0]:
-                    raise TimeoutError(f"Chromium did not answer {method} within {self.timeout:.0f} s")
-                chunk = os.read(self._read_fd, 1 << 20)
-                if not chunk:
-                    raise RuntimeError(f"Chromium exited (rc {self.proc.poll()}) during {method}")
-                self._buffer += chunk
-            raw, self._buffer = self._buffer.split(b"\0", 1)
-            reply = json.loads(raw)
-            if reply.get("id") == self._next_id:  # anything else is an event: not needed here
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error'].get('message')}")
-                return reply.get("result", {})
-
-    def evaluate(self, expression: str):
-        result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True,
-                                                "awaitPromise": True})
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"page script failed: {result['exceptionDetails'].get('text')}: {expression[:200]}")
-        return result["result"].get("value")
-
-    def open(self, url: str) -> None:
-        self.call("Page.navigate", {"url": url})
-
-    def wait_for(self, expression: str, what: str, *, timeout: float | None = None) -> object:
-        """Poll `expression` until it is truthy; return its value. TimeoutError names `what`."""
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while True:
-            value = self.evaluate(expression)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"waited {timeout or self.timeout:.0f} s for {what}")
-            time.sleep(0.5)
-
-    def settle(self, *, quiet_s: float = 1.5, timeout: float = 20.0) -> None:
-        """Wait until the page's text and size stop changing (the SPA's last renders, charts included)."""
-        probe = "document.body ? document.body.innerText.length + ':' + document.body.scrollHeight : ''"
-        deadline = time.monotonic() + timeout
-        last, since = self.evaluate(probe), time.monotonic()
-        while time.monotonic() < deadline:
-            time.sleep(0.3)
-            now = self.evaluate(probe)
-            if now != last:
-                last, since = now, time.monotonic()
-            elif time.monotonic() - since >= quiet_s:
-                return
-
-    def resize(self, width: int, height: int) -> None:
-        self.width, self.height = width, height
-        self.call("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
-
-    def content_clip(self, *, max_height: int = 6000) -> dict:
-        """The region from the top of the page to the bottom of its content. The MLflow UI lays pages out in a
-        window-high frame that scrolls inside, so content below the window is cut: the window grows to fit it
-        first (up to `max_height`)."""
-        bottom = self.evaluate(CONTENT_BOTTOM_JS)
-        for _ in range(3):
-            if bottom <= self.height - 16 or self.height >= max_height:
-                break
-            self.resize(self.width, min(max_height, bottom + 200))
-            self.settle()
-            bottom = self.evaluate(CONTENT_BOTTOM_JS)
-            log.debug("window %dx%d: content bottom at %d px", self.width, self.height, bottom)
-        return {"x": 0, "y": 0, "width": self.width, "height": max(200, min(bottom, self.height))}
-
-    def screenshot(self, path: Path, clip: dict | None = None) -> Path:
-        params: dict = {"format": "png"}
-        if clip:
-            params["clip"] = {**clip, "scale": 1}
-        data = self.call("Page.captureScreenshot", params)["data"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(base64.b64decode(data))
-        os.replace(tmp, path)
-        return path
-
-    def close(self) -> None:
-        try:
-            if self.proc.poll() is None:
-                try:
-                    self.call("Browser.close", session=None)
-                except (OSError, RuntimeError, TimeoutError):
-                    pass
-                try:
-                    self.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)  # its own process group (renderers, zygote)
-                    self.proc.wait()
-        finally:
-            for fd in (self._write_fd, self._read_fd):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            self._profile.cleanup()
-
-    def __enter__(self) -> "Browser":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 # --- what to show -----------------------------------------------------------------------------------------------
@@ -352,7 +201,7 @@ def landing(browser: Browser, url: str, experiment_id: str, png: Path) -> tuple[
 def runs_page(browser: Browser, url: str, experiment_id: str, runs: list[tuple[str, str]], png: Path) -> list[str]:
     problems: list[str] = []
     names = [name for _, name in runs]
-    browser.open(f"{url.rstrip('/')}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}")
+    browser.open(headline_url(url, experiment_id))
     top_level = [n for n in names if " " not in n]  # sweep children (`train-tiny lr=1e-4`) sit under their parent
     browser.wait_for(_text_has(top_level or names[:1]) + " && /\\/runs/.test(location.hash)",
                      f"the runs table to list {top_level}")
@@ -370,11 +219,52 @@ def runs_page(browser: Browser, url: str, experiment_id: str, runs: list[tuple[s
         except TimeoutError as exc:
             problems.append(f"runs page: {exc}")
     browser.settle()
-    browser.screenshot(png, clip=browser.content_clip())
+    browser.screenshot(png, clip=browser.content_clip(CONTENT_BOTTOM_JS))
     if not browser.evaluate(_text_has(names)):
         missing = [n for n in names if not browser.evaluate(_text_has([n]))]
         problems.append(f"runs page does not name the runs {missing}")
+    # the headline view: the score columns are there from the start, with the values the runs logged
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=url)
+    shown = [f"{v:.4f}"[:5] for rid, _ in runs if (v := client.get_run(rid).data.metrics.get("test_macro_f1"))]
+    if not browser.evaluate(_text_has(["test_macro_f1", *shown])):
+        problems.append(f"runs page: no test_macro_f1 column with the values {shown} (the headline view)")
     log.info("runs page: %d sweep parent(s) expanded, %s", expanded, png)
+    return problems
+
+
+def headline_url(url: str, experiment_id: str, *, charts: bool = False) -> str:
+    """The runs page in the view pipeline/tracking.py stores in the experiment (the link train and evaluate print)."""
+    return (f"{url.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}&{TRAINING_VIEW}"
+            + ("&compareRunsMode=CHART" if charts else ""))
+
+
+# The chart view's sections, top to bottom, and whether each is open (its chevron's aria-expanded).
+SECTIONS_JS = """[...document.querySelectorAll('[data-testid=experiment-view-compare-runs-section-header]')].map(h => {
+    const header = h.closest('[aria-expanded]');
+    return {text: h.innerText.trim().split('\\n')[0], open: !!header && header.getAttribute('aria-expanded') === 'true'};
+  })"""
+CHARTS_BOTTOM_JS = """(() => { const add = [...document.querySelectorAll('button,span,div')].find(e =>
+    e.childElementCount === 0 && e.textContent.trim() === 'Add section');
+  return add ? Math.ceil(add.getBoundingClientRect().bottom) + 16 : document.documentElement.clientHeight; })()"""
+
+
+def charts_page(browser: Browser, url: str, experiment_id: str, runs: list[tuple[str, str]], png: Path) -> list[str]:
+    """The chart view of the headline view: the Headline section first and open, every other metric under the
+    collapsed sections after it."""
+    problems: list[str] = []
+    browser.open(headline_url(url, experiment_id, charts=True))
+    browser.wait_for(_text_has([HEADLINE_SECTION, "Model metrics"]), "the chart sections")
+    browser.settle()
+    sections = browser.evaluate(SECTIONS_JS)
+    log.info("charts page: sections %s", sections)
+    names = [s["text"].split(" (")[0] for s in sections]
+    if not names or names[0] != HEADLINE_SECTION or not sections[0]["open"]:
+        problems.append(f"charts page: the first section is not an open {HEADLINE_SECTION!r} one: {sections}")
+    if any(s["open"] for s in sections[1:]):
+        problems.append(f"charts page: sections after {HEADLINE_SECTION!r} are open: {sections[1:]}")
+    browser.screenshot(png, clip=browser.content_clip(CHARTS_BOTTOM_JS))
     return problems
 
 
@@ -411,7 +301,7 @@ def compare_page(browser: Browser, url: str, experiment_id: str, runs: list[tupl
     if len(set(tops := browser.evaluate(GRIDS_LEVEL_JS % (SECTION_JS % "Metrics")))) != 1:
         problems.append(f"compare page: metric names and values scrolled apart ({tops} px)")
     problems += _check_metric_row(browser, url, runs, "test_macro_f1")
-    browser.screenshot(png, clip=browser.content_clip())
+    browser.screenshot(png, clip=browser.content_clip(CONTENT_BOTTOM_JS))
     log.info("compare page: %d runs %s, %s", len(runs), names, png)
     return problems
 
@@ -439,21 +329,13 @@ def _close(text: str, value: float) -> bool:
         return False
 
 
-def shrink_png(png: Path, max_bytes: int) -> None:
-    """Re-save with a palette (UI screenshots have few colours) if the PNG is larger than `max_bytes`."""
-    if png.stat().st_size <= max_bytes:
-        return
-    from PIL import Image
-
-    img = Image.open(png).convert("RGB")
-    img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(png, optimize=True)
-    log.info("%s: %d KB after palette quantisation", png, png.stat().st_size // 1024)
-
-
 def capture(url: str, experiment: str = DEFAULT_EXPERIMENT, *, landing_png: Path, runs_png: Path,
-            compare_png: Path, n_runs: int = 4, run_ids: list[str] | None = None, width: int = 1400,
-            height: int = 1000, timeout: float = 60.0, max_kb: int = 400, binary: str | None = None) -> dict:
-    """Screenshot and check the three pages; returns what was seen, with `problems` (empty = all checks passed)."""
+            compare_png: Path, charts_png: Path | None = None, n_runs: int = 4, run_ids: list[str] | None = None,
+            width: int = 1400, runs_width: int | None = None, height: int = 1000, timeout: float = 60.0,
+            max_kb: int = 400,
+            binary: str | None = None) -> dict:
+    """Screenshot and check the pages (the chart view too with `charts_png`); returns what was seen, with
+    `problems` (empty = all checks passed)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     binary = binary or find_chromium()
     if binary is None:
@@ -467,7 +349,7 @@ def capture(url: str, experiment: str = DEFAULT_EXPERIMENT, *, landing_png: Path
     shot: list[Path] = []  # the screenshots taken this time (a failed page may leave an older file in place)
     view = view_after_switch = None
     try:
-        with Browser(binary, width, height, timeout=timeout) as browser:
+        with Browser(binary, width, height, timeout=timeout, preset_storage=PRESET_STORAGE) as browser:
             view, view_after_switch = landing(browser, url, experiment_id, landing_png)
         shot.append(landing_png)
     except (TimeoutError, RuntimeError) as exc:
@@ -477,9 +359,13 @@ def capture(url: str, experiment: str = DEFAULT_EXPERIMENT, *, landing_png: Path
                     "follows its global GenAI | Model training switch (default GenAI), not the experiment's "
                     "mlflow.experimentKind tag; after one click on Model training it opens on %r", experiment_id,
                     view, view_after_switch)
-    for page, shoot, png in (("runs page", runs_page, runs_png), ("compare page", compare_page, compare_png)):
+    pages = [("runs page", runs_page, runs_png), ("compare page", compare_page, compare_png)]
+    if charts_png is not None:
+        pages.append(("charts page", charts_page, charts_png))
+    for page, shoot, png in pages:
         try:
-            with Browser(binary, width, height, timeout=timeout) as browser:
+            page_width = (runs_width or width) if shoot is runs_page else width
+            with Browser(binary, page_width, height, timeout=timeout, preset_storage=PRESET_STORAGE) as browser:
                 problems += shoot(browser, url, experiment_id, runs, png)
             shot.append(png)
         except (TimeoutError, RuntimeError) as exc:  # a page that never showed its content, a dead browser
@@ -503,14 +389,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--landing-png", type=Path, default=tmp / "mlflow-landing.png")
     ap.add_argument("--runs-png", type=Path, default=tmp / "mlflow-runs.png")
     ap.add_argument("--compare-png", type=Path, default=tmp / "mlflow-compare.png")
+    ap.add_argument("--charts-png", type=Path, default=tmp / "mlflow-charts.png")
     ap.add_argument("--width", type=int, default=1400)
+    ap.add_argument("--runs-width", type=int, help="the runs page's width (default --width): wide enough for every "
+                                                   "headline column")
     ap.add_argument("--height", type=int, default=1000,
                     help="window height; it grows to fit a page's content, and screenshots are cropped to it")
     ap.add_argument("--max-kb", type=int, default=400, help="re-save larger PNGs with a palette")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds a page may take to show its content")
     args = ap.parse_args(argv)
     result = capture(args.url, args.experiment, landing_png=args.landing_png, runs_png=args.runs_png,
-                     compare_png=args.compare_png, n_runs=args.runs, run_ids=args.run_ids, width=args.width,
+                     compare_png=args.compare_png, charts_png=args.charts_png, n_runs=args.runs, run_ids=args.run_ids, width=args.width, runs_width=args.runs_width,
                      height=args.height, timeout=args.timeout, max_kb=args.max_kb)
     for p in result["problems"]:
         log.error("check failed: %s", p)

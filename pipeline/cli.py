@@ -5,13 +5,14 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from omegaconf import DictConfig
 
-from pipeline import distributed
+from pipeline import distributed, progress
 from pipeline.config import compose_config, new_run_dir, to_yaml, with_run_dir
 from pipeline.errors import PipelineError, UsageError
 from pipeline.io import write_text_atomic
@@ -32,8 +33,8 @@ def usage() -> str:
         "stages:",
         *(f"  {name:<{width}}  {stage.help}" for name, stage in STAGES.items()),
         "",
-        "`python -m pipeline <stage> --help` prints the composed config of that stage;",
-        "any value in it can be overridden, e.g. `python -m pipeline train model=tiny train.epochs=3`.",
+        "`python -m pipeline <stage> --help` lists that stage's keys with their meaning, then the rest of the",
+        "config; any value can be overridden, e.g. `python -m pipeline train model=tiny train.epochs=3`.",
         "-m / --multirun sweeps comma-separated values (`-m train.lr=1e-5,3e-5`), one child run each.",
     ]
     return "\n".join(lines)
@@ -60,7 +61,12 @@ def parse_args(argv: Sequence[str]) -> tuple[str, list[str], bool, bool]:
             overrides.append(stage.flags[arg])
         elif arg.startswith("-") and not arg.startswith("~"):
             known = ", ".join(["--help", "-m", *stage.flags])
-            raise UsageError(f"unknown option {arg!r} for stage {stage_name!r}; options: {known}")
+            name, _, value = arg.lstrip("-").partition("=")
+            hint = ""
+            if name and arg.startswith("--") and re.fullmatch(r"[A-Za-z_][\w.-]*", name):
+                hint = (f"; settings are key=value without dashes: {name.replace('-', '_')}={value or '<value>'} "
+                        f"(`python -m pipeline {stage_name} --help` lists them)")
+            raise UsageError(f"unknown option {arg!r} for stage {stage_name!r}{hint}; options: {known}")
         elif "=" not in arg and not arg.startswith("~"):
             if stage.positional and not any(o.startswith(f"{stage.positional}=") for o in overrides):
                 overrides.append(f"{stage.positional}={quote_value(arg)}")
@@ -123,6 +129,7 @@ def setup_logging(cfg: DictConfig, run_dir: Path) -> None:
         handler._pipeline = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(str(cfg.log_level).upper())
+    progress.quiet_libraries()  # no library progress bars in a log written to a file
     for noisy in ("urllib3", "filelock", "alembic", "httpx", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -167,7 +174,10 @@ def run_multirun(stage_name: str, overrides: Sequence[str]):
                for i, job in enumerate(jobs)]
     log.info("multirun: %d jobs in %s", len(jobs), sweep_dir)
     parent_cfg = with_run_dir(base, sweep_dir)
-    with tracking.start_run(parent_cfg, f"{stage_name}-sweep", log_params=False, tags={"sweep": "true"}) as _:
+    note = (f"A sweep of {len(jobs)} {stage_name} jobs over `{' '.join(overrides)}`: its child runs are named by the "
+            "values they swept. Their best test score is a selection maximum, optimistic for new articles.")
+    with tracking.start_run(parent_cfg, f"{stage_name}-sweep", log_params=False,
+                            tags={"sweep": "true", tracking.NOTE_TAG: note}) as _:
         import mlflow
 
         mlflow.log_param("sweep", " ".join(overrides)[: tracking.MAX_PARAM_CHARS])
@@ -212,8 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(usage())
             return 0 if show_help else 2
         if show_help:
-            print(f"# composed config of stage '{stage_name}' (override any key with key=value)")
-            print(to_yaml(compose_config(stage_name, overrides)))
+            from pipeline.config_help import stage_help
+
+            stage = STAGES[stage_name]
+            print(stage_help(stage_name, stage.help, stage.own, compose_config(stage_name, overrides), overrides))
             return 0
         if multirun:
             run_multirun(stage_name, overrides)

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
-from pipeline import LABELS, tracking, train_state
+from pipeline import LABELS, progress, tracking, train_state
 from pipeline.errors import PipelineError
-from pipeline.io import write_table_atomic
+from pipeline.io import CsvStyle, write_table_atomic
 from pipeline.fitting import CHECKPOINT_SUBDIR, fit_model, preflight, stance_kind
 from pipeline.metrics import SUMMARY_METRICS, classification_metrics, prefixed, write_report
 from pipeline.scoring import comparison_table, log_data, log_scored, score_split
@@ -52,9 +52,16 @@ def _evaluate_model_dir(cfg: DictConfig) -> dict:
         scored = score_split(cfg, data, split, Path(str(model_dir)), out / "evaluation")
         log_scored(scored, prefix="eval_", artifact_dir="evaluation")
         mlflow.log_artifact(str(write_table_atomic(
-            comparison_table(str(model_dir), scored.metrics, scored.baselines), out / "evaluation" / "comparison.csv")),
+            comparison_table(str(model_dir), scored.metrics, scored.baselines), out / "evaluation" / "comparison.csv",
+            csv=CsvStyle.from_cfg(cfg))),
             "evaluation")
-        return {"run_id": run.info.run_id, "metrics": prefixed(scored.metrics, "eval_"), "baselines": scored.baselines}
+        m = scored.metrics
+        line = (f"macro-F1 {m['macro_f1']:.3f} [{m['macro_f1_ci_low']:.2f}, {m['macro_f1_ci_high']:.2f}] on the "
+                f"{len(split.test)} gold sentences of its stored test articles; baselines on the same rows: "
+                + (", ".join(f"{n} {b['macro_f1']:.3f}" for n, b in scored.baselines.items()) or "none"))
+        mlflow.set_tag(tracking.NOTE_TAG, f"**{model_dir}** scored on its own held-out test articles: {line}")
+    print(f"evaluate: {line} → MLflow run {run.info.run_id}, {out / 'evaluation'}; next: python -m pipeline promote")
+    return {"run_id": run.info.run_id, "metrics": prefixed(scored.metrics, "eval_"), "baselines": scored.baselines}
 
 
 def _trained_split(cfg: DictConfig, data, model_dir: Path):
@@ -109,6 +116,7 @@ def _cross_validate(cfg: DictConfig) -> dict:
     if mode == "loao" and not data.grouped:
         mode = "kfold"  # cv_splits fell back (and said so): no articles to leave out
     ev = cfg.evaluate
+    csv = CsvStyle.from_cfg(cfg)
     log.info("evaluate: %s cross-validation, %d folds", mode, len(folds))
     fold_rows: list[dict] = []
     oof_tests: list[pd.DataFrame] = []
@@ -123,7 +131,8 @@ def _cross_validate(cfg: DictConfig) -> dict:
                          "labels_gold": ", ".join(f"{k}={v}" for k, v in
                                                   data.gold["label"].value_counts().reindex(LABELS, fill_value=0).items())})
         mlflow.log_metric("cv_folds", len(folds))
-        for split in tqdm(folds, desc="evaluate folds", unit="fold", disable=len(folds) < 2):
+        bar = progress.bar_disabled(len(folds), at_least=2)  # no bar for a single fold
+        for split in tqdm(folds, desc="evaluate folds", unit="fold", disable=bar):
             fold_dir = run_dir / split.name
             log.info("evaluate: %s", split.describe())
             with tracking.start_run(cfg, split.name, tags={**tags, "fold": split.name}, log_params=False):
@@ -131,6 +140,10 @@ def _cross_validate(cfg: DictConfig) -> dict:
                 model_dir = fit_model(cfg, split, fold_dir)
                 scored = score_split(cfg, data, split, model_dir, fold_dir / "evaluation", report=False)
                 log_scored(scored, prefix="test_", artifact_dir=None)
+                mlflow.set_tag(tracking.NOTE_TAG, (
+                    f"One fold of an evaluate run: trained without, then tested on {', '.join(split.test_groups) or 'its test rows'} "
+                    f"({len(split.test)} gold sentences): macro-F1 {scored.metrics.get('macro_f1', float('nan')):.3f}. "
+                    "One fold is a few sentences: compare models on the parent run's pooled numbers."))
             if not bool(ev.keep_fold_checkpoints):
                 # A fold's model is scored and kept; its optimiser checkpoints (GBs for AraBERT) are not needed.
                 shutil.rmtree(fold_dir / CHECKPOINT_SUBDIR, ignore_errors=True)
@@ -149,7 +162,7 @@ def _cross_validate(cfg: DictConfig) -> dict:
         proba = np.vstack(oof_proba)
         pooled, files = write_report(run_dir / "evaluation", test, proba, title=f"{cfg.model.name} ({mode}, pooled)",
                                      n_resamples=int(ev.bootstrap), ci=float(ev.ci), seed=int(cfg.seed),
-                                     max_errors=int(ev.max_errors))
+                                     max_errors=int(ev.max_errors), csv=csv)
         summary = {**_spread(model_folds, "cv_"), **prefixed(pooled, "oof_")}
         base_pooled = {}
         for name, per_fold in base_folds.items():
@@ -159,14 +172,31 @@ def _cross_validate(cfg: DictConfig) -> dict:
                 base_pooled[name] = classification_metrics(test["label"], pred)
                 summary.update(prefixed({k: base_pooled[name][k] for k in SUMMARY_METRICS}, f"baseline_{name}_oof_"))
         mlflow.log_metrics(summary)
-        folds_csv = write_table_atomic(pd.DataFrame(fold_rows), run_dir / "evaluation" / "folds.csv")
+        folds_csv = write_table_atomic(pd.DataFrame(fold_rows), run_dir / "evaluation" / "folds.csv", csv=csv)
         comparison = write_table_atomic(comparison_table(str(cfg.model.name), pooled, base_pooled),
-                                        run_dir / "evaluation" / "comparison.csv")
+                                        run_dir / "evaluation" / "comparison.csv", csv=csv)
         for path in [*files, folds_csv, comparison]:
             mlflow.log_artifact(str(path), "evaluation")
-        log.info("evaluate: macro-F1 %.3f ± %.3f across %d folds (pooled %.3f [%.3f, %.3f]); %s",
-                 summary.get("cv_macro_f1_mean", float("nan")), summary.get("cv_macro_f1_std", float("nan")),
-                 len(folds), pooled["macro_f1"], pooled["macro_f1_ci_low"], pooled["macro_f1_ci_high"],
-                 ", ".join(f"{n} {summary.get(f'baseline_{n}_cv_macro_f1_mean', float('nan')):.3f}"
-                           for n in base_folds) or "no baselines")
-        return {"run_id": parent.info.run_id, "summary": summary, "folds": fold_rows}
+        pooled_line, folds_line = comparison_lines(str(cfg.model.name), summary, list(base_folds))
+        mlflow.set_tag(tracking.NOTE_TAG, f"**{cfg.model.name}**, {mode} cross-validation over {len(folds)} folds, "
+                       f"{len(test)} gold sentences: the honest number.\n\n{pooled_line}\n\n{folds_line}")
+        log.info("evaluate: %s; %s", pooled_line, folds_line)
+    print(f"evaluate: {pooled_line}; {folds_line} ({len(folds)} folds, {mode}) → MLflow run {parent.info.run_id}, "
+          f"{run_dir / 'evaluation'}; next: python -m pipeline promote (compare with the served model), or the "
+          f"runs side by side: {tracking.headline_url(cfg, parent.info.experiment_id)}")
+    return {"run_id": parent.info.run_id, "summary": summary, "folds": fold_rows}
+
+
+def comparison_lines(model: str, summary: dict[str, float], baselines: list[str]) -> tuple[str, str]:
+    """The model and the baselines like with like: pooled out-of-fold macro-F1 (the model's with its interval), then
+    the means over folds. The same numbers as the evaluate run's oof_* / cv_* metrics in MLflow."""
+    def value(key: str) -> str:
+        return f"{summary[key]:.3f}" if key in summary else "—"
+
+    ci = (f" [{summary['oof_macro_f1_ci_low']:.2f}, {summary['oof_macro_f1_ci_high']:.2f}]"
+          if "oof_macro_f1_ci_low" in summary and "oof_macro_f1_ci_high" in summary else "")
+    pooled = [f"{model} {value('oof_macro_f1')}{ci}"] + [f"{n} {value(f'baseline_{n}_oof_macro_f1')}" for n in baselines]
+    means = [f"{model} {value('cv_macro_f1_mean')} ± {value('cv_macro_f1_std')}"] + \
+        [f"{n} {value(f'baseline_{n}_cv_macro_f1_mean')}" for n in baselines]
+    return (f"pooled macro-F1 (each gold sentence scored by a model that never saw its article): {', '.join(pooled)}",
+            f"mean over folds: {', '.join(means)}")

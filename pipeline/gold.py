@@ -16,7 +16,7 @@ import pandas as pd
 
 from pipeline import LABELS
 from pipeline.errors import PipelineError
-from pipeline.io import read_text_strict, BadInputFile
+from pipeline.io import BadInputFile, read_text_strict, restore_cell
 
 GOLD_COLUMNS = ["sentence_id", "article_id", "text", "label", "note"]
 
@@ -46,6 +46,8 @@ def read_label_csv(path: Path | str, required: Sequence[str], labels: Sequence[s
     allowed = set(labels)
     for row in reader:
         line = reader.line_num
+        # cells the pipeline neutralised when it wrote the file (labels/annotations.csv: pipeline.io.CsvStyle)
+        row = {k: restore_cell(v) if isinstance(v, str) else v for k, v in row.items()}
         sid = (row.get("sentence_id") or "").strip()
         label = (row.get("label") or "").strip().lower()
         if not sid:

@@ -1,15 +1,17 @@
-"""Small, shared file helpers: strict text reading, reading tables (whole or in chunks) and atomic writes
-(temp file + rename)."""
+"""Small, shared file helpers: strict text reading, reading tables (whole or in chunks), atomic writes
+(temp file + rename), and the one way every CSV is written (`CsvStyle`: encoding, rounding, formula neutralising)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import pandas as pd
 
@@ -117,15 +119,134 @@ def read_json_file(path: Path | str, missing: str) -> dict:
         raise PipelineError(f"{path}: not valid JSON ({exc}); re-train the model") from None
 
 
-def write_table_atomic(df: pd.DataFrame, target: Path | str) -> Path:
-    """Write a table as parquet, CSV or JSON lines, chosen by the file suffix."""
+# ---------------------------------------------------------------- CSV for spreadsheets
+
+# A spreadsheet runs a cell that starts with one of these as a formula when it opens a CSV ("CSV injection"):
+# = + - @, and tab / carriage return, which some strip before looking at the next character.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_GUARD = "'"  # shown as text by spreadsheets; a cell that itself starts with it is guarded too (reversible)
+# A plain number ("-0.25", "+3", "1e-4") is not a formula: carried numeric columns stay numbers.
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+@dataclass(frozen=True)
+class CsvStyle:
+    """How every CSV the pipeline writes is encoded (the `csv` section of conf/config.yaml; these defaults are its
+    defaults). Parquet and JSON lines keep full precision and raw text."""
+
+    encoding: str = "utf-8-sig"          # with a byte-order mark: Excel then reads Arabic as UTF-8
+    float_digits: int | None = 4         # floats rounded to this many decimals; None = full precision
+    neutralise_formulas: bool = True     # text cells a spreadsheet would run as a formula get FORMULA_GUARD first
+
+    @classmethod
+    def from_cfg(cls, cfg) -> "CsvStyle":
+        """From `cfg.csv` (missing keys keep the defaults). Read unrecorded: how a CSV is written never makes a
+        stage's table stale."""
+        from omegaconf import OmegaConf
+
+        with provenance.unrecorded():
+            section = OmegaConf.select(cfg, "csv", default=None) if cfg is not None else None
+            values = OmegaConf.to_container(section, resolve=True) if section is not None else {}
+        style = cls(**{k: values[k] for k in ("encoding", "float_digits", "neutralise_formulas") if k in values})
+        if style.encoding.lower().replace("_", "-") not in ("utf-8", "utf-8-sig", "utf8"):
+            raise PipelineError(f"csv.encoding={style.encoding!r}: choose utf-8-sig (with a byte-order mark, for "
+                                "Excel) or utf-8")
+        if style.float_digits is not None and int(style.float_digits) < 0:
+            raise PipelineError(f"csv.float_digits={style.float_digits}: give a number of decimals ≥ 0, or null")
+        return style
+
+
+def neutralise_cell(text: str) -> str:
+    """`text` as a spreadsheet shows it without running it: FORMULA_GUARD in front of a cell starting with a
+    formula trigger (unless it is a plain number) or with the guard itself (so `restore_cell` undoes it exactly)."""
+    if not text or (text[0] not in FORMULA_TRIGGERS and text[0] != FORMULA_GUARD):
+        return text
+    if text[0] in "+-" and _PLAIN_NUMBER.fullmatch(text):
+        return text
+    return FORMULA_GUARD + text
+
+
+def restore_cell(text: str) -> str:
+    """The inverse of `neutralise_cell`, for CSVs this pipeline wrote and reads back (resume, the report)."""
+    if len(text) > 1 and text[0] == FORMULA_GUARD and (text[1] in FORMULA_TRIGGERS or text[1] == FORMULA_GUARD):
+        return text[1:]
+    return text
+
+
+def _text_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if df[c].dtype == object or isinstance(df[c].dtype, pd.StringDtype)]
+
+
+def csv_frame(df: pd.DataFrame, style: CsvStyle) -> pd.DataFrame:
+    """The cells as `style` writes them: floats rounded, text cells neutralised (header names too)."""
+    out = df.copy()
+    if style.float_digits is not None:
+        floats = [c for c in out.columns if pd.api.types.is_float_dtype(out[c].dtype)]
+        if floats:
+            out[floats] = out[floats].round(int(style.float_digits))
+    if style.neutralise_formulas:
+        for column in _text_columns(out):
+            out[column] = out[column].map(lambda v: neutralise_cell(v) if isinstance(v, str) else v)
+        out.columns = [neutralise_cell(str(c)) for c in out.columns]
+    return out
+
+
+def restore_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """A CSV this pipeline wrote, read back: neutralised cells as they were."""
+    for column in _text_columns(df):
+        df[column] = df[column].map(lambda v: restore_cell(v) if isinstance(v, str) else v)
+    df.columns = [restore_cell(str(c)) for c in df.columns]
+    return df
+
+
+def write_csv(df: pd.DataFrame, path: Path | str, style: CsvStyle, *, append: bool = False) -> None:
+    """Write (or append, without header and without a second byte-order mark) `df` as CSV in `style`."""
+    encoding = style.encoding
+    if append and encoding.lower().replace("_", "-") == "utf-8-sig":
+        encoding = "utf-8"  # the mark belongs at the start of the file only
+    # CRLF line ends (RFC 4180, what spreadsheets write): a cell holding a CR or LF is then always quoted
+    csv_frame(df, style).to_csv(path, mode="a" if append else "w", header=not append, index=False, encoding=encoding,
+                                lineterminator="\r\n")
+
+
+def typed_dates(values: pd.Series) -> "object":
+    """ISO date text ("" = missing) → a pyarrow array of dates (date32), or of timestamps when some carry a time."""
+    import pyarrow as pa
+
+    text = values.astype(object).where(values.notna(), "").astype(str).str.strip()
+    stamps = pd.to_datetime(text.where(text != ""), errors="coerce", format="ISO8601", utc=True).dt.tz_localize(None)
+    if (stamps.dropna() == stamps.dropna().dt.normalize()).all():
+        return pa.array([None if pd.isna(t) else t.date() for t in stamps], type=pa.date32())
+    return pa.array(stamps, type=pa.timestamp("us"), from_pandas=True)
+
+
+def parquet_table(df: pd.DataFrame, date_columns: Sequence[str] = ()):
+    """`df` as a pyarrow table, the `date_columns` it has typed as dates (`typed_dates`). The frame is converted
+    first, so that the pandas metadata in the file says dates too (else pandas reads them back as text)."""
+    import pyarrow as pa
+
+    typed = {c: typed_dates(df[c]) for c in date_columns if c in df.columns}
+    if typed:
+        df = df.assign(**{c: array.to_pandas().to_numpy() for c, array in typed.items()})
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    for column, array in typed.items():  # the arrow type as well, even for a chunk without any date
+        table = table.set_column(table.column_names.index(column), column, array)
+    return table
+
+
+def write_table_atomic(df: pd.DataFrame, target: Path | str, *, csv: CsvStyle | None = None,
+                       date_columns: Sequence[str] = ()) -> Path:
+    """Write a table as parquet, CSV or JSON lines, chosen by the file suffix. CSV is written in `csv` (default:
+    `CsvStyle()`); in parquet the `date_columns` (ISO text) are dates."""
     target = Path(target)
     suffix = target.suffix.lower()
     with atomic_path(target) as tmp:
         if suffix == ".parquet":
-            df.to_parquet(tmp, index=False)
+            import pyarrow.parquet as pq
+
+            pq.write_table(parquet_table(df, date_columns), tmp)
         elif suffix == ".csv":
-            df.to_csv(tmp, index=False, encoding="utf-8")
+            write_csv(df, tmp, csv or CsvStyle())
         elif suffix in (".jsonl", ".json"):
             df.to_json(tmp, orient="records", lines=True, force_ascii=False)
         else:
@@ -136,8 +257,9 @@ def write_table_atomic(df: pd.DataFrame, target: Path | str) -> Path:
 TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
 
 
-def read_table(path: Path | str) -> pd.DataFrame:
-    """A whole .parquet / .csv / .jsonl table; CSV cells are read as text (no NaN for empty cells)."""
+def read_table(path: Path | str, *, restore: bool = False) -> pd.DataFrame:
+    """A whole .parquet / .csv / .jsonl table; CSV cells are read as text (no NaN for empty cells), with or without
+    a byte-order mark. `restore=True`: a CSV this pipeline wrote, its neutralised cells restored (`restore_cell`)."""
     path = Path(path)
     provenance.note_file(path)
     if not path.exists():
@@ -146,17 +268,20 @@ def read_table(path: Path | str) -> pd.DataFrame:
     if suffix == ".parquet":
         return pd.read_parquet(path)
     if suffix == ".csv":
-        return pd.read_csv(path, encoding="utf-8", keep_default_na=False, dtype=str)
+        frame = pd.read_csv(path, encoding="utf-8-sig", keep_default_na=False, dtype=str)
+        return restore_frame(frame) if restore else frame
     if suffix in (".jsonl", ".json"):
         return pd.read_json(path, lines=True, dtype=False)
     raise PipelineError(f"{path}: unsupported table format {suffix!r}; use .parquet, .csv or .jsonl")
 
 
-def iter_table_chunks(path: Path | str, rows: int, *, as_text: bool = False) -> Iterator[pd.DataFrame]:
+def iter_table_chunks(path: Path | str, rows: int, *, as_text: bool = False,
+                      restore: bool = False) -> Iterator[pd.DataFrame]:
     """A .parquet / .csv / .jsonl table in chunks of `rows` rows, never held whole.
 
-    `as_text=True` (input tables) gives every cell as str, empty for missing. A file that cannot be read as a
-    table (empty, binary, not UTF-8, malformed) raises BadInputFile with a reason tag and what to do about it.
+    `as_text=True` (input tables) gives every cell as str, empty for missing. `restore=True`: a CSV this pipeline
+    wrote, its neutralised cells restored. A file that cannot be read as a table (empty, binary, not UTF-8,
+    malformed) raises BadInputFile with a reason tag and what to do about it.
     """
     path = Path(path)
     provenance.note_file(path)
@@ -174,12 +299,13 @@ def iter_table_chunks(path: Path | str, rows: int, *, as_text: bool = False) -> 
             if b"\x00" in fh.read(1 << 16):
                 raise BadInputFile(path, "binary", "looks binary (NUL bytes); give a UTF-8 table")
         if suffix == ".csv":
-            reader = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", chunksize=rows)
+            reader = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", chunksize=rows)
         else:
             reader = pd.read_json(path, lines=True, dtype=str if as_text else False, encoding="utf-8", chunksize=rows)
         with reader:
             for chunk in reader:
-                yield chunk.fillna("").astype(str) if as_text else chunk
+                chunk = chunk.fillna("").astype(str) if as_text else chunk
+                yield restore_frame(chunk) if restore and suffix == ".csv" else chunk
     except BadInputFile:
         raise
     except UnicodeDecodeError as exc:

@@ -26,7 +26,8 @@ from pipeline import LABELS
 from pipeline.errors import PipelineError
 from pipeline.gold import label_distribution, load_gold
 from pipeline.metrics import plot_confusion
-from pipeline.io import read_table, write_table_atomic, write_text_atomic
+from pipeline.io import CsvStyle, read_table, write_table_atomic, write_text_atomic
+from pipeline.progress import bar_disabled
 from pipeline.provenance import note_file
 from pipeline import labelstudio
 from pipeline.rules import Lexicon, load_lexicon, rule_ids
@@ -38,6 +39,7 @@ LABELLED_COLUMNS = ["article_id", "sentence_id", "idx", "text", "label", "source
 SOURCES = ("gold", "annotation", "rules", "none")
 ABSTAIN_POLICIES = ("neutral", "drop")
 ABSTAIN = "(abstain)"
+RULES_BAR_FROM = 2000  # sentences: fewer are labelled in about a second, not worth a bar
 
 
 # ---------------------------------------------------------------- inputs
@@ -62,7 +64,8 @@ def read_gold(cfg: DictConfig, sentences: pd.DataFrame) -> pd.DataFrame | None:
 # ---------------------------------------------------------------- the labelled table
 
 def apply_rules(lexicon: Lexicon, texts: list[str]) -> pd.DataFrame:
-    return lexicon.label_texts(tqdm(texts, desc="rules", unit="sentence", disable=len(texts) < 2000))
+    return lexicon.label_texts(tqdm(texts, desc="rules", unit="sentence",
+                                    disable=bar_disabled(len(texts), at_least=RULES_BAR_FROM)))
 
 
 def build_labelled(sentences: pd.DataFrame, rules: pd.DataFrame, gold: pd.DataFrame | None,
@@ -170,26 +173,56 @@ def format_quality(quality: dict, abstain: str) -> str:
     return "\n".join(lines)
 
 
-def log_quality_to_mlflow(cfg: DictConfig, quality: dict, lexicon_path: Path, run_dir: Path) -> str:
+def rules_quality_key(lexicon_sha: str, abstain: str, labelled: pd.DataFrame, gold: pd.DataFrame) -> str:
+    """What the rules-vs-gold numbers depend on: the lexicon, the abstain policy, and the gold sentences (ids, texts,
+    labels). Two label runs with the same key measure the same thing."""
+    import hashlib
+
+    rows = labelled.merge(gold[["sentence_id", "label"]].rename(columns={"label": "gold"}), on="sentence_id")
+    payload = json.dumps([lexicon_sha, abstain, sorted(zip(rows["sentence_id"], rows["text"], rows["gold"]))],
+                         ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def rules_description(quality: dict, lexicon_sha: str, abstain: str) -> str:
+    m = quality["metrics"]
+    return (f"**rules vs gold** on {int(m['n_gold'])} gold sentences: macro-F1 **{m.get('macro_f1', float('nan')):.3f}**, "
+            f"accuracy {m.get('accuracy', float('nan')):.3f}, coverage {m['coverage']:.2f} (abstain={abstain}). "
+            "In-sample where the lexicon was written from these articles (the seeds): optimistic.\n\n"
+            f"Lexicon {lexicon_sha}. Logged once per lexicon, abstain policy and gold set; a label run that would "
+            "measure the same again logs nothing.")
+
+
+def log_quality_to_mlflow(cfg: DictConfig, quality: dict, lexicon_path: Path, run_dir: Path,
+                          key: str) -> tuple[str, bool]:
+    """(run id, logged now): the `rules` run of this lexicon, abstain policy and gold (`key`); a finished one that
+    measured the same is reused rather than repeated."""
     from pipeline import tracking
 
-    with tracking.start_run(cfg, "rules", tags={"stage": "label", "lexicon_sha": tracking.file_digest(lexicon_path),
-                                                "abstain": str(cfg.labeling.abstain)}) as run:
-        import mlflow
-
+    lexicon_sha = tracking.file_digest(lexicon_path)
+    mlflow = tracking.setup(cfg)
+    earlier = mlflow.search_runs(experiment_names=[str(cfg.tracking.experiment)], output_format="list", max_results=1,
+                                 filter_string=f"tags.stage = 'label' and tags.rules_key = '{key}' "
+                                               "and attributes.status = 'FINISHED'")
+    if earlier:
+        return earlier[0].info.run_id, False
+    tags = {"stage": "label", "lexicon_sha": lexicon_sha, "abstain": str(cfg.labeling.abstain), "rules_key": key,
+            tracking.NOTE_TAG: rules_description(quality, lexicon_sha, str(cfg.labeling.abstain))}
+    with tracking.start_run(cfg, f"rules {lexicon_sha[:8]}", tags=tags) as run:
         mlflow.log_metrics({f"rules_{k}": float(v) for k, v in quality["metrics"].items()})
         for name in ("rules_confusion.csv", "rules_confusion.png", "rules_errors.csv", "rules_per_cue.csv",
                      "rules_quality.json"):
             if (run_dir / name).exists():
                 mlflow.log_artifact(str(run_dir / name))
         mlflow.log_artifact(str(lexicon_path))
-        return run.info.run_id
+        return run.info.run_id, True
 
 
-def write_quality_files(quality: dict, run_dir: Path) -> None:
-    write_table_atomic(quality["confusion"].rename_axis("gold").reset_index(), run_dir / "rules_confusion.csv")
-    write_table_atomic(quality["errors"], run_dir / "rules_errors.csv")
-    write_table_atomic(quality["per_cue"], run_dir / "rules_per_cue.csv")
+def write_quality_files(quality: dict, run_dir: Path, csv: CsvStyle | None = None) -> None:
+    write_table_atomic(quality["confusion"].rename_axis("gold").reset_index(), run_dir / "rules_confusion.csv",
+                       csv=csv)
+    write_table_atomic(quality["errors"], run_dir / "rules_errors.csv", csv=csv)
+    write_table_atomic(quality["per_cue"], run_dir / "rules_per_cue.csv", csv=csv)
     write_text_atomic(run_dir / "rules_quality.json", json.dumps(quality["metrics"], indent=2))
     try:
         plot_confusion(quality["confusion"], run_dir / "rules_confusion.png", title="rules vs gold", xlabel="rules")
@@ -263,7 +296,7 @@ def run_import(cfg: DictConfig, sentences: pd.DataFrame, gold: pd.DataFrame | No
     lab = cfg.labeling
     report = labelstudio.import_export_file(
         lab.import_file, sentences, lab.annotations, gold, on_conflict=str(lab.import_on_conflict),
-        from_name=str(lab.from_name),
+        from_name=str(lab.from_name), csv=CsvStyle.from_cfg(cfg),
     )
     log.info("label: import %s: %s", lab.import_file, report.summary())
     print(f"imported {lab.import_file}: {report.summary()}")
@@ -271,7 +304,7 @@ def run_import(cfg: DictConfig, sentences: pd.DataFrame, gold: pd.DataFrame | No
         print(f"  previous annotations backed up to {report.backup}")
     if report.conflicts:
         conflicts = pd.DataFrame(report.conflicts)
-        path = write_table_atomic(conflicts, Path(cfg.paths.run_dir) / "import_conflicts.csv")
+        path = write_table_atomic(conflicts, Path(cfg.paths.run_dir) / "import_conflicts.csv", csv=CsvStyle.from_cfg(cfg))
         print(f"  {len(conflicts)} conflict(s), not applied unless said otherwise (listed in {path}):")
         for c in report.conflicts:
             print(f"    [{c['kind']}] {c['sentence_id']}: existing={c['existing'] or '-'} imported={c['imported']} "
@@ -304,14 +337,36 @@ def label(cfg: DictConfig) -> pd.DataFrame | dict:
     from pipeline.tracking import file_digest
 
     lexicon_sha = file_digest(lexicon_path)
+    rules_note = "no gold labels: rule quality not measured"
     if gold is not None and len(gold):
         quality = rules_quality(labelled, gold, str(lab.abstain), lexicon)
-        write_quality_files(quality, run_dir)
+        write_quality_files(quality, run_dir, CsvStyle.from_cfg(cfg))
         print(format_quality(quality, str(lab.abstain)))
+        rules_note = f"rules vs gold macro-F1 {quality['metrics'].get('macro_f1', float('nan')):.3f}"
         if lab.log_mlflow:
-            run_id = log_quality_to_mlflow(cfg, quality, lexicon_path, run_dir)
-            log.info("label: rules quality logged to MLflow run %s", run_id)
+            key = rules_quality_key(lexicon_sha, str(lab.abstain), labelled, gold)
+            run_id, logged = log_quality_to_mlflow(cfg, quality, lexicon_path, run_dir, key)
+            log.info("label: rules quality %s MLflow run %s", "logged to" if logged else "unchanged since", run_id)
+            rules_note += f", MLflow run {run_id}{'' if logged else ' (unchanged: not logged again)'}"
+    shown = ", ".join(f"{k} {v}" for k, v in counts.items() if v or k != "none")
+    print(f"label: {len(labelled)} sentences → {out} ({shown}); {rules_note}; next: python -m pipeline train")
     if lab.export:
         tasks_path, config_path, n = export_tasks(cfg, labelled, lexicon_sha)
-        print(f"exported {n} Label Studio task(s) to {tasks_path} (labeling config: {config_path})")
+        print(export_line(cfg, labelled, tasks_path, config_path, n))
     return labelled
+
+
+def export_line(cfg: DictConfig, labelled: pd.DataFrame, tasks_path: Path, config_path: Path, n: int) -> str:
+    """What `label --export` wrote, and what to do next; with no task, why none and what to pass."""
+    if n:
+        return (f"label: exported {n} Label Studio task(s) → {tasks_path} (labeling config: {config_path}); next: "
+                "import them into a Label Studio project (docs/label.md), annotate, export as JSON, then "
+                "python -m pipeline label labeling.import_file=<export.json>")
+    if cfg.labeling.export_size is not None and int(cfg.labeling.export_size) <= 0:
+        why = f"labeling.export_size={cfg.labeling.export_size}"
+    else:
+        why = (f"every one of the {len(labelled)} sentences already has a gold label ({cfg.paths.gold}) or an "
+               f"annotation ({cfg.labeling.annotations}), so there is nothing left to annotate")
+    return (f"label: exported 0 Label Studio tasks ({tasks_path} is an empty list): {why}; to annotate new articles, "
+            "pass them: python -m pipeline label --export data.unlabelled='<files | directory | glob>' "
+            "(e.g. data.unlabelled='new/*.txt')")

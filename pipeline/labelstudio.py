@@ -32,7 +32,7 @@ import pandas as pd
 from pipeline import LABELS
 from pipeline.errors import PipelineError
 from pipeline.gold import check_ids_current, read_label_csv
-from pipeline.io import backup_file, read_text_strict, write_table_atomic, write_text_atomic
+from pipeline.io import CsvStyle, backup_file, read_text_strict, write_table_atomic, write_text_atomic
 from pipeline.provenance import note_file
 
 log = logging.getLogger(__name__)
@@ -191,11 +191,12 @@ def read_annotations(path: Path | str, sentences: pd.DataFrame | None = None) ->
     return table
 
 
-def write_annotations(table: pd.DataFrame, path: Path | str) -> Path | None:
-    """Back up the current file, then replace it atomically; returns the backup path (None for a new file)."""
+def write_annotations(table: pd.DataFrame, path: Path | str, csv: CsvStyle | None = None) -> Path | None:
+    """Back up the current file, then replace it atomically (CSV in `csv`; `gold.read_label_csv` restores the
+    neutralised cells); returns the backup path (None for a new file)."""
     backup = backup_file(path)
     out = table[ANNOTATION_COLUMNS].sort_values(["article_id", "sentence_id"], kind="stable")
-    write_table_atomic(out, path)
+    write_table_atomic(out, path, csv=csv)
     return backup
 
 
@@ -343,12 +344,12 @@ def merge_annotations(existing: pd.DataFrame, imported: pd.DataFrame, gold: pd.D
 
 def import_export_file(path: Path | str, sentences: pd.DataFrame, annotations_path: Path | str,
                        gold: pd.DataFrame | None, *, on_conflict: str = "keep", from_name: str = "stance",
-                       labels: Sequence[str] = LABELS) -> ImportReport:
+                       labels: Sequence[str] = LABELS, csv: CsvStyle | None = None) -> ImportReport:
     """Validate a Label Studio export and merge it into the annotations file (backup, then atomic write)."""
     imported, report = parse_export(path, sentences, labels=labels, from_name=from_name)
     existing = read_annotations(annotations_path, sentences)
     merged = merge_annotations(existing, imported, gold, report, on_conflict=on_conflict)
     if report.added or report.replaced:
-        backup = write_annotations(merged, annotations_path)
+        backup = write_annotations(merged, annotations_path, csv)
         report.backup = str(backup) if backup else None
     return report

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import LABELS
-from pipeline.io import write_table_atomic, atomic_path
+from pipeline.io import CsvStyle, atomic_path, write_table_atomic
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,9 @@ def error_table(test: pd.DataFrame, proba: np.ndarray, labels: Sequence[str] = L
 
 
 def write_report(out_dir: Path | str, test: pd.DataFrame, proba: np.ndarray, *, title: str, n_resamples: int,
-                 ci: float, seed: int, max_errors: int, labels: Sequence[str] = LABELS) -> tuple[dict[str, float], list[Path]]:
-    """Metrics + CI + confusion matrix (CSV, PNG) + error table for one model on gold test rows."""
+                 ci: float, seed: int, max_errors: int, labels: Sequence[str] = LABELS,
+                 csv: CsvStyle | None = None) -> tuple[dict[str, float], list[Path]]:
+    """Metrics + CI + confusion matrix (CSV, PNG) + error table for one model on gold test rows (CSV in `csv`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     labels = list(labels)
@@ -166,9 +167,9 @@ def write_report(out_dir: Path | str, test: pd.DataFrame, proba: np.ndarray, *, 
     metrics["macro_f1_ci_low"], metrics["macro_f1_ci_high"] = lo, hi
     cm = confusion(y_true, y_pred, labels)
     files = [
-        write_table_atomic(cm.reset_index(names="gold"), out / "confusion_matrix.csv"),
+        write_table_atomic(cm.reset_index(names="gold"), out / "confusion_matrix.csv", csv=csv),
         plot_confusion(cm, out / "confusion_matrix.png", f"{title}  macro-F1 {metrics['macro_f1']:.3f} (n={len(y_true)})"),
-        write_table_atomic(error_table(test, proba, labels, max_errors), out / "errors.csv"),
+        write_table_atomic(error_table(test, proba, labels, max_errors), out / "errors.csv", csv=csv),
     ]
     return metrics, files
 

@@ -36,11 +36,12 @@ from tqdm.auto import tqdm
 
 from pipeline.errors import PipelineError
 from pipeline.inference import load_predictor, set_threads
-from pipeline.io import TABLE_SUFFIXES, read_table, write_table_atomic, write_text_atomic
+from pipeline.io import TABLE_SUFFIXES, CsvStyle, read_table, write_table_atomic, write_text_atomic
 from pipeline.model_store import model_identity, resolve_model, segment_rules_for
 from pipeline.predict_extras import Enricher, timeline_freq, write_report, write_summaries
 from pipeline.predict_inputs import ArticleReader, as_list, expand_inputs
 from pipeline.predict_outputs import ERROR_COLUMNS, ErrorLog, PartsWriter, plot_net_stance
+from pipeline.registry import model_quality
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +73,13 @@ def predict(cfg: DictConfig) -> dict:
     timeline_freq(cfg)  # a bad predict.timeline fails before any work
     run_dir = Path(cfg.paths.run_dir)
     errors = ErrorLog()
+    csv = CsvStyle.from_cfg(cfg)
+    date_column = str(OmegaConf.select(pcfg, "date_column", default="") or "")
 
     # The inputs first: a missing input is told before a model is fetched or loaded.
     files = expand_inputs(inputs, errors)
     if not files:
-        write_table_atomic(errors.frame(), errors_path)
+        write_table_atomic(errors.frame(), errors_path, csv=csv)
         raise PipelineError(f"no usable article in input={', '.join(inputs)}: none of these exists; "
                             f"give existing files, directories or globs (see {errors_path})")
     written = {p.resolve(): key for p, key in ((output, "output"), (summary_path, "predict.summary"),
@@ -92,7 +95,7 @@ def predict(cfg: DictConfig) -> dict:
                                    max_batch_tokens=pcfg.max_batch_tokens)
     except PipelineError as exc:
         errors.add(OmegaConf.select(cfg, "model_uri", default=None) or "(default model)", "model", str(exc))
-        write_table_atomic(errors.frame(), errors_path)
+        write_table_atomic(errors.frame(), errors_path, csv=csv)
         raise
     threads = set_threads(pcfg.threads)
     log.info("predict: model %s (%s, labels %s, max_length %d%s) on %s, %d threads", model.uri, predictor.kind,
@@ -104,10 +107,11 @@ def predict(cfg: DictConfig) -> dict:
     writer = PartsWriter(output, predictor, errors, chunk_sentences=chunk_sentences,
                          batch_size=int(pcfg.batch_size), resume=bool(pcfg.resume),
                          model_id=model_identity(model.uri, model.model_dir), enrich=enricher,
-                         added=enricher.added)
+                         added=enricher.added, csv=csv, date_column=date_column)
     previous_errors = pd.DataFrame(columns=ERROR_COLUMNS)
     if pcfg.resume:
-        earlier = read_table(errors_path) if errors_path.exists() and output.exists() else previous_errors
+        earlier = (read_table(errors_path, restore=True) if errors_path.exists() and output.exists()
+                   else previous_errors)
         earlier = earlier[earlier["article_id"].isin(writer.done)]  # others are read again and re-reported
         previous_errors = pd.concat([earlier, writer.previous_errors()], ignore_index=True)
     reader = ArticleReader(cfg, rules, errors)
@@ -125,24 +129,26 @@ def predict(cfg: DictConfig) -> dict:
     counts.update(sentences=writer.sentences, truncated=writer.truncated)
 
     if counts["articles"] == 0 and not writer.done:
-        write_table_atomic(errors.frame(), errors_path)
+        write_table_atomic(errors.frame(), errors_path, csv=csv)
         writer.discard()
         raise PipelineError(f"no usable article in input={', '.join(inputs)}; see {errors_path} for why")
 
     summary_frame = writer.merge()
-    write_table_atomic(summary_frame, summary_path)
+    write_table_atomic(summary_frame, summary_path, csv=csv, date_columns=[date_column])
     all_errors = (pd.concat([previous_errors.astype(str), errors.frame().astype(str)], ignore_index=True)
                   .drop_duplicates(ignore_index=True) if len(previous_errors) else errors.frame())
-    write_table_atomic(all_errors, errors_path)
+    write_table_atomic(all_errors, errors_path, csv=csv)
     if plot_path is not None:
         plot_net_stance(summary_frame, plot_path, int(pcfg.plot_max_bars))
     summaries = write_summaries(cfg, output, summary_frame, predictor.labels)
+    quality = model_quality(cfg, model.run_id)
     extra_paths = {name: str(output.with_name(f"{output.stem}.{name}{output.suffix}")) for name in summaries}
     if pcfg.report:
         calibration = getattr(predictor, "calibration", None)
         described = f"{model.uri} ({predictor.kind}, {predictor.base_model}" + (
             f", T={calibration.temperature:.2f})" if calibration is not None and calibration.temperature != 1.0 else ")")
-        extra_paths["report"] = str(write_report(cfg, output, summary_frame, summaries, predictor.labels, described))
+        extra_paths["report"] = str(write_report(cfg, output, summary_frame, summaries, predictor.labels, described,
+                                                 quality=quality, lexicon=enricher.cue_lexicon))
 
     problems = all_errors[all_errors["reason"] != "truncated"]
     log.info("predict: %d articles, %d sentences predicted (%d truncated at %d tokens); %d skipped as already "
@@ -153,6 +159,26 @@ def predict(cfg: DictConfig) -> dict:
     report = {"output": str(output), "summary": str(summary_path), "errors": str(errors_path),
               "plot": str(plot_path) if plot_path else None, "timeline": extra_paths.get("timeline"),
               "outlets": extra_paths.get("outlets"), "report": extra_paths.get("report"), "model_uri": model.uri, **counts,
-              "input_problems": int(len(problems))}
+              "input_problems": int(len(problems)), "model_run_id": model.run_id, "model_quality": quality}
     write_text_atomic(run_dir / "predict_report.json", json.dumps(report, ensure_ascii=False, indent=2))
+    print(outcome_line(report))
     return report
+
+
+def outcome_line(report: dict) -> str:
+    """What a predict run leaves the user: its files, the model that made them (and how good it is), what next."""
+    quality = report.get("model_quality") or {}
+    if quality.get("smoke"):
+        judged = "a SMOKE model (built from scratch): its labels mean nothing"
+    elif quality.get("test_macro_f1") is not None:
+        ci = quality.get("test_ci")
+        judged = f"held-out macro-F1 {quality['test_macro_f1']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+    else:
+        judged = "quality unknown (no MLflow run)"
+    others = [p for p in (report["summary"], report["errors"], report.get("timeline"), report.get("outlets"),
+                          report.get("plot")) if p]
+    problems = f" ({report['input_problems']} input problems)" if report["input_problems"] else ""
+    after = (f"open {report['report']}" if report.get("report")
+             else "add predict.report=true for an HTML report")
+    return (f"predict: {report['articles']} articles, {report['sentences']} sentences → {report['output']} "
+            f"(+ {', '.join(others)}){problems}; model {report['model_uri']}, {judged}; next: {after}")

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.analytics import by_outlet, timeline
 from pipeline.errors import PipelineError
 from pipeline.explain import format_reasons, top_words
-from pipeline.io import read_table, write_table_atomic
+from pipeline.io import CsvStyle, read_table, write_table_atomic
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,11 @@ class Enricher:
         if "rules_fired" not in predictor.output_columns:  # a hybrid returns them: never computed twice
             self.lexicon = read_lexicon(lexicon) if isinstance(lexicon, (str, Path)) else lexicon
         self.added = ["rules_fired"] + (["top_words"] if self.explain else [])
+
+    @property
+    def cue_lexicon(self):
+        """The lexicon whose rules make `rules_fired` (a hybrid model's own, else labeling.lexicon), or None."""
+        return self.lexicon if self.lexicon is not None else getattr(self.predictor, "lexicon", None)
 
     @staticmethod
     def settings(cfg: DictConfig) -> dict:
@@ -123,9 +128,9 @@ def write_summaries(cfg: DictConfig, output: Path, articles: pd.DataFrame, label
                                        labels=labels, per_article=True)
     for name, frame in written.items():
         path = summary_path(output, name)
-        if "period" in frame.columns:  # the same text in every format: YYYY-MM-DD
+        if "period" in frame.columns:  # YYYY-MM-DD in CSV and JSON lines, a date in parquet
             frame = frame.assign(period=frame["period"].dt.strftime("%Y-%m-%d"))
-        write_table_atomic(frame, path)
+        write_table_atomic(frame, path, csv=CsvStyle.from_cfg(cfg), date_columns=["period"])
         log.info("predict: wrote %s (%d rows)", path, len(frame))
     return written
 
@@ -135,19 +140,25 @@ def summary_path(output: Path, name: str) -> Path:
 
 
 def write_report(cfg: DictConfig, output: Path, articles: pd.DataFrame, summaries: dict[str, pd.DataFrame],
-                 labels, model_description: str) -> Path:
-    """The HTML report (predict.report_path, default <output stem>.report.html) from the merged outputs."""
-    from pipeline.report import write_html_report
+                 labels, model_description: str, *, quality: dict | None = None, lexicon=None) -> Path:
+    """The HTML report (predict.report_path, default <output stem>.report.html) from the merged outputs.
+    `quality`: registry.model_quality of the model's train run (None: unknown); `lexicon`: the one that made
+    rules_fired (Enricher.cue_lexicon), so the report shows the cues' own words."""
+    from pipeline.report import ModelQuality, write_html_report
 
     pcfg = cfg.predict
     path = Path(str(pcfg.report_path)) if pcfg.report_path else output.with_name(output.stem + ".report.html")
-    sentences = read_table(output)  # a CSV / JSONL output reads back as text: numbers and flags again
+    sentences = read_table(output, restore=True)  # a CSV / JSONL output reads back as text: numbers and flags again
     for column in [*(f"p_{x}" for x in labels), "confidence", "idx"]:
         if column in sentences.columns:
             sentences[column] = pd.to_numeric(sentences[column])
     for column in ("truncated", "confident"):
         if column in sentences.columns and sentences[column].dtype != bool:
             sentences[column] = sentences[column].astype(str).str.lower().isin(["true", "1"])
+    shown = None if quality is None else ModelQuality(
+        **{k: quality.get(k) for k in ("smoke", "test_macro_f1", "test_ci", "test_n", "cv_macro_f1", "cv_ci", "cv_n",
+                                       "run_id")})
     return write_html_report(path, sentences, articles, summaries.get("timeline"), summaries.get("outlets"),
                              model_description=model_description, top_n=int(pcfg.report_top_sentences),
-                             labels=labels)
+                             labels=labels, quality=shown, min_confidence=float(pcfg.min_confidence),
+                             cues=lexicon.cue_matches if lexicon is not None else None)

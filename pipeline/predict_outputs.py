@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import PipelineError
-from pipeline.io import (BadInputFile, atomic_path, iter_table_chunks, read_table, write_table_atomic,
-                         write_text_atomic)
+from pipeline.io import (BadInputFile, CsvStyle, atomic_path, iter_table_chunks, parquet_table, read_table,
+                         write_csv, write_table_atomic, write_text_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -131,26 +131,27 @@ def predict_rows(predictor, rows: pd.DataFrame, sources: dict[str, str], errors:
 
 
 class TableWriter:
-    """Appends DataFrames to one .csv / .jsonl / .parquet file without holding them all."""
+    """Appends DataFrames to one .csv / .jsonl / .parquet file without holding them all: CSV in `csv`'s style
+    (pipeline.io.write_csv), the `date_columns` typed as dates in parquet."""
 
-    def __init__(self, path: Path, suffix: str):
+    def __init__(self, path: Path, suffix: str, *, csv: CsvStyle | None = None, date_columns: Sequence[str] = ()):
         self.path = Path(path)
         self.suffix = suffix.lower()
+        self.csv = csv or CsvStyle()
+        self.date_columns = list(date_columns)
         self._parquet = None
         self._started = False
 
     def write(self, df: pd.DataFrame) -> None:
         if self.suffix == ".parquet":
-            import pyarrow as pa
             import pyarrow.parquet as pq
 
-            table = pa.Table.from_pandas(df, preserve_index=False)
+            table = parquet_table(df, self.date_columns)
             if self._parquet is None:
                 self._parquet = pq.ParquetWriter(self.path, table.schema)
             self._parquet.write_table(table.cast(self._parquet.schema))
         elif self.suffix == ".csv":
-            df.to_csv(self.path, mode="a" if self._started else "w", header=not self._started, index=False,
-                      encoding="utf-8")
+            write_csv(df, self.path, self.csv, append=self._started)
         else:
             with open(self.path, "a" if self._started else "w", encoding="utf-8") as fh:
                 if len(df):
@@ -249,7 +250,7 @@ def done_keys(paths: Iterable[Path], chunk_rows: int) -> tuple[set[str], set[tup
     articles: set[str] = set()
     sentences: set[tuple[str, str]] = set()
     for path in paths:
-        for chunk in iter_table_chunks(path, chunk_rows):
+        for chunk in iter_table_chunks(path, chunk_rows, restore=True):
             ids = chunk["article_id"].astype(str)
             articles.update(ids)
             sentences.update(zip(ids, chunk["sentence_id"].astype(str)))
@@ -271,8 +272,11 @@ class PartsWriter:
     """
 
     def __init__(self, output: Path, predictor, errors: ErrorLog, *, chunk_sentences: int, batch_size: int,
-                 resume: bool, model_id: str = "", enrich=None, added: Sequence[str] = ()):
+                 resume: bool, model_id: str = "", enrich=None, added: Sequence[str] = (),
+                 csv: CsvStyle | None = None, date_column: str = ""):
         self.output = Path(output)
+        self.csv = csv or CsvStyle()
+        self.date_column = date_column  # the carried column of dates: typed as dates in a parquet output
         self.parts_dir = self.output.with_name(f".{self.output.name}.parts")
         self.predictor = predictor
         self.labels = list(predictor.labels)
@@ -332,7 +336,7 @@ class PartsWriter:
 
     def previous_errors(self) -> pd.DataFrame:
         """The error rows of the interrupted run(s), saved beside their parts."""
-        frames = [read_table(p) for p in sorted(self.parts_dir.glob("errors-*.csv"))]
+        frames = [read_table(p, restore=True) for p in sorted(self.parts_dir.glob("errors-*.csv"))]
         frames = [f for f in frames if len(f)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ERROR_COLUMNS)
 
@@ -358,7 +362,7 @@ class PartsWriter:
         self.sentences += len(frame)
         self.truncated += int(frame["truncated"].sum())
         new_errors = ErrorLog(self.errors.rows[self._errors_written:])
-        write_table_atomic(new_errors.frame(), self.parts_dir / f"errors-{self._next_part:06d}.csv")
+        write_table_atomic(new_errors.frame(), self.parts_dir / f"errors-{self._next_part:06d}.csv", csv=self.csv)
         self._errors_written = len(self.errors.rows)
         write_table_atomic(self.rows(frame, self.meta), self.parts_dir / f"part-{self._next_part:06d}.parquet")
         self._next_part += 1
@@ -376,7 +380,7 @@ class PartsWriter:
 
                 names = pq.read_schema(path).names
             else:
-                names = list(next(iter(iter_table_chunks(path, 1)), pd.DataFrame()).columns)
+                names = list(next(iter(iter_table_chunks(path, 1, restore=True)), pd.DataFrame()).columns)
             meta += [c for c in names if c not in known and c not in meta]
         return meta
 
@@ -389,9 +393,10 @@ class PartsWriter:
         meta = self.merged_meta(merged)
         summary = Summary(self.labels, meta)
         with atomic_path(self.output) as tmp:
-            writer = TableWriter(tmp, self.output.suffix)
+            writer = TableWriter(tmp, self.output.suffix, csv=self.csv,
+                                 date_columns=[self.date_column] if self.date_column in meta else [])
             for path in merged:
-                for chunk in iter_table_chunks(path, self.chunk_sentences):
+                for chunk in iter_table_chunks(path, self.chunk_sentences, restore=True):
                     chunk = self.rows(chunk, meta)
                     writer.write(chunk)
                     summary.add(chunk)

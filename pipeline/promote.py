@@ -13,7 +13,7 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import registry
+from pipeline import registry, tracking
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -34,5 +34,8 @@ def promote(cfg: DictConfig) -> dict:
     table = registry.candidates(cfg)
     print(f"versions of {name} (served: {name}@{alias}):")
     print(registry.format_candidates(table))
+    experiment = tracking.setup(cfg).get_experiment_by_name(str(cfg.tracking.experiment))
+    if experiment is not None:
+        print(f"their runs side by side (`make ui` first): {tracking.headline_url(cfg, experiment.experiment_id)}")
     result["candidates"] = table
     return result

@@ -206,19 +206,54 @@ def candidates(cfg: DictConfig) -> pd.DataFrame:
                                        "test_ci", "test_articles", "cv_macro_f1"])
 
 
+def _evaluate_parents(cfg: DictConfig, data_name: str) -> list:
+    """The finished cross-validation parent runs (evaluate) on one data set, oldest first."""
+    return tracking.setup(cfg).search_runs(
+        experiment_names=[str(cfg.tracking.experiment)], output_format="list",
+        filter_string=f"tags.stage = 'evaluate' and tags.cv_parent = 'true' and tags.data_name = '{data_name}' "
+                      "and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time ASC"])
+
+
 def recipe_cv_scores(cfg: DictConfig) -> dict[str, float]:
     """recipe digest -> pooled out-of-fold macro-F1 of the newest evaluate run of that recipe on this data set."""
     found: dict[str, float] = {}
-    runs = tracking.setup(cfg).search_runs(
-        experiment_names=[str(cfg.tracking.experiment)], output_format="list",
-        filter_string=f"tags.stage = 'evaluate' and tags.cv_parent = 'true' and tags.data_name = '{cfg.data.name}' "
-                      "and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time ASC"])
-    for run in runs:
+    for run in _evaluate_parents(cfg, str(cfg.data.name)):
         score = run.data.metrics.get("oof_macro_f1")
         if score is not None and run.data.tags.get("recipe_digest"):
             found[run.data.tags["recipe_digest"]] = float(score)
     return found
+
+
+def _pair(metrics: dict, low: str, high: str) -> tuple[float, float] | None:
+    lo, hi = metrics.get(low), metrics.get(high)
+    return (float(lo), float(hi)) if lo is not None and hi is not None and lo == lo and hi == hi else None
+
+
+def model_quality(cfg: DictConfig, run_id: str | None) -> dict | None:
+    """How good the model of a train run is, as MLflow holds it: the run's held-out test macro-F1 (interval, number
+    of gold sentences), whether it is a smoke model (tag SMOKE_TAG; None when the run does not say), and the pooled
+    leave-one-article-out macro-F1 of the newest evaluate run of the same recipe on the same data (cv_*). None
+    when the run is unknown or cannot be read (the report then says the quality is unknown)."""
+    if not run_id:
+        return None
+    try:
+        run = _client(cfg).get_run(run_id)
+        m, t = run.data.metrics, run.data.tags
+        parents = [r for r in _evaluate_parents(cfg, t.get("data_name", str(cfg.data.name)))
+                   if t.get("recipe_digest") and r.data.tags.get("recipe_digest") == t.get("recipe_digest")
+                   and r.data.metrics.get("oof_macro_f1") is not None]
+    except Exception as exc:  # the report and the summary line go on without it
+        log.warning("predict: cannot read the quality of run %s from MLflow (%s)", run_id,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return None
+    cv = parents[-1].data.metrics if parents else {}
+    return {"run_id": run_id, "smoke": (t[SMOKE_TAG] == "true") if SMOKE_TAG in t else None,
+            "test_macro_f1": m.get("test_macro_f1"), "test_ci": _pair(m, "test_macro_f1_ci_low", "test_macro_f1_ci_high"),
+            "test_n": int(m["test_n"]) if m.get("test_n") else None,
+            "cv_macro_f1": cv.get("oof_macro_f1"), "cv_ci": _pair(cv, "oof_macro_f1_ci_low", "oof_macro_f1_ci_high"),
+            "cv_n": int(cv["oof_n"]) if cv.get("oof_n") else None,
+            "cv_run_id": parents[-1].info.run_id if parents else None}
 
 
 def _interval(low, high) -> str:

@@ -82,6 +82,17 @@ class Firing:
         return f"{self.cue.id}:negated" if self.label else f"{self.cue.id}:cancelled"
 
 
+@dataclass(frozen=True)
+class CueMatch:
+    rule_id: str              # as in rules_fired: `neg.refusal`, `pos.progress:negated`
+    label: str | None         # the class it votes for after negation; None = cancelled by a negation
+    words: str                # the sentence's words that matched, as written
+    negated: bool = False
+
+
+EDGE_PUNCTUATION = re.compile(r"^[^\w]+|[^\w]+$")  # quotes, commas, full stops around the matched words
+
+
 @dataclass
 class RuleResult:
     label: str | None                   # None = abstain
@@ -215,6 +226,45 @@ class Lexicon:
         return bool(forms & (self.negators | self.adjacent_negators))
 
     def apply(self, text: str) -> RuleResult:
+        firings, contrast_at = self._firings(text)
+        scores = {label: 0.0 for label in LABELS}
+        fired: list[str] = []
+        for f in firings:
+            fired.append(f.rule_id)
+            label = f.label
+            if label is None:
+                continue
+            factor = 1.0
+            if f.after_contrast is True:
+                factor = self.contrast_after
+            elif f.after_contrast is False:
+                factor = self.contrast_before
+            scores[label] += f.cue.weight * factor
+        if contrast_at is not None and firings:
+            fired.append("contrast")
+        return self._decide(scores, fired)
+
+    def cue_matches(self, text: str) -> list[CueMatch]:
+        """The cues that fired on `text`, in order: rule id, the class each votes for after negation (None when
+        cancelled), and the sentence's own words that matched (as written, for people to read)."""
+        firings, _ = self._firings(text)
+        words = text.split()
+        owner: list[int] = []  # token index -> index of the whitespace word it came from
+        for n, word in enumerate(words):
+            owner.extend([n] * len(tokenize(word)))
+        out = []
+        for f in firings:
+            if len(owner) >= f.end:
+                shown = " ".join(words[owner[f.start]:owner[f.end - 1] + 1])
+                shown = EDGE_PUNCTUATION.sub("", shown) or shown
+            else:  # a word that normalises across spaces (not seen in practice): the matched tokens instead
+                shown = " ".join(tokenize(text)[f.start:f.end])
+            out.append(CueMatch(f.rule_id, f.label, shown, f.negated))
+        return out
+
+    def _firings(self, text: str) -> tuple[list[Firing], int | None]:
+        """The cue firings of a sentence in order of position (negation and contrast decided), and the token
+        index of its last contrast marker (None without one)."""
         tokens = tokenize(text)
         forms = [self._forms(t) if WORD.fullmatch(t) else {t} for t in tokens]
 
@@ -257,23 +307,7 @@ class Lexicon:
             f.negated = self._negated_before(tokens, forms, f, blocked_negators | _claimed(used, firings, f))
             if contrast_at is not None:
                 f.after_contrast = f.start > contrast_at
-
-        scores = {label: 0.0 for label in LABELS}
-        fired: list[str] = []
-        for f in sorted(firings, key=lambda f: f.start):
-            fired.append(f.rule_id)
-            label = f.label
-            if label is None:
-                continue
-            factor = 1.0
-            if f.after_contrast is True:
-                factor = self.contrast_after
-            elif f.after_contrast is False:
-                factor = self.contrast_before
-            scores[label] += f.cue.weight * factor
-        if contrast_at is not None and firings:
-            fired.append("contrast")
-        return self._decide(scores, fired)
+        return sorted(firings, key=lambda f: f.start), contrast_at
 
     def _negated_before(self, tokens: list[str], forms: list[set[str]], firing: Firing, blocked: set[int]) -> bool:
         start = firing.start

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from pipeline import LABELS, tracking
 from pipeline.errors import PipelineError
+from pipeline.io import CsvStyle
 from pipeline.metrics import SUMMARY_METRICS
 from pipeline.splits import LabelledSet, Split, label_counts
 
@@ -48,7 +49,7 @@ def score_split(cfg: DictConfig, data: LabelledSet, split: Split, model_dir: Pat
     if report:
         metrics, files = write_report(out_dir, split.test, proba, title=f"{cfg.model.name} ({split.name})",
                                       n_resamples=int(ev.bootstrap), ci=float(ev.ci), seed=int(cfg.seed),
-                                      max_errors=int(ev.max_errors))
+                                      max_errors=int(ev.max_errors), csv=CsvStyle.from_cfg(cfg))
     else:
         metrics = classification_metrics(split.test["label"], [LABELS[i] for i in proba.argmax(axis=1)])
         files = []

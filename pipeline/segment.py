@@ -27,10 +27,13 @@ from tqdm.auto import tqdm
 
 from pipeline.arabic import has_arabic
 from pipeline.errors import PipelineError
+from pipeline.progress import bar_disabled
 from pipeline.io import BadInputFile, read_text_strict, write_table_atomic, write_text_atomic
 from pipeline.segmentation import SENTENCE_COLUMNS, SegmentRules, article_id_for, article_rows, find_articles
 
 log = logging.getLogger(__name__)
+
+SEGMENT_BAR_FROM = 20  # articles: fewer are segmented in a blink, not worth a bar
 
 
 @dataclass
@@ -62,7 +65,8 @@ def segment_files(paths: Sequence[Path], rules: SegmentRules) -> tuple[pd.DataFr
     report = SegmentReport()
     rows: list[dict] = []
     owners: dict[str, Path] = {}
-    for path in tqdm(paths, desc="segment", unit="article", disable=len(paths) < 20):
+    bar = bar_disabled(len(paths), at_least=SEGMENT_BAR_FROM)
+    for path in tqdm(paths, desc="segment", unit="article", disable=bar):
         try:
             text = read_text_strict(path)
             if not has_arabic(text):
@@ -134,4 +138,7 @@ def segment(cfg) -> pd.DataFrame:
     write_text_atomic(Path(cfg.paths.run_dir) / "segment_report.json", json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
     log.info("segment: %s", report.summary())
     log.info("segment: wrote %s", out)
+    print(f"segment: {len(table)} sentences of {table['article_id'].nunique()} articles "
+          f"({sum(report.removed.values())} removed, {len(report.skipped)} files skipped) → {out}; "
+          "next: python -m pipeline label")
     return table

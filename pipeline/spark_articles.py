@@ -461,9 +461,13 @@ def spark_session(cfg):
     if cfg.spark.master:  # else spark-submit's --master, or local[*] under plain python (pyspark's default)
         builder = builder.master(str(cfg.spark.master))
     builder = builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    from pipeline.progress import interactive
+
+    # Spark's console progress bar on a terminal only (pipeline.progress); spark.conf may still set it
+    builder = builder.config("spark.ui.showConsoleProgress", str(interactive()).lower())
     for key, value in (cfg.spark.conf or {}).items():
         builder = builder.config(str(key), str(value))
     session = builder.getOrCreate()
-    session.sparkContext.setLogLevel("WARN")  # Spark's INFO lines would drown the stage's log; its progress bar stays
+    session.sparkContext.setLogLevel("WARN")  # Spark's INFO lines would drown the stage's log
     return session, True
 

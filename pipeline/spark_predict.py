@@ -43,6 +43,19 @@ def _refuse_existing(paths: dict[str, str], mode: str) -> None:
                                     "spark.mode=overwrite")
 
 
+def typed_dates(frame, column: str):
+    """The carried date column (ISO text, "" = none) as dates, as the local stage writes it in parquet
+    (pipeline.io.typed_dates); kept as text when some values carry a time of day."""
+    from pyspark.sql import functions as F
+
+    if not column or column not in frame.columns:
+        return frame
+    if frame.filter(F.length(F.col(column)) > len("YYYY-MM-DD")).limit(1).count():
+        log.info("spark_predict: %s holds times of day: written as ISO text", column)
+        return frame
+    return frame.withColumn(column, F.to_date(F.when(F.col(column) != "", F.col(column)), "yyyy-MM-dd"))
+
+
 def spark_predict(cfg: DictConfig) -> dict:
     """Stage entry: predict the articles of `input` on Spark into the parquet directory `output`."""
     scfg, pcfg = cfg.spark, cfg.predict
@@ -82,6 +95,9 @@ def spark_predict(cfg: DictConfig) -> dict:
             raise PipelineError(f"spark.partition_by: no column {', '.join(map(repr, unknown))} in the sentence rows "
                                 f"(columns: {', '.join(result.sentences.columns)})")
         mode = "errorifexists" if str(scfg.mode) == "error" else "overwrite"
+        date_column = str(OmegaConf.select(pcfg, "date_column", default="") or "")
+        result.sentences = typed_dates(result.sentences, date_column)
+        result.articles = typed_dates(result.articles, date_column)
         log.info("spark_predict: model %s; %s → %s (+ %s, %s)", model.uri, source, output, summary_out, errors_out)
         sentences = result.sentences
         if scfg.output_partitions:
@@ -103,4 +119,7 @@ def spark_predict(cfg: DictConfig) -> dict:
     report = {"output": output, "summary": summary_out, "errors": errors_out, "model_uri": model.uri, **counts,
               "truncated": reasons.get("truncated", 0), "input_problems": problems, "errors_by_reason": reasons}
     write_text_atomic(run_dir / "spark_predict_report.json", json.dumps(report, ensure_ascii=False, indent=2))
+    print(f"spark_predict: {counts['articles']} articles, {counts['sentences']} sentences → {output} (+ {summary_out}, "
+          f"{errors_out}: {problems} input problems); model {model.uri}; next: read them with "
+          f"spark.read.parquet('{output}') or pandas.read_parquet('{output}')")
     return report

@@ -54,6 +54,7 @@ class Stage:
     flags: dict[str, str] = field(default_factory=dict)  # CLI flag -> override it stands for
     skip_needs: Callable[[DictConfig], bool] = field(default=lambda cfg: False)  # True: `needs` do not apply
     positional: str | None = None                # the key a bare argument sets (`promote 3` = `target=3`)
+    own: tuple[str, ...] = ()                    # the config keys (or sections) that are this stage's: --help leads with them
 
     def mode_keys(self) -> tuple[str, ...]:
         """The keys behind the stage's CLI flags (`label --stats`, `--export`): they choose what a run does
@@ -134,9 +135,9 @@ def _short(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _modelling_stage(name: str, help: str) -> Stage:
+def _modelling_stage(name: str, help: str, own: tuple[str, ...]) -> Stage:
     """train / evaluate: read the labelled set, made by `label` unless the data is a labelled table."""
-    return Stage(name, help, f"pipeline.{name}:{name}", needs=("label",), skip_needs=_table_data)
+    return Stage(name, help, f"pipeline.{name}:{name}", needs=("label",), skip_needs=_table_data, own=own)
 
 
 STAGES: dict[str, Stage] = {
@@ -147,6 +148,7 @@ STAGES: dict[str, Stage] = {
             "articles → sentences.parquet (clean sentences, stable ids, offsets)",
             "pipeline.segment:segment",
             outputs=lambda cfg: _paths(cfg, "paths.sentences"),
+            own=("data.articles_glob", "data.unlabelled", "segment"),
         ),
         Stage(
             "label",
@@ -155,19 +157,23 @@ STAGES: dict[str, Stage] = {
             needs=("segment",),
             outputs=lambda cfg: _paths(cfg, "paths.labelled"),
             flags={"--stats": "labeling.stats_only=true", "--export": "labeling.export=true"},
+            own=("paths.gold", "labeling", "data.unlabelled"),
         ),
-        _modelling_stage("train", "fine-tune the configured model on the labelled set, evaluate on gold, log to MLflow"),
+        _modelling_stage("train", "fine-tune the configured model on the labelled set, evaluate on gold, log to MLflow",
+                         own=("model", "train", "tracking.promote")),
         _modelling_stage("evaluate", "metrics on gold labels (cross-validated on small corpora) against baselines, "
-                                     "logged to MLflow"),
+                                     "logged to MLflow", own=("evaluate", "model")),
         Stage(
             "predict",
             "batch-predict new articles with a model from MLflow: per-sentence and per-article stance",
             "pipeline.predict:predict",
+            own=("input", "output", "model_uri", "predict", "csv"),
         ),
         Stage(
             "spark_predict",
             "the same prediction as a Spark job (local[*] or spark-submit): parquet sentence rows, summary, errors",
             "pipeline.spark_predict:spark_predict",
+            own=("input", "output", "model_uri", "spark"),
         ),
         Stage(
             "promote",
@@ -175,11 +181,13 @@ STAGES: dict[str, Stage] = {
             "| run id>)",
             "pipeline.promote:promote",
             positional="target",
+            own=("target", "tracking.register", "tracking.alias"),
         ),
         Stage(
             "all",
             "segment → label → train → evaluate on the configured corpus",
             "pipeline.stages:run_all",
+            own=("data", "model"),
         ),
     ]
 }

@@ -95,7 +95,7 @@ def train(cfg: DictConfig) -> dict:
 
     from pipeline.model_store import log_stance_model
     from pipeline.metrics import prefixed
-    from pipeline.io import write_table_atomic
+    from pipeline.io import CsvStyle, write_table_atomic
 
     kind = stance_kind(cfg)
     preflight(cfg)
@@ -128,7 +128,8 @@ def train(cfg: DictConfig) -> dict:
         scored = score_split(cfg, data, split, model_dir, work_dir / "evaluation")
         log_scored(scored, prefix="test_", artifact_dir="evaluation")
         comparison = comparison_table(str(cfg.model.name), scored.metrics, scored.baselines)
-        mlflow.log_artifact(str(write_table_atomic(comparison, work_dir / "evaluation" / "comparison.csv")), "evaluation")
+        mlflow.log_artifact(str(write_table_atomic(comparison, work_dir / "evaluation" / "comparison.csv",
+                                                   csv=CsvStyle.from_cfg(cfg))), "evaluation")
         served_dir = model_dir
         if str(OmegaConf.select(cfg, "train.refit", default="none")) == "all":
             served_dir = refit_on_all(cfg, data, model_dir, work_dir)
@@ -147,7 +148,7 @@ def train(cfg: DictConfig) -> dict:
                  ", ".join(f"{n} {m['macro_f1']:.3f}" for n, m in scored.baselines.items()) or "no baselines")
         result = {"run_id": run.info.run_id, "model_dir": str(served_dir), "model_uri": info.model_uri,
                   "metrics": prefixed(scored.metrics, "test_"), "baselines": scored.baselines, "smoke": smoke,
-                  **outcome}
+                  "compare_url": tracking.headline_url(cfg, run.info.experiment_id), **outcome}
     print(outcome_lines(cfg, result))
     return result
 
@@ -172,4 +173,6 @@ def outcome_lines(cfg: DictConfig, result: dict) -> str:
     else:
         lines += [f"  model {run_uri} (tracking.register=null: not registered)",
                   f"  predict with it: {predict} model_uri={run_uri}"]
+    if result.get("compare_url"):
+        lines.append(f"  compare the runs (`make ui` first): {result['compare_url']}")
     return "\n".join(lines)

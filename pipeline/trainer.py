@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import LABELS, distributed
+from pipeline import LABELS, distributed, progress
 from pipeline.errors import PipelineError
 from pipeline.splits import class_weights
 
@@ -116,13 +116,17 @@ def mlflow_epoch_logger():
                "eval_accuracy": "val_accuracy", "learning_rate": "learning_rate", "grad_norm": "grad_norm"}
 
     class MlflowEpochLogger(TrainerCallback):
-        """Per-epoch train loss and validation metrics into the caller's MLflow run (no run of its own)."""
+        """Per-epoch train loss and validation metrics into the caller's MLflow run (no run of its own), and each
+        validation as one log line (the Trainer's own printing of its log dicts is switched off)."""
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             picked = {renames[k]: v for k, v in (logs or {}).items() if k in renames and isinstance(v, (int, float))}
             if picked:
                 picked["epoch"] = float(state.epoch or 0)
                 log_metrics(picked, step=int(state.global_step))
+                if "val_macro_f1" in picked:
+                    log.info("train: step %d (epoch %.0f): validation macro-F1 %.3f, loss %.3f", state.global_step,
+                             picked["epoch"], picked["val_macro_f1"], picked.get("val_loss", float("nan")))
 
     return MlflowEpochLogger()
 
@@ -180,7 +184,7 @@ def training_arguments(cfg: DictConfig, output_dir: Path, *, has_val: bool, max_
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         dataloader_num_workers=0,
-        disable_tqdm=False,
+        disable_tqdm=not progress.interactive(),  # a bar on a terminal only (pipeline.progress)
     )
 
 
@@ -239,7 +243,7 @@ def build_trainer(cfg: DictConfig, model, tokenizer, train_texts: Sequence[str],
     all_callbacks = [mlflow_epoch_logger(), *callbacks]
     if has_val and int(cfg.train.early_stopping_patience) > 0:
         all_callbacks.insert(0, EarlyStoppingCallback(early_stopping_patience=int(cfg.train.early_stopping_patience)))
-    return sample_weighted_trainer(weights)(
+    trainer = sample_weighted_trainer(weights)(
         model=model,
         args=training_arguments(cfg, output_dir, has_val=has_val, max_steps=max_steps, save=save, epochs=epochs,
                                 eval_every=None if max_steps else evaluation_interval(
@@ -253,3 +257,20 @@ def build_trainer(cfg: DictConfig, model, tokenizer, train_texts: Sequence[str],
         compute_loss_func=weighted_loss(weights),
         callbacks=all_callbacks,
     )
+    quiet_progress(trainer)
+    return trainer
+
+
+def quiet_progress(trainer) -> None:
+    """Take the Trainer's own printing out: its log dicts never (PrinterCallback prints them to stdout when there is
+    no bar, ProgressCallback writes them under the bar); the bar itself stays, on a terminal only
+    (`disable_tqdm`). The numbers are in the log lines of MlflowEpochLogger and in MLflow."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class BarOnly(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+
+    trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(BarOnly)

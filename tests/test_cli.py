@@ -36,7 +36,39 @@ def test_no_stage_is_a_usage_error(capsys):
 def test_stage_help_shows_composed_config_with_overrides(capsys):
     assert main(["segment", "--help", "segment.repeated_line_max_words=3"]) == 0
     out = capsys.readouterr().out
-    assert "repeated_line_max_words: 3" in out and "articles_glob:" in out and "stage: segment" in out
+    assert "segment.repeated_line_max_words=3 " in out and "data.articles_glob=seeds/*.txt" in out
+    assert "stage: segment" in out  # the rest of the composed config follows
+
+
+def test_stage_help_leads_with_its_own_keys_and_what_they_mean(capsys):
+    assert main(["predict", "--help", "predict.batch_size=8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("python -m pipeline predict: batch-predict new articles")
+    end = lines.index("", 3)
+    own = [line.split(None, 1) for line in lines[3:end]]
+    keys = [row[0].split("=")[0] for row in own]
+    assert keys[:3] == ["input", "output", "model_uri"]                   # the stage's own keys first
+    assert {"predict.batch_size", "predict.report", "predict.min_confidence"} <= set(keys)
+    meaning = {row[0]: row[1] if len(row) > 1 else "" for row in own}
+    assert meaning["input=null"].startswith("article file, directory, glob")  # conf/config.yaml's comment
+    assert meaning["predict.batch_size=8"].startswith("sentences per forward pass")  # with the override applied
+    assert all(meaning[k] for k in meaning), [k for k in meaning if not meaning[k]]  # every key says what it is
+    rest = "\n".join(lines[end:])
+    assert "Every other key" in rest and "\npredict:" not in rest and "\ntrain:" in rest  # then the rest, once
+
+
+def test_comments_in_conf_files_become_one_line_meanings(tmp_path):
+    from pipeline.config_help import file_comments
+
+    path = tmp_path / "x.yaml"
+    path.write_text("# header of the file\n\n"
+                    "# what a is, from the block above\na: 1\n"
+                    "b: '#not a comment'   # b's own comment\n"
+                    "                      # continued here\n"
+                    "c:\n  d: 2            # nested\n"
+                    "e: [1, 2]\n", encoding="utf-8")
+    assert file_comments(path, "g.") == {"g.a": "what a is, from the block above",
+                                          "g.b": "b's own comment continued here", "g.c.d": "nested"}
 
 
 @pytest.mark.parametrize(
@@ -48,6 +80,9 @@ def test_stage_help_shows_composed_config_with_overrides(capsys):
         (["segment", "x=[1"], "bad override"),
         (["segment", "justaword"], "expected key=value"),
         (["segment", "--frobnicate"], "unknown option '--frobnicate'"),
+        (["predict", "--input", "news.csv"], "settings are key=value without dashes: input=<value>"),
+        (["predict", "--input=news.csv"], "settings are key=value without dashes: input=news.csv"),
+        (["predict", "--model-uri=runs:/x/model"], "model_uri=runs:/x/model"),
         (["train", "train.epochs=abc"], "bad override 'train.epochs=abc': train.epochs must be an integer"),
         (["predict", "predict.batch_size=abc"], "predict.batch_size must be an integer"),
         (["train", "train.sources=gold"], "train.sources must be a list"),
@@ -90,6 +125,9 @@ def test_segment_from_the_shell_writes_sentences_in_its_own_run_dir(tmp_path):
     (run_dir,) = (tmp_path / "out" / "segment").iterdir()
     assert {"config.yaml", "pipeline.log", "segment_report.json"} <= {p.name for p in run_dir.iterdir()}
     assert "sentences kept: 74" in result.stderr
+    # one summary line on stdout: what it wrote, where, and the next command
+    assert result.stdout.strip() == (f"segment: 74 sentences of 5 articles (12 removed, 0 files skipped) → "
+                                     f"{tmp_path}/work/sentences.parquet; next: python -m pipeline label")
 
 
 def test_run_dirs_never_collide(tmp_path, make_cfg):

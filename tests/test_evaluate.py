@@ -23,13 +23,14 @@ def _runs(cfg):
     return mlflow.search_runs([exp.experiment_id], output_format="list")
 
 
-def test_loao_cv_logs_folds_as_children_of_one_parent(make_cfg, labelled, tmp_path):
+def test_loao_cv_logs_folds_as_children_of_one_parent(make_cfg, labelled, tmp_path, capsys):
     import mlflow
 
     from pipeline.evaluate import evaluate
 
     cfg = make_cfg("evaluate", "model=tiny", "train.epochs=2", f"paths.labelled={labelled}", "evaluate.bootstrap=100")
     result = evaluate(cfg)
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
     runs = _runs(cfg)
     parent = [r for r in runs if r.info.run_id == result["run_id"]]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result["run_id"]]
@@ -48,6 +49,16 @@ def test_loao_cv_logs_folds_as_children_of_one_parent(make_cfg, labelled, tmp_pa
     fold_scores = [c.data.metrics["test_macro_f1"] for c in children]
     assert m["cv_macro_f1_mean"] == pytest.approx(sum(fold_scores) / 5)
     assert parent[0].data.tags["stage"] == "evaluate" and "has_model" not in parent[0].data.tags
+    # The console line compares like with like, with the numbers MLflow holds: pooled with pooled, means with means.
+    pooled, _, means = printed.partition("; mean over folds: ")
+    assert printed.startswith("evaluate: pooled macro-F1") and f"MLflow run {result['run_id']}" in printed
+    assert f"tiny {m['oof_macro_f1']:.3f} [" in pooled and f"tiny {m['cv_macro_f1_mean']:.3f} ± " in means
+    for name in ("majority", "rules", "tfidf"):
+        assert f"{name} {m[f'baseline_{name}_oof_macro_f1']:.3f}" in pooled, name
+        assert f"{name} {m[f'baseline_{name}_cv_macro_f1_mean']:.3f}" in means, name
+    assert "the honest number" in parent[0].data.tags["mlflow.note.content"] and pooled[10:] in \
+        parent[0].data.tags["mlflow.note.content"]
+    assert all("One fold of an evaluate run" in c.data.tags["mlflow.note.content"] for c in children)
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result["run_id"], "evaluation")}
     assert {"evaluation/confusion_matrix.png", "evaluation/errors.csv", "evaluation/folds.csv",
             "evaluation/comparison.csv"} <= artifacts

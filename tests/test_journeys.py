@@ -120,6 +120,11 @@ def test_run_offline_then_the_best_offline_model_then_a_sweep_serve_what_was_jus
     # `make run-offline`: a smoke model, trained and evaluated (an evaluate run once made it win by default).
     out = run(makefile_command("run-offline"), capsys)
     assert "smoke model" in out and "never served by default" in out
+    # every stage ends with its one summary line (what it wrote, where, what next); no Trainer dicts on stdout
+    for stage, next_step in (("segment", "label"), ("label", "train"), ("evaluate", "promote")):
+        assert re.search(rf"^{stage}: .* → .*; next: python -m pipeline {next_step}", out, re.M), stage
+    assert re.search(r"^train: run \w+: test macro-F1", out, re.M) and "viewStateShareKey=pipeline-headline" in out
+    assert "{'loss'" not in out and "'eval_loss'" not in out
 
     # README, "Labelling new articles with the best offline model": train on gold + the new articles, predict.
     write_articles(checkout / "new", NEW_ARTICLES)
@@ -184,7 +189,7 @@ def test_label_export_with_new_articles_exports_their_tasks(checkout, capsys):
     write_articles(checkout / "new", NEW_ARTICLES)
     out = run(["label", "--export", "data.unlabelled=new/*.txt", "labeling.export_size=null",
                "labeling.log_mlflow=false"], capsys)
-    tasks_path = Path(re.search(r"Label Studio task\(s\) to (\S+)", out).group(1))
+    tasks_path = Path(re.search(r"Label Studio task\(s\) → (\S+)", out).group(1))
     tasks = json.loads(tasks_path.read_text(encoding="utf-8"))
     exported = {t["data"]["article_id"] for t in tasks}
     assert set(NEW_ARTICLES) <= exported

@@ -146,7 +146,8 @@ def test_rules_quality_logged_to_mlflow(seeds, tmp_path):
     runs = mlflow.search_runs(experiment_names=[str(c.tracking.experiment)], filter_string="tags.stage = 'label'")
     assert len(runs) == 1
     run = runs.iloc[0]
-    assert run["tags.mlflow.runName"] == "rules"
+    assert run["tags.mlflow.runName"] == f"rules {run['tags.lexicon_sha'][:8]}"
+    assert "rules vs gold" in run["tags.mlflow.note.content"]  # a description in the UI
     # The same numbers computed here by hand from the rule labels (abstain=neutral: no rule = neutral).
     rule = dict(zip(out["sentence_id"], out["rule_label"]))
     pairs = [(g, rule[sid] if isinstance(rule[sid], str) else "neutral") for sid, g in gold.items()]
@@ -420,3 +421,55 @@ def test_cli_flags_of_the_label_stage():
     stage, overrides, _, _ = parse_args(["label", "--export", "labeling.export_size=5"])
     assert stage == "label" and overrides == ["labeling.export=true", "labeling.export_size=5"]
     assert parse_args(["label", "--stats"])[1] == ["labeling.stats_only=true"]
+
+
+def test_rules_quality_is_logged_once_per_lexicon_abstain_and_gold(seeds, tmp_path, capsys):
+    import mlflow
+
+    cfg, sentences = seeds
+    write_gold(tmp_path / "gold.csv", gold_from_articles(sentences, ("000", "001")), sentences)
+    c = cfg("labeling.log_mlflow=true")
+
+    def rules_runs():
+        return mlflow.search_runs(experiment_names=[str(c.tracking.experiment)], filter_string="tags.stage = 'label'")
+
+    label(c)
+    first = capsys.readouterr().out
+    label(c)                                                        # the same lexicon, abstain policy and gold
+    again = capsys.readouterr().out
+    assert len(rules_runs()) == 1
+    run_id = rules_runs().iloc[0]["run_id"]
+    assert f"MLflow run {run_id}" in first and f"MLflow run {run_id} (unchanged: not logged again)" in again
+    label(cfg("labeling.log_mlflow=true", "labeling.abstain=drop"))  # another policy measures something else
+    assert len(rules_runs()) == 2
+    write_gold(tmp_path / "gold.csv", gold_from_articles(sentences, ("000", "001", "002")), sentences)
+    label(c)                                                        # more gold: new numbers
+    assert len(rules_runs()) == 3
+
+
+def test_label_ends_with_a_summary_line(seeds, tmp_path, capsys):
+    cfg, sentences = seeds
+    write_gold(tmp_path / "gold.csv", gold_from_articles(sentences, ("000",)), sentences)
+    label(cfg())
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    n_gold = len(gold_from_articles(sentences, ("000",)))
+    assert last.startswith(f"label: {len(sentences)} sentences → {tmp_path}/work/labelled.parquet (gold {n_gold}, ")
+    assert "rules vs gold macro-F1 " in last and last.endswith("next: python -m pipeline train")
+
+
+def test_export_with_nothing_left_to_annotate_says_why_and_what_to_pass(seeds, tmp_path, capsys):
+    cfg, sentences = seeds
+    write_gold(tmp_path / "gold.csv", [(sid, "neutral") for sid in sentences["sentence_id"]], sentences)
+    export_dir = tmp_path / "ls"
+    label(cfg("labeling.export=true", f"labeling.export_dir={export_dir}"))
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads((export_dir / "tasks.json").read_text(encoding="utf-8")) == []
+    assert last.startswith("label: exported 0 Label Studio tasks")
+    assert f"every one of the {len(sentences)} sentences already has a gold label" in last
+    assert "data.unlabelled=" in last
+    # with something left, the line says where the tasks are and what comes next
+    write_gold(tmp_path / "gold.csv", gold_from_articles(sentences, ("000",)), sentences)
+    label(cfg("labeling.export=true", f"labeling.export_dir={export_dir}", "labeling.export_size=3"))
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(f"label: exported 3 Label Studio task(s) → {export_dir}/tasks.json")
+    assert "labeling.import_file=" in last

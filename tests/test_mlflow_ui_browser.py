@@ -24,11 +24,11 @@ def _log_runs(url: str, experiment: str) -> dict[str, str]:
     """Two train runs and a two-child sweep, as the train stage names and tags them; returns name -> run id."""
     from mlflow import MlflowClient
 
-    from pipeline.tracking import EXPERIMENT_DESCRIPTION, EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, NOTE_TAG
+    from pipeline.tracking import mark_experiment
 
     client = MlflowClient(tracking_uri=url)
-    experiment_id = client.create_experiment(experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
-                                                               NOTE_TAG: EXPERIMENT_DESCRIPTION})
+    experiment_id = client.create_experiment(experiment)
+    mark_experiment(client.get_experiment(experiment_id), client)  # kind, description, headline view: as a stage
     ids = {}
 
     def run(name, params, scores, parent=None):
@@ -57,12 +57,14 @@ def _log_runs(url: str, experiment: str) -> dict[str, str]:
 
 def test_runs_and_comparison_render_with_the_logged_scores(mlflow_server, tmp_path):
     ids = _log_runs(mlflow_server, "ui-check")
-    pngs = {k: tmp_path / f"{k}.png" for k in ("landing", "runs", "compare")}
+    pngs = {k: tmp_path / f"{k}.png" for k in ("landing", "runs", "compare", "charts")}
     result = bench.capture(mlflow_server, "ui-check", landing_png=pngs["landing"], runs_png=pngs["runs"],
-                           compare_png=pngs["compare"], width=1200, timeout=45)
+                           compare_png=pngs["compare"], charts_png=pngs["charts"], width=1200, timeout=45)
 
-    # runs page: the sweep's children by name; compare page: each run named, test_macro_f1 row = the logged values
-    # (names and values in line) -- a failed check would be listed here
+    # runs page (the headline view, the link train and evaluate print): the sweep's children by name and the
+    # test_macro_f1 column with the logged values from the start; compare page: each run named, test_macro_f1 row =
+    # the logged values (names and values in line); charts page: the Headline section first and open, the other
+    # metrics in collapsed sections after it -- a failed check would be listed here
     assert result["problems"] == []
     assert result["compared"] == list(ids)  # the newest four finished train runs, oldest first: the sweep parent
     # has no test score and is left out

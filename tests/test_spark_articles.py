@@ -74,7 +74,7 @@ def errors_set(frame: pd.DataFrame) -> set[tuple]:
                                                            "message"]].itertuples(index=False)}
 
 
-def test_spark_job_equals_the_local_predict_stage_row_for_row(spark, make_cfg, logged_model, tmp_path):
+def test_spark_job_equals_the_local_predict_stage_row_for_row(spark, make_cfg, logged_model, tmp_path, capsys):
     from pipeline.predict import predict
     from pipeline.spark_predict import spark_predict
 
@@ -82,8 +82,13 @@ def test_spark_job_equals_the_local_predict_stage_row_for_row(spark, make_cfg, l
     folder = articles_dir(tmp_path)
     local = predict(make_cfg("predict", *store, f"input={folder}", f"output={tmp_path}/local.parquet",
                              f"model_uri={uri}"))
+    capsys.readouterr()
     report = spark_predict(make_cfg("spark_predict", *store, f"input={folder}", f"output={tmp_path}/spark",
                                     f"model_uri={uri}", "spark.arrow_batch_articles=3"))
+    line = capsys.readouterr().out.strip().splitlines()[-1]  # its summary: what, where, the model, what next
+    assert line.startswith(f"spark_predict: {report['articles']} articles, {report['sentences']} sentences → "
+                           f"{tmp_path}/spark (+ {tmp_path}/spark.articles, {tmp_path}/spark.errors: ")
+    assert f"model {uri}; next: read them with spark.read.parquet" in line
 
     local_rows = pd.read_parquet(local["output"])
     spark_rows = pd.read_parquet(tmp_path / "spark")
@@ -112,7 +117,8 @@ def test_table_of_articles_keeps_metadata_and_partitions(spark, make_cfg, logged
     seeds = sorted(SEEDS.glob("*.txt"))
     table = pd.DataFrame({"article_id": [p.stem for p in seeds],
                           "text": [p.read_text(encoding="utf-8") for p in seeds],
-                          "outlet": ["a", "b", "a", "b", "a"]})
+                          "outlet": ["a", "b", "a", "b", "a"],
+                          "date": ["2022-01-27", "27/01/2022", "", "2022-01-28", "2022-01-31"]})
     table.to_json(tmp_path / "articles.jsonl", orient="records", lines=True, force_ascii=False)
     # predict.explain=true: the analyst columns, top_words included, come from the same Enricher on the executors
     local = predict(make_cfg("predict", *store, f"input={tmp_path}/articles.jsonl",
@@ -129,6 +135,11 @@ def test_table_of_articles_keeps_metadata_and_partitions(spark, make_cfg, logged
     assert {"outlet", "confidence", "confident", "rules_fired", "top_words"} <= set(local_rows.columns)
     assert local_rows["top_words"].astype(bool).any()
     assert_same_rows(got[list(local_rows.columns)], local_rows, ["article_id", "idx"])
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    assert pq.read_schema(local["output"]).field("date").type == pa.date32()  # dates in parquet, both ways
+    assert pa.types.is_date(pq.read_table(tmp_path / "out").schema.field("date").type)
     summary = pd.read_parquet(tmp_path / "out.articles")
     assert (summary["outlet"].astype(str) == summary["article_id"].map(outlet)).all()
 

@@ -73,3 +73,40 @@ def test_server_down_fails_fast_with_one_line(tmp_path):
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "work" / "sentences.parquet").exists()   # failed before any stage ran
     assert elapsed < 15
+
+
+def test_the_experiment_stores_its_headline_view_and_links_it(make_cfg):
+    """Runs open with score columns and score charts first, through a view saved in MLflow's own share format
+    (experiment tag mlflow.sharedViewState.<key>; the UI opens it with ?viewStateShareKey=<key>)."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from pipeline import tracking
+
+    cfg = make_cfg("train")
+    mlflow = tracking.setup(cfg)
+    experiment = mlflow.get_experiment_by_name(str(cfg.tracking.experiment))
+    view = json.loads(experiment.tags[tracking.VIEW_TAG_PREFIX + tracking.VIEW_KEY])
+    assert view == tracking.headline_view()
+    assert view["selectedColumns"][1:] == view["columnOrder"] == [f"metrics.`{m}`" for m in tracking.HEADLINE_COLUMNS]
+    assert view["columnOrder"][:3] == ["metrics.`test_macro_f1`", "metrics.`test_macro_f1_ci_low`",
+                                       "metrics.`test_macro_f1_ci_high`"]      # registry's names, unchanged
+    sections = view["compareRunSections"]
+    assert [(s["name"], s["display"]) for s in sections] == [("Headline", True), ("Model metrics", False),
+                                                              ("System metrics", False)]
+    assert view["isAccordionReordered"] is True                                # the UI keeps this order
+    assert {c["metricKey"] for c in view["compareRunCharts"]} == {*tracking.HEADLINE_BARS, *tracking.HEADLINE_LINES}
+    assert all(c["metricSectionId"] == sections[0]["uuid"] for c in view["compareRunCharts"])
+    # the description links to it; the printed link is the same page on tracking.ui_url
+    path = tracking.headline_path(experiment.experiment_id)
+    assert f"]({path})" in experiment.tags[tracking.NOTE_TAG]
+    assert tracking.headline_url(cfg, experiment.experiment_id) == f"http://127.0.0.1:5000/{path}"
+    # a description written in the UI is kept; an older one of ours is brought up to date
+    client = MlflowClient()
+    client.set_experiment_tag(experiment.experiment_id, tracking.NOTE_TAG, "our team's own notes")
+    tracking.mark_experiment(client.get_experiment(experiment.experiment_id))
+    assert client.get_experiment(experiment.experiment_id).tags[tracking.NOTE_TAG] == "our team's own notes"
+    client.set_experiment_tag(experiment.experiment_id, tracking.NOTE_TAG, tracking.OUR_DESCRIPTION_START + " (old)")
+    tracking.mark_experiment(client.get_experiment(experiment.experiment_id))
+    assert f"]({path})" in client.get_experiment(experiment.experiment_id).tags[tracking.NOTE_TAG]

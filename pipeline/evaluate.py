@@ -22,7 +22,7 @@ from pipeline import LABELS, tracking, train_state
 from pipeline.errors import PipelineError
 from pipeline.io import write_table_atomic
 from pipeline.fitting import CHECKPOINT_SUBDIR, fit_model, preflight, stance_kind
-from pipeline.metrics import SUMMARY_METRICS, classification_metrics, prefixed, write_report
+from pipeline.metrics import SUMMARY_METRICS, classification_metrics, interval_text, prefixed, write_report
 from pipeline.scoring import comparison_table, log_data, log_scored, score_split
 from pipeline.splits import cv_splits, holdout_split, load_labelled, stored_split
 
@@ -164,9 +164,9 @@ def _cross_validate(cfg: DictConfig) -> dict:
                                         run_dir / "evaluation" / "comparison.csv")
         for path in [*files, folds_csv, comparison]:
             mlflow.log_artifact(str(path), "evaluation")
-        log.info("evaluate: macro-F1 %.3f ± %.3f across %d folds (pooled %.3f [%.3f, %.3f]); %s",
+        log.info("evaluate: macro-F1 %.3f ± %.3f across %d folds (pooled %.3f %s); %s",
                  summary.get("cv_macro_f1_mean", float("nan")), summary.get("cv_macro_f1_std", float("nan")),
-                 len(folds), pooled["macro_f1"], pooled["macro_f1_ci_low"], pooled["macro_f1_ci_high"],
+                 len(folds), pooled["macro_f1"], interval_text(pooled),
                  ", ".join(f"{n} {summary.get(f'baseline_{n}_cv_macro_f1_mean', float('nan')):.3f}"
                            for n in base_folds) or "no baselines")
         return {"run_id": parent.info.run_id, "summary": summary, "folds": fold_rows}

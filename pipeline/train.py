@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import distributed, registry, tracking, train_state
 from pipeline.errors import PipelineError
 from pipeline.fitting import CHECKPOINT_SUBDIR, MODEL_SUBDIR, fit_model, preflight, refit_on_all, stance_kind
+from pipeline.metrics import interval_text
 from pipeline.modeling import from_scratch
 from pipeline.scoring import comparison_table, log_data, log_scored, score_split
 from pipeline.splits import holdout_split, load_labelled
@@ -72,8 +73,7 @@ def run_description(cfg: DictConfig, scored, n_test: int, calibration) -> str:
     """The run's description in the MLflow UI: its headline numbers."""
     m = scored.metrics
     lines = [f"**{cfg.model.name}** ({stance_kind(cfg)}): test macro-F1 **{m['macro_f1']:.3f}** "
-             f"[{m.get('macro_f1_ci_low', float('nan')):.3f}, {m.get('macro_f1_ci_high', float('nan')):.3f}] "
-             f"on {n_test} gold sentences"]
+             f"{interval_text(m)} on {n_test} gold sentences"]
     if scored.baselines:
         lines.append("baselines (macro-F1): " + ", ".join(f"{n} {b['macro_f1']:.3f}" for n, b in scored.baselines.items()))
     if calibration is not None:
@@ -141,9 +141,8 @@ def train(cfg: DictConfig) -> dict:
         mlflow.set_tags({"has_model": "true", "model_uri": info.model_uri,
                          "mlflow.note.content": run_description(cfg, scored, len(split.test), calibration)})
         outcome = registry.after_train(cfg, run.info.run_id, smoke=smoke)
-        log.info("train: test macro-F1 %.3f [%.3f, %.3f] on %d gold sentences; %s",
-                 scored.metrics["macro_f1"], scored.metrics["macro_f1_ci_low"], scored.metrics["macro_f1_ci_high"],
-                 len(split.test),
+        log.info("train: test macro-F1 %.3f %s on %d gold sentences; %s",
+                 scored.metrics["macro_f1"], interval_text(scored.metrics), len(split.test),
                  ", ".join(f"{n} {m['macro_f1']:.3f}" for n, m in scored.baselines.items()) or "no baselines")
         result = {"run_id": run.info.run_id, "model_dir": str(served_dir), "model_uri": info.model_uri,
                   "metrics": prefixed(scored.metrics, "test_"), "baselines": scored.baselines, "smoke": smoke,

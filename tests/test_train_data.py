@@ -250,6 +250,29 @@ def test_cluster_bootstrap_resamples_groups():
     assert by_article == bootstrap_macro_f1(y_true, y_pred, n_resamples=400, seed=3, groups=groups)
 
 
+def test_one_article_gets_no_interval_not_a_sentence_bootstrap(tmp_path, caplog):
+    """Issue 18 item 2: the test rows of a train run on the seeds are one article. A "cluster" bootstrap over one
+    cluster used to resample its sentences as if they were independent and print a narrow interval."""
+    import logging
+    import math
+
+    from pipeline.metrics import bootstrap_macro_f1, interval_text, write_report
+
+    y_true = ["negative", "neutral", "positive"] * 6
+    y_pred = ["negative", "neutral", "neutral"] * 6
+    with caplog.at_level(logging.INFO, logger="pipeline.metrics"):
+        low, high = bootstrap_macro_f1(y_true, y_pred, n_resamples=200, seed=0, groups=["a"] * 18)
+    assert math.isnan(low) and math.isnan(high)
+    assert "one article" in caplog.text
+    # Without groups (a plain table) sentences are the unit: an interval.
+    assert not math.isnan(bootstrap_macro_f1(y_true, y_pred, n_resamples=200, seed=0)[0])
+    test = pd.DataFrame({"sentence_id": [f"s{i}" for i in range(18)], "group": ["a"] * 18, "text": ["x"] * 18,
+                         "label": y_true})
+    metrics, _ = write_report(tmp_path, test, np.eye(3)[[LABELS.index(x) for x in y_pred]], title="t",
+                              n_resamples=200, ci=0.95, seed=0, max_errors=10)
+    assert math.isnan(metrics["macro_f1_ci_low"]) and interval_text(metrics) == "(no interval)"
+
+
 def test_write_report_bootstraps_articles(tmp_path):
     from pipeline.metrics import write_report
 

@@ -263,11 +263,14 @@ def build_trainer(cfg: DictConfig, model, tokenizer, train_texts: Sequence[str],
     all_callbacks = [mlflow_epoch_logger(), *callbacks]
     if has_val and int(cfg.train.early_stopping_patience) > 0:
         all_callbacks.insert(0, EarlyStoppingCallback(early_stopping_patience=int(cfg.train.early_stopping_patience)))
+    planned_epochs = float(cfg.train.epochs if epochs is None else epochs)
+    if max_steps:  # a fixed step count (the refit's): as many epochs as those steps take
+        planned_epochs = max_steps / max(1, -(-len(train_texts) // (int(cfg.train.batch_size)
+                                                                   * int(cfg.train.grad_accumulation))))
     return weighted_trainer(weights)(
         model=model,
         args=training_arguments(cfg, output_dir, has_val=has_val, max_steps=max_steps, save=save, epochs=epochs,
-                                eval_every=None if max_steps else evaluation_interval(
-                                    cfg, float(cfg.train.epochs if epochs is None else epochs), len(train_texts))),
+                                eval_every=evaluation_interval(cfg, planned_epochs, len(train_texts))),
         train_dataset=train_ds,
         eval_dataset=val_ds,
         processing_class=tokenizer,

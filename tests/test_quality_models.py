@@ -227,6 +227,13 @@ def test_mean_pooled_fine_tuning_saves_an_encoder_model_and_the_refit_is_served(
     assert len(pred) == len(texts) and np.allclose(pred[[f"p_{x}" for x in LABELS]].sum(axis=1), 1.0)
     run = mlflow.get_run(result["run_id"])
     assert run.data.tags["served_model"].startswith("refit")
+    # Issue 18 item 4: the refit makes the optimiser steps of the first fit's restored checkpoint, not its epoch
+    # count over more rows (more steps per epoch).
+    first = json.loads((served.parent.parent / "model" / "training.json").read_text())
+    refit = json.loads((served / "training.json").read_text())
+    assert refit["steps"] == first["steps"] > 0 and refit["train_rows"] > first["train_rows"]
+    per_epoch = lambda rows: -(-rows // int(cfg.train.batch_size))  # noqa: E731
+    assert first["best_epoch"] * per_epoch(refit["train_rows"]) != first["steps"]  # what the epoch rule made
     # The served refit carries the calibration fitted on the first fit's held-out gold.
     assert (served / "calibration.json").exists()
     assert load_predictor(served).calibration.temperature == pytest.approx(run.data.metrics["calibration_temperature"])

@@ -143,6 +143,24 @@ def test_frozen_encoder_model_trains_serves_and_logs_like_the_others(make_cfg, t
     assert np.allclose(local[[f"p_{x}" for x in LABELS]].to_numpy(), calibration.apply(raw))
 
 
+def test_train_max_length_is_the_one_limit_of_frozen_and_tfidf_models(make_cfg, tmp_path, small_encoder):
+    """Issue 18 item 4: the frozen and TF-IDF kinds once read model.max_length; train.max_length is the one
+    source (model.max_length is only its default), so an override of it reaches the served model."""
+    from pipeline.fitting import fit_model
+    from pipeline.inference import load_predictor, read_model_metadata
+    from pipeline.splits import holdout_split, load_labelled
+
+    labelled = make_labelled(make_cfg, tmp_path / "work" / "labelled.parquet", separable=True)
+    long_text = " ".join(["اتفاق مثمر وبناء"] * 40)
+    for kind, extra in (("frozen", [f"model.name_or_path={small_encoder}"]), ("tfidf", [])):
+        cfg = make_cfg("train", f"model={kind}", *extra, f"paths.labelled={labelled}", "train.max_length=24",
+                       "model.max_length=200")
+        model_dir = fit_model(cfg, holdout_split(load_labelled(cfg), cfg), tmp_path / kind)
+        assert read_model_metadata(model_dir)["max_length"] == 24, kind
+        if kind == "frozen":  # the encoder reads 24 tokens of a longer sentence and says it was cut
+            assert load_predictor(model_dir).predict([long_text])["truncated"].tolist() == [True]
+
+
 @pytest.mark.slow
 def test_hybrid_lets_confident_rules_decide_and_says_so(make_cfg, tmp_path):
     import mlflow

@@ -19,7 +19,7 @@ from pipeline.metrics import interval_text
 from pipeline.modeling import from_scratch
 from pipeline.scoring import comparison_table, log_data, log_scored, score_split
 from pipeline.splits import holdout_split, load_labelled
-from pipeline.train_calibration import calibrate_model, save_calibration
+from pipeline.train_calibration import calibrate_model, calibrate_served
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,18 @@ def run_description(cfg: DictConfig, scored, n_test: int, calibration) -> str:
     if scored.baselines:
         lines.append("baselines (macro-F1): " + ", ".join(f"{n} {b['macro_f1']:.3f}" for n, b in scored.baselines.items()))
     if calibration is not None:
-        lines.append(f"calibration: T={calibration.temperature:.2f}, ECE {calibration.ece_before:.3f} → "
-                     f"{calibration.ece_after:.3f} ({calibration.fitted_on}, n={calibration.n})")
+        c = calibration.calibration
+        lines.append(f"calibration: T={c.temperature:.2f} fitted on {c.fitted_on} (n={c.n}); test ECE "
+                     f"{calibration.test_ece_before:.3f} → {calibration.test_ece_after:.3f}")
     return "\n\n".join(lines)
+
+
 def train_replica(cfg: DictConfig, data, split, work_dir: Path, resume_from: str | None) -> dict:
-    """A rank other than 0 of a multi-process run: the same fits (their collectives need every rank), and nothing
-    else: no MLflow, no files (the Trainer saves from rank 0 only), no scoring."""
-    fit_model(cfg, split, work_dir, resume_from=resume_from)
+    """A rank other than 0 of a multi-process run: the same fits (their collectives need every rank: the model,
+    the inner fits of its calibration, the refit), and nothing else: no MLflow, no files (the Trainer saves from
+    rank 0 only), no scoring."""
+    model_dir = fit_model(cfg, split, work_dir, resume_from=resume_from)
+    calibrate_model(cfg, data, split, model_dir, work_dir)
     if str(OmegaConf.select(cfg, "train.refit", default="none")) == "all":
         refit_on_all(cfg, data, work_dir / MODEL_SUBDIR, work_dir)
     return {"rank": distributed.rank()}
@@ -124,7 +129,7 @@ def train(cfg: DictConfig) -> dict:
         log_data(data, split)
         model_dir = fit_model(cfg, split, work_dir, resume_from=resume_from)
         train_state.write_split(model_dir, data, split)
-        calibration = calibrate_model(cfg, split, model_dir, work_dir / "evaluation")
+        calibration = calibrate_model(cfg, data, split, model_dir, work_dir)
         scored = score_split(cfg, data, split, model_dir, work_dir / "evaluation")
         log_scored(scored, prefix="test_", artifact_dir="evaluation")
         comparison = comparison_table(str(cfg.model.name), scored.metrics, scored.baselines)
@@ -133,7 +138,7 @@ def train(cfg: DictConfig) -> dict:
         if str(OmegaConf.select(cfg, "train.refit", default="none")) == "all":
             served_dir = refit_on_all(cfg, data, model_dir, work_dir)
             train_state.write_split(served_dir, data, split, seen_all=True)  # evaluate cv=none refuses it
-            save_calibration(calibration, served_dir)
+            calibrate_served(calibration, served_dir)
             mlflow.set_tag("served_model", "refit on all labelled rows; test_* metrics are the first fit's")
         info = log_stance_model(served_dir, name="model",
                                 registered_model_name=None if smoke else registry.model_name(cfg),

@@ -8,6 +8,7 @@ the per-process batch under torchrun.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -25,11 +26,30 @@ log = logging.getLogger(__name__)
 # On a GPU, padded widths that are multiples of 8 hit the tensor-core kernels; on a CPU every extra token costs.
 GPU_PAD_MULTIPLE = 8
 
+_quiet = {"fits": 0}  # > 0 while fits that are not the run's own train (inner folds: pipeline.inner_cv)
+
+
+@contextlib.contextmanager
+def run_logging_off():
+    """Fits made inside this block log nothing to the active MLflow run (an inner fold's curves are not the run's)."""
+    _quiet["fits"] += 1
+    try:
+        yield
+    finally:
+        _quiet["fits"] -= 1
+
+
+def _logging() -> bool:
+    import mlflow
+
+    return distributed.is_main() and not _quiet["fits"] and mlflow.active_run() is not None
+
+
 def log_metrics(metrics: dict[str, float], step: int) -> None:
     """Into the caller's MLflow run, if there is one (fold fits and tests may have none)."""
     import mlflow
 
-    if distributed.is_main() and mlflow.active_run() is not None and metrics:
+    if metrics and _logging():
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
@@ -37,7 +57,7 @@ def log_tags(tags: dict[str, str]) -> None:
     """Into the caller's MLflow run, if there is one."""
     import mlflow
 
-    if distributed.is_main() and mlflow.active_run() is not None and tags:
+    if tags and _logging():
         mlflow.set_tags(tags)
 
 

@@ -5,6 +5,8 @@
 under one parent that holds the mean and spread across folds, the pooled out-of-fold report (confusion
 matrix, error table, bootstrap interval) and the same numbers for the baselines (majority, rules, TF-IDF).
 `evaluate.cv=none evaluate.model_dir=<dir>` scores an already trained model on the hold-out test split.
+`evaluate.select={key: [values]}` adds nested selection: each outer fold fits the value an inner cross-validation
+on its own training articles chose (pipeline.selection); the pooled figures then estimate the selection too.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from pipeline import LABELS, tracking, train_state
+from pipeline import LABELS, selection, tracking, train_state
 from pipeline.errors import PipelineError
 from pipeline.io import write_table_atomic
 from pipeline.fitting import CHECKPOINT_SUBDIR, fit_model, preflight, stance_kind
@@ -109,7 +111,10 @@ def _cross_validate(cfg: DictConfig) -> dict:
     if mode == "loao" and not data.grouped:
         mode = "kfold"  # cv_splits fell back (and said so): no articles to leave out
     ev = cfg.evaluate
-    log.info("evaluate: %s cross-validation, %d folds", mode, len(folds))
+    options = selection.candidates(cfg)
+    nested = f"nested selection among {len(options)} candidates of evaluate.select" if options else ""
+    log.info("evaluate: %s cross-validation, %d folds%s", mode, len(folds), f", {nested}" if nested else "")
+    chosen_rows: list[dict] = []
     fold_rows: list[dict] = []
     oof_tests: list[pd.DataFrame] = []
     oof_proba: list[np.ndarray] = []
@@ -117,8 +122,9 @@ def _cross_validate(cfg: DictConfig) -> dict:
     model_folds: list[dict[str, float]] = []
     base_folds: dict[str, list[dict[str, float]]] = {}
     tags = {"stage": "evaluate", "cv": mode, "model_kind": stance_kind(cfg), "model_name": str(cfg.model.name),
-            **tracking.recipe_tags(cfg)}
-    with tracking.start_run(cfg, f"evaluate-{mode}-{cfg.model.name}", tags={**tags, "cv_parent": "true"}) as parent:
+            **tracking.recipe_tags(cfg), **({"selection": "nested"} if options else {})}
+    run_name = f"evaluate-{mode}-{'nested-' if options else ''}{cfg.model.name}"
+    with tracking.start_run(cfg, run_name, tags={**tags, "cv_parent": "true"}) as parent:
         mlflow.set_tags({"data_digest": "+".join(tracking.file_digest(p) for p in data.paths),
                          "labels_gold": ", ".join(f"{k}={v}" for k, v in
                                                   data.gold["label"].value_counts().reindex(LABELS, fill_value=0).items())})
@@ -126,10 +132,17 @@ def _cross_validate(cfg: DictConfig) -> dict:
         for split in tqdm(folds, desc="evaluate folds", unit="fold", disable=len(folds) < 2):
             fold_dir = run_dir / split.name
             log.info("evaluate: %s", split.describe())
-            with tracking.start_run(cfg, split.name, tags={**tags, "fold": split.name}, log_params=False):
+            fold_cfg, chosen = cfg, None
+            if options:  # chosen on this fold's training articles only; its test article scores the choice
+                chosen = selection.select(cfg, data, split, fold_dir, folds=None if mode == "loao" else int(ev.folds))
+                fold_cfg = selection.with_values(cfg, chosen.chosen)
+                chosen_rows += [{"fold": split.name, "candidate": selection.describe(values), "inner_macro_f1": score,
+                                 "chosen": values == chosen.chosen} for values, score in chosen.scores]
+            fold_tags = {**tags, "fold": split.name, **({"selected": chosen.label} if chosen else {})}
+            with tracking.start_run(cfg, split.name, tags=fold_tags, log_params=False):
                 log_data(data, split)
-                model_dir = fit_model(cfg, split, fold_dir)
-                scored = score_split(cfg, data, split, model_dir, fold_dir / "evaluation", report=False)
+                model_dir = fit_model(fold_cfg, split, fold_dir)
+                scored = score_split(fold_cfg, data, split, model_dir, fold_dir / "evaluation", report=False)
                 log_scored(scored, prefix="test_", artifact_dir=None)
             if not bool(ev.keep_fold_checkpoints):
                 # A fold's model is scored and kept; its optimiser checkpoints (GBs for AraBERT) are not needed.
@@ -140,7 +153,8 @@ def _cross_validate(cfg: DictConfig) -> dict:
                 oof_base.setdefault(name, []).append(scored.baseline_proba[name])
             oof_tests.append(split.test)
             oof_proba.append(scored.proba)
-            fold_rows.append({"fold": split.name, "test_articles": ",".join(split.test_groups), "n_train": len(split.train),
+            fold_rows.append({"fold": split.name, **({"selected": chosen.label} if chosen else {}),
+                              "test_articles": ",".join(split.test_groups), "n_train": len(split.train),
                               "n_val": len(split.val), "n_test": len(split.test),
                               **{k: scored.metrics.get(k) for k in SUMMARY_METRICS},
                               **{f"{n}_macro_f1": m["macro_f1"] for n, m in scored.baselines.items()}})
@@ -162,11 +176,21 @@ def _cross_validate(cfg: DictConfig) -> dict:
         folds_csv = write_table_atomic(pd.DataFrame(fold_rows), run_dir / "evaluation" / "folds.csv")
         comparison = write_table_atomic(comparison_table(str(cfg.model.name), pooled, base_pooled),
                                         run_dir / "evaluation" / "comparison.csv")
-        for path in [*files, folds_csv, comparison]:
+        written = [*files, folds_csv, comparison]
+        if options:
+            written.append(write_table_atomic(pd.DataFrame(chosen_rows), run_dir / "evaluation" / "selection.csv"))
+            per_fold = "; ".join(f"{r['fold']}: {r['selected']}" for r in fold_rows)
+            mlflow.set_tag("selected_per_fold", per_fold[: tracking.MAX_PARAM_CHARS])
+        for path in written:
             mlflow.log_artifact(str(path), "evaluation")
         log.info("evaluate: macro-F1 %.3f ± %.3f across %d folds (pooled %.3f %s); %s",
                  summary.get("cv_macro_f1_mean", float("nan")), summary.get("cv_macro_f1_std", float("nan")),
                  len(folds), pooled["macro_f1"], interval_text(pooled),
                  ", ".join(f"{n} {summary.get(f'baseline_{n}_cv_macro_f1_mean', float('nan')):.3f}"
                            for n in base_folds) or "no baselines")
+        if options:
+            per_fold = "; ".join(f"{r['fold']}: {r['selected']}" for r in fold_rows)
+            print(f"evaluate: nested selection ({per_fold}): pooled macro-F1 {pooled['macro_f1']:.3f} "
+                  f"{interval_text(pooled)}, fold mean {summary.get('cv_macro_f1_mean', float('nan')):.3f} "
+                  "(an estimate of the recipe with its selection: no fold's choice saw its test article)")
         return {"run_id": parent.info.run_id, "summary": summary, "folds": fold_rows}

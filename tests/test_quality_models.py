@@ -368,3 +368,41 @@ def test_broken_model_json_files_are_one_error_naming_the_file(tmp_path):
     TextPreprocessor(None, "query: ").save(tmp_path)
     assert TextPreprocessor.load(tmp_path).prefix == "query: "
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+@pytest.mark.slow
+def test_predict_without_model_uri_serves_the_champion_of_its_own_data_set(make_cfg, tmp_path):
+    """Issue 18 item 7: predict's default model is `stance-<data.name>@champion`. Two data sets trained one after
+    the other: each predict serves its own data set's model (not the one trained last), and a data set with no
+    trained model gets one error line naming its registered name, not another data set's model."""
+    from conftest import ARSARCASM_LABEL_MAP_OVERRIDE
+    from test_train_data import MARKERS, write_table
+
+    from pipeline.errors import PipelineError
+    from pipeline.predict import predict
+    from pipeline.train import train
+
+    alpha = write_table(tmp_path / "alpha.csv", n=60)
+    rotated = pd.read_csv(alpha)
+    rotated["sentiment"] = rotated["sentiment"].map({"POS": "NEG", "NEG": "NEU", "NEU": "POS"})
+    beta = tmp_path / "beta.csv"
+    rotated.to_csv(beta, index=False)                    # the same texts, other labels: the models disagree
+    common = ["model=tfidf", "data=table", "data.text_column=tweet", "data.label_column=sentiment",
+              ARSARCASM_LABEL_MAP_OVERRIDE, "train.baselines=[majority]", f"paths.sentences={tmp_path}/never.parquet"]
+    runs = {name: train(make_cfg("train", *common, f"data.path={path}", f"data.name={name}"))["run_id"]
+            for name, path in (("alpha", alpha), ("beta", beta))}
+    articles = tmp_path / "new.csv"
+    pd.DataFrame({"article_id": ["x"], "text": [f"{MARKERS['positive']} في موسكو اليوم."]}).to_csv(articles, index=False)
+    served = {}
+    for name in ("alpha", "beta"):
+        out = tmp_path / f"{name}.csv"
+        report = predict(make_cfg("predict", f"data.name={name}", f"input={articles}", f"output={out}"))
+        assert report["model_uri"] == f"models:/stance-{name}@champion"
+        served[name] = pd.read_csv(out)["label"].tolist()
+    assert served == {"alpha": ["positive"], "beta": ["negative"]}
+    import mlflow
+
+    assert {name: mlflow.MlflowClient().get_model_version_by_alias(f"stance-{name}", "champion").run_id
+            for name in runs} == runs
+    with pytest.raises(PipelineError, match="stance-seeds@champion"):      # the default data set: nothing trained
+        predict(make_cfg("predict", f"input={articles}", f"output={tmp_path}/seeds.csv"))

@@ -1,6 +1,6 @@
 """evaluate's nested selection (`evaluate.select`): the value of a sweep is chosen inside each outer fold.
 
-    python -m pipeline evaluate model=frozen evaluate.select='{train.head.C: [0.25, 1, 4]}'
+    python -m pipeline evaluate model=frozen evaluate.select='{train.head.C: [0.1, 1, 10]}'
 
 For each outer fold, every candidate (the product of the listed values) is scored by an inner cross-validation on
 that fold's training articles only (leave one article out, pipeline.inner_cv): the pooled macro-F1 of the inner
@@ -56,7 +56,7 @@ def candidates(cfg: DictConfig) -> list[dict]:
         return []
     if not isinstance(spec, dict):
         raise PipelineError("evaluate.select must map config keys to lists of values, e.g. "
-                            "evaluate.select='{train.head.C: [0.25, 1, 4]}'")
+                            "evaluate.select='{train.head.C: [0.1, 1, 10]}'")
     for key, values in spec.items():
         if not str(key).startswith(SELECTABLE):
             raise PipelineError(f"evaluate.select: {key!r} is not a train.* or model.* key; a selection varies how "

@@ -87,7 +87,8 @@ def held_out_predictions(cfg: DictConfig, data, split, model_dir: Path | str, wo
         shutil.rmtree(inner_dir, ignore_errors=True)
     if oof is None:
         return None
-    return HeldOut(oof.rows, oof.proba, f"out-of-fold ({oof.folds} inner folds over the training articles)")
+    over = "the training articles" if data.grouped else "the training rows"
+    return HeldOut(oof.rows, oof.proba, f"out-of-fold ({oof.folds} inner folds over {over})")
 
 
 def calibrate_model(cfg: DictConfig, data, split, model_dir: Path | str, work_dir: Path | str) -> TrainCalibration | None:

@@ -1,12 +1,14 @@
 """int8 against fp32 on a trained stance model: label agreement and the speed-up, side by side in one run.
 
-    .venv/bin/python bench/int8_agreement.py --model outputs/train/<run>/final/model \
+    .venv/bin/python bench/int8_agreement.py --model outputs/train/<run>/model \
         [--data ../shared/data/arsarcasm_v2/testing_data.csv --column tweet --n 500] [--rounds 5]
 
 `--model` is a stance model directory written by `pipeline train` (transformer or encoder kind), e.g. the
 pretrained stand-in fine-tuned with `train model=e5-small`: agreement measured on random or from-scratch weights
-says little about a model whose probabilities are decisions. Sentences: every seed sentence (the news domain the
-model was trained for) plus, with --data, up to --n other Arabic sentences. Both predictors run the stage's own
+says little about a model whose probabilities are decisions. Sentences: the seed sentences the model never trained
+on — those of the test articles in its `split.json` (the first fit, `<run>/model`; a refit `<run>/final/model` has
+trained on every seed sentence and is refused: agreement on its own training sentences flatters int8) — plus, with
+--data, up to --n other Arabic sentences. Both predictors run the stage's own
 code (`pipeline.inference.load_predictor`, `predict.quantize=int8` = dynamic int8 Linear layers); the rounds are
 interleaved (fp32, int8, fp32, int8, …) and the speed-up is reported per round as median and min–max.
 """
@@ -26,10 +28,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def sentences(data: str | None, column: str, n: int) -> tuple[list[str], int]:
-    from pipeline.segmentation import seed_sentences
+def unseen_seed_sentences(model_dir: str) -> tuple[list[str], list[str]]:
+    """(sentences, article ids) of the seed articles the model was tested on, never trained on (its split.json)."""
+    from pipeline import train_state
+    from pipeline.io import read_text_strict
+    from pipeline.segmentation import SEEDS_DIR, article_id_for, split_sentences
 
-    seeds = seed_sentences()
+    record = train_state.read_split(Path(model_dir))
+    if record is None or record.get("by") != "group":
+        raise SystemExit(f"error: {model_dir}: no split.json naming its test articles: cannot tell which seed "
+                         "sentences it trained on; give the first fit of a train run on the seeds, <run dir>/model")
+    if record.get("seen_all"):
+        raise SystemExit(f"error: {model_dir} was refit on every labelled row (train.refit=all): every seed sentence "
+                         "is one of its training sentences; give the same run's first fit, <run dir>/model")
+    articles = sorted(set(record.get("test") or []))
+    texts = [s.text for path in sorted(SEEDS_DIR.glob("*.txt")) if article_id_for(path) in articles
+             for s in split_sentences(read_text_strict(path)).sentences]
+    return texts, articles
+
+
+def sentences(model_dir: str, data: str | None, column: str, n: int) -> tuple[list[str], int, list[str]]:
+    seeds, articles = unseen_seed_sentences(model_dir)
     extra: list[str] = []
     if data:
         from pipeline.io import read_table
@@ -38,7 +57,7 @@ def sentences(data: str | None, column: str, n: int) -> tuple[list[str], int]:
         if column not in frame.columns:
             raise SystemExit(f"error: {data}: no column {column!r}; pass --column")
         extra = frame[column].dropna().astype(str).head(n).tolist()
-    return seeds + extra, len(seeds)
+    return seeds + extra, len(seeds), articles
 
 
 def main() -> int:
@@ -56,7 +75,7 @@ def main() -> int:
     from pipeline import LABELS
     from pipeline.inference import load_predictor
 
-    texts, n_seed = sentences(args.data, args.column, args.n)
+    texts, n_seed, articles = sentences(args.model, args.data, args.column, args.n)
     predictors = {"fp32": load_predictor(args.model), "int8": load_predictor(args.model, quantize="int8")}
     probs = {name: p.predict_proba(texts, batch_size=args.batch_size) for name, p in predictors.items()}  # warm-up
     seconds: dict[str, list[float]] = {name: [] for name in predictors}
@@ -68,7 +87,8 @@ def main() -> int:
     labels = {name: p.argmax(axis=1) for name, p in probs.items()}
     agree = labels["fp32"] == labels["int8"]
     ratios = [f / i for f, i in zip(seconds["fp32"], seconds["int8"])]
-    print(f"model {args.model}: {len(texts)} sentences ({n_seed} seed news sentences), {args.rounds} interleaved rounds")
+    print(f"model {args.model}: {len(texts)} sentences ({n_seed} seed news sentences of its test article(s) "
+          f"{', '.join(articles)}, never trained on), {args.rounds} interleaved rounds")
     print(f"  label agreement int8 vs fp32: {agree.mean():.3f} overall, {agree[:n_seed].mean():.3f} on the seed "
           f"sentences, {agree[n_seed:].mean() if len(texts) > n_seed else float('nan'):.3f} on --data")
     print(f"  max |p_int8 - p_fp32|: {np.abs(probs['int8'] - probs['fp32']).max():.3f}; fp32 label shares: "

@@ -1,14 +1,18 @@
 """Sentences per second of the predict stage's predictor against transformers.pipeline and the machine's limit.
 
+This times the predictor (tokenise + forward), not the whole `python -m pipeline predict` stage: reading and
+segmenting the articles, the rule pass and the analyst columns, and writing the outputs come on top
+(bench/predict_memory.py times the whole stage).
+
     .venv/bin/python bench/predict_speed.py --data ../shared/data/arsarcasm_v2/testing_data.csv --column tweet
 
 Everything is measured side by side in one run, on the same model and the same sentences:
-  * stage       pipeline.inference.StancePredictor.predict (length-sorted batches padded per batch,
+  * predictor   pipeline.inference.StancePredictor.predict (length-sorted batches padded per batch,
                 one tokenizer pass, torch.inference_mode, threads from the machine)
   * pipe        transformers.pipeline("text-classification") with default settings (one sentence at a time)
   * pipe bs64   the same with batch_size=64 (padding every batch to its longest sentence, unsorted)
   * limit       matmul FLOP/s (fp32 torch.mm, best of several) ÷ (2 × non-embedding parameters × mean tokens)
-  * int8        the stage with predict.quantize=int8, and its label agreement with fp32
+  * int8        the predictor with predict.quantize=int8, and its label agreement with fp32
 Models: BERT-base size (AraBERT's shape: hidden 768, 12 layers, 12 heads, intermediate 3072) with random
 weights (speed does not depend on the weights), and the tiny test model. Their tokenizers are WordPiece models
 trained on the benchmark's own corpus (no hub here); the embedding matrix is sized to that vocabulary, which
@@ -18,7 +22,7 @@ Random weights give near-tied probabilities, where int8 noise flips labels that 
 hesitate on; so int8 agreement is also measured on a small BERT (4 layers, hidden 256) trained from scratch,
 in this run, on other labelled sentences of --data (--label-column, mapped by conf/data/arsarcasm.yaml): a model
 whose labels are decisions.
-The AraBERT text preprocessing (part of the stage, same for every method) is timed separately.
+The AraBERT text preprocessing (part of the predictor, same for every method) is timed separately.
 """
 
 from __future__ import annotations
@@ -156,14 +160,14 @@ def bench_model(name: str, model_dir: Path, texts: list[str], args) -> dict:
 
     from pipeline.inference import load_predictor
 
-    stage = load_predictor(model_dir)
+    predictor = load_predictor(model_dir)
     int8 = load_predictor(model_dir, quantize="int8")
     pipe = hf_pipeline("text-classification", model=str(model_dir), tokenizer=str(model_dir), device="cpu")
-    ids, _ = stage.encode(stage.preprocessor(texts))
+    ids, _ = predictor.encode(predictor.preprocessor(texts))
     mean_tokens = float(np.mean([len(x) for x in ids]))
-    params = non_embedding_params(stage.model)
+    params = non_embedding_params(predictor.model)
     methods = {
-        "stage": lambda t: stage.predict(t, batch_size=args.batch_size),
+        "predictor": lambda t: predictor.predict(t, batch_size=args.batch_size),
         "pipe_default": lambda t: pipe(t),
         "pipe_bs64": lambda t: pipe(t, batch_size=64),
         "int8": lambda t: int8.predict(t, batch_size=args.batch_size),
@@ -190,10 +194,10 @@ def bench_model(name: str, model_dir: Path, texts: list[str], args) -> dict:
               "rates_per_round": {k: [round(x, 2) for x in v] for k, v in rates.items()},
               "ratio_to_adjacent_limit_per_round": {k: [round(x, 3) for x in v] for k, v in adjacent.items()}}
     result.update({k: max(v) for k, v in rates.items()})
-    fp32, q = outputs["stage"], outputs["int8"]
+    fp32, q = outputs["predictor"], outputs["int8"]
     result["int8_agreement_random_head"] = float((q["label"] == fp32["label"]).mean())
     result["int8_max_abs_prob_diff_random_head"] = float(np.abs(
-        q[stage.prob_columns].to_numpy() - fp32[stage.prob_columns].to_numpy()).max())
+        q[predictor.prob_columns].to_numpy() - fp32[predictor.prob_columns].to_numpy()).max())
     return result
 
 
@@ -256,7 +260,7 @@ def main(argv=None) -> int:
                   f"(accuracy fp32 {trained['fp32_accuracy']:.1%}, int8 {trained['int8_accuracy']:.1%}; "
                   f"fp32 label shares {trained['label_shares']})")
             results.append({"model": "small-trained", **trained})
-    print(f"\nAraBERT v02 text preprocessing (part of the stage, the same for every method): "
+    print(f"\nAraBERT v02 text preprocessing (part of the predictor, the same for every method): "
           f"{preprocess_rate:,.0f} sentences/s")
     if args.json:
         Path(args.json).write_text(json.dumps({"preprocess_rate": preprocess_rate, "results": results}, indent=2))
@@ -268,8 +272,8 @@ def print_result(r: dict) -> None:
           f"{r['mean_tokens']} tokens/sentence, matmul {r['matmul_gflops']} GFLOP/s, {r['threads']} threads")
     limit = r["limit"]
     print(f"  {'method':<38} {'sent/s':>9}   {'÷ limit':>7}   {'÷ adjacent limit, per round':<28} vs pipeline default")
-    for key, label in (("stage", "stage (fp32)"), ("pipe_default", "transformers.pipeline default"),
-                       ("pipe_bs64", "transformers.pipeline batch_size=64"), ("int8", "stage int8")):
+    for key, label in (("predictor", "predictor (fp32)"), ("pipe_default", "transformers.pipeline default"),
+                       ("pipe_bs64", "transformers.pipeline batch_size=64"), ("int8", "predictor int8")):
         per_round = " ".join(f"{x:.0%}" for x in r["ratio_to_adjacent_limit_per_round"][key])
         print(f"  {label:<38} {r[key]:>9.1f}   {r[key] / limit:7.1%}   {per_round:<28} "
               f"{r[key] / r['pipe_default']:5.2f}x")

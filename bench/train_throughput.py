@@ -9,7 +9,10 @@ only the padding and batch order differ:
 The setups are interleaved (A B C A B C …, --repeats rounds) so that load on a shared machine hits them alike;
 each round's ratio to "pad to 128" of the same round is reported as median and min–max over the rounds.
 Models: a BERT-base-sized model with AraBERT v0.2 base's dimensions (random weights: speed does not depend on
-them) and the tiny model. Sentences: --data (a CSV/parquet with a text column) or the seed corpus.
+them) and the tiny model. Each trains under the recipe the stage gives it: the BERT-base stand-in as a pretrained
+model (conf/train/default.yaml: its word embeddings frozen, `fitting.frozen_parameters`), the tiny model from
+scratch (train=scratch: everything trains). Sentences: --data (a CSV/parquet with a text column) or the seed
+corpus.
 
     .venv/bin/python bench/train_throughput.py --data ../shared/data/arsarcasm_v2/training_data.csv
     .venv/bin/python bench/train_throughput.py            # the seed sentences
@@ -86,17 +89,23 @@ class StepTimer:
 
 
 def run_setup(model_dir: Path, texts, labels, *, pad_to_max: bool, group: bool, batch_size: int, steps: int,
-              out_dir: Path) -> dict:
+              out_dir: Path, pretrained: bool) -> dict:
     from pipeline.config import compose_config
+    from pipeline.fitting import frozen_parameters
     from pipeline.modeling import load_tokenizer_and_model
     from pipeline.trainer import build_trainer
 
+    # The stage's recipe for this kind of model: a pretrained one (arabert) or one built from scratch (tiny).
+    recipe = ["model=arabert", f"model.name_or_path={model_dir}", "model.preprocess_as=null"] if pretrained else \
+        ["model=tiny"]
     cfg = compose_config("train", [
-        "model=tiny", f"train.batch_size={batch_size}", "train.max_length=128",
+        *recipe, f"train.batch_size={batch_size}", "train.max_length=128",
         f"train.pad_to_max_length={str(pad_to_max).lower()}", f"train.group_by_length={str(group).lower()}",
-        "train.lr=1e-5", "train.epochs=1", "train.early_stopping_patience=0",
+        "train.lr=1e-5", "train.epochs=1", "train.early_stopping_patience=0", "train.min_steps=0",
     ])
     tokenizer, model = load_tokenizer_and_model(str(model_dir), LABELS)
+    for param in frozen_parameters(cfg, model, pooled=False):  # what the train stage keeps fixed
+        param.requires_grad = False
     timer = StepTimer()
     trainer = build_trainer(cfg, model, tokenizer, texts, labels, [], [], out_dir, max_steps=steps + 1,
                             callbacks=[timer.callback], save=False)
@@ -182,7 +191,8 @@ def main() -> None:
             rounds: list[dict[str, dict]] = []
             for _ in range(max(1, args.repeats)):
                 rounds.append({setup: run_setup(model_dir, texts, labels, pad_to_max=pad, group=group,
-                                                batch_size=args.batch_size, steps=steps, out_dir=Path(tmp) / "out")
+                                                batch_size=args.batch_size, steps=steps, out_dir=Path(tmp) / "out",
+                                                pretrained=name == "bert-base")
                                for setup, pad, group in SETUPS})
             base = SETUPS[0][0]
             for setup, _, _ in SETUPS:

@@ -5,6 +5,8 @@
 under one parent that holds the mean and spread across folds, the pooled out-of-fold report (confusion
 matrix, error table, bootstrap interval) and the same numbers for the baselines (majority, rules, TF-IDF).
 `evaluate.cv=none evaluate.model_dir=<dir>` scores an already trained model on the hold-out test split.
+`evaluate.select={key: [values]}` adds nested selection: each outer fold fits the value an inner cross-validation
+on its own training articles chose (pipeline.selection); the pooled figures then estimate the selection too.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from pipeline import LABELS, progress, tracking, train_state
+from pipeline import LABELS, progress, selection, tracking, train_state
 from pipeline.errors import PipelineError
 from pipeline.io import CsvStyle, write_table_atomic
 from pipeline.fitting import CHECKPOINT_SUBDIR, fit_model, preflight, stance_kind
-from pipeline.metrics import SUMMARY_METRICS, classification_metrics, prefixed, write_report
+from pipeline.metrics import SUMMARY_METRICS, classification_metrics, interval_text, prefixed, write_report
 from pipeline.scoring import comparison_table, log_data, log_scored, score_split
 from pipeline.splits import cv_splits, holdout_split, load_labelled, stored_split
 
@@ -117,7 +119,10 @@ def _cross_validate(cfg: DictConfig) -> dict:
         mode = "kfold"  # cv_splits fell back (and said so): no articles to leave out
     ev = cfg.evaluate
     csv = CsvStyle.from_cfg(cfg)
-    log.info("evaluate: %s cross-validation, %d folds", mode, len(folds))
+    options = selection.candidates(cfg)
+    nested = f"nested selection among {len(options)} candidates of evaluate.select" if options else ""
+    log.info("evaluate: %s cross-validation, %d folds%s", mode, len(folds), f", {nested}" if nested else "")
+    chosen_rows: list[dict] = []
     fold_rows: list[dict] = []
     oof_tests: list[pd.DataFrame] = []
     oof_proba: list[np.ndarray] = []
@@ -125,8 +130,9 @@ def _cross_validate(cfg: DictConfig) -> dict:
     model_folds: list[dict[str, float]] = []
     base_folds: dict[str, list[dict[str, float]]] = {}
     tags = {"stage": "evaluate", "cv": mode, "model_kind": stance_kind(cfg), "model_name": str(cfg.model.name),
-            **tracking.recipe_tags(cfg)}
-    with tracking.start_run(cfg, f"evaluate-{mode}-{cfg.model.name}", tags={**tags, "cv_parent": "true"}) as parent:
+            **tracking.recipe_tags(cfg), **({"selection": "nested"} if options else {})}
+    run_name = f"evaluate-{mode}-{'nested-' if options else ''}{cfg.model.name}"
+    with tracking.start_run(cfg, run_name, tags={**tags, "cv_parent": "true"}) as parent:
         mlflow.set_tags({"data_digest": "+".join(tracking.file_digest(p) for p in data.paths),
                          "labels_gold": ", ".join(f"{k}={v}" for k, v in
                                                   data.gold["label"].value_counts().reindex(LABELS, fill_value=0).items())})
@@ -135,10 +141,17 @@ def _cross_validate(cfg: DictConfig) -> dict:
         for split in tqdm(folds, desc="evaluate folds", unit="fold", disable=bar):
             fold_dir = run_dir / split.name
             log.info("evaluate: %s", split.describe())
-            with tracking.start_run(cfg, split.name, tags={**tags, "fold": split.name}, log_params=False):
+            fold_cfg, chosen = cfg, None
+            if options:  # chosen on this fold's training articles only; its test article scores the choice
+                chosen = selection.select(cfg, data, split, fold_dir, folds=None if mode == "loao" else int(ev.folds))
+                fold_cfg = selection.with_values(cfg, chosen.chosen)
+                chosen_rows += [{"fold": split.name, "candidate": selection.describe(values), "inner_macro_f1": score,
+                                 "chosen": values == chosen.chosen} for values, score in chosen.scores]
+            fold_tags = {**tags, "fold": split.name, **({"selected": chosen.label} if chosen else {})}
+            with tracking.start_run(cfg, split.name, tags=fold_tags, log_params=False):
                 log_data(data, split)
-                model_dir = fit_model(cfg, split, fold_dir)
-                scored = score_split(cfg, data, split, model_dir, fold_dir / "evaluation", report=False)
+                model_dir = fit_model(fold_cfg, split, fold_dir)
+                scored = score_split(fold_cfg, data, split, model_dir, fold_dir / "evaluation", report=False)
                 log_scored(scored, prefix="test_", artifact_dir=None)
                 mlflow.set_tag(tracking.NOTE_TAG, (
                     f"One fold of an evaluate run: trained without, then tested on {', '.join(split.test_groups) or 'its test rows'} "
@@ -153,7 +166,8 @@ def _cross_validate(cfg: DictConfig) -> dict:
                 oof_base.setdefault(name, []).append(scored.baseline_proba[name])
             oof_tests.append(split.test)
             oof_proba.append(scored.proba)
-            fold_rows.append({"fold": split.name, "test_articles": ",".join(split.test_groups), "n_train": len(split.train),
+            fold_rows.append({"fold": split.name, **({"selected": chosen.label} if chosen else {}),
+                              "test_articles": ",".join(split.test_groups), "n_train": len(split.train),
                               "n_val": len(split.val), "n_test": len(split.test),
                               **{k: scored.metrics.get(k) for k in SUMMARY_METRICS},
                               **{f"{n}_macro_f1": m["macro_f1"] for n, m in scored.baselines.items()}})
@@ -175,12 +189,22 @@ def _cross_validate(cfg: DictConfig) -> dict:
         folds_csv = write_table_atomic(pd.DataFrame(fold_rows), run_dir / "evaluation" / "folds.csv", csv=csv)
         comparison = write_table_atomic(comparison_table(str(cfg.model.name), pooled, base_pooled),
                                         run_dir / "evaluation" / "comparison.csv", csv=csv)
-        for path in [*files, folds_csv, comparison]:
+        written = [*files, folds_csv, comparison]
+        if options:
+            written.append(write_table_atomic(pd.DataFrame(chosen_rows), run_dir / "evaluation" / "selection.csv",
+                                              csv=csv))
+            per_fold = "; ".join(f"{r['fold']}: {r['selected']}" for r in fold_rows)
+            mlflow.set_tag("selected_per_fold", per_fold[: tracking.MAX_PARAM_CHARS])
+        for path in written:
             mlflow.log_artifact(str(path), "evaluation")
         pooled_line, folds_line = comparison_lines(str(cfg.model.name), summary, list(base_folds))
         mlflow.set_tag(tracking.NOTE_TAG, f"**{cfg.model.name}**, {mode} cross-validation over {len(folds)} folds, "
                        f"{len(test)} gold sentences: the honest number.\n\n{pooled_line}\n\n{folds_line}")
         log.info("evaluate: %s; %s", pooled_line, folds_line)
+    if options:
+        print(f"evaluate: nested selection ({per_fold}): pooled macro-F1 {pooled['macro_f1']:.3f} "
+              f"{interval_text(pooled)}, fold mean {summary.get('cv_macro_f1_mean', float('nan')):.3f} "
+              "(an estimate of the recipe with its selection: no fold's choice saw its test article)")
     print(f"evaluate: {pooled_line}; {folds_line} ({len(folds)} folds, {mode}) → MLflow run {parent.info.run_id}, "
           f"{run_dir / 'evaluation'}; next: python -m pipeline promote (compare with the served model), or the "
           f"runs side by side: {tracking.headline_url(cfg, parent.info.experiment_id)}")
@@ -191,10 +215,11 @@ def comparison_lines(model: str, summary: dict[str, float], baselines: list[str]
     """The model and the baselines like with like: pooled out-of-fold macro-F1 (the model's with its interval), then
     the means over folds. The same numbers as the evaluate run's oof_* / cv_* metrics in MLflow."""
     def value(key: str) -> str:
-        return f"{summary[key]:.3f}" if key in summary else "—"
+        return f"{summary[key]:.3f}" if key in summary and summary[key] == summary[key] else "—"
 
-    ci = (f" [{summary['oof_macro_f1_ci_low']:.2f}, {summary['oof_macro_f1_ci_high']:.2f}]"
-          if "oof_macro_f1_ci_low" in summary and "oof_macro_f1_ci_high" in summary else "")
+    low, high = summary.get("oof_macro_f1_ci_low"), summary.get("oof_macro_f1_ci_high")
+    has_ci = low is not None and high is not None and not (np.isnan(low) or np.isnan(high))
+    ci = f" [{low:.2f}, {high:.2f}]" if has_ci else ""
     pooled = [f"{model} {value('oof_macro_f1')}{ci}"] + [f"{n} {value(f'baseline_{n}_oof_macro_f1')}" for n in baselines]
     means = [f"{model} {value('cv_macro_f1_mean')} ± {value('cv_macro_f1_std')}"] + \
         [f"{n} {value(f'baseline_{n}_cv_macro_f1_mean')}" for n in baselines]

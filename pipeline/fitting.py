@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import LABELS, distributed
 from pipeline.errors import PipelineError
-from pipeline.io import write_text_atomic
+from pipeline.io import read_json_file, write_text_atomic
 from pipeline.preprocess import TextPreprocessor
 from pipeline.splits import Split
 from pipeline.trainer import build_trainer, log_metrics, log_tags
@@ -157,9 +157,11 @@ def _fit_transformer(cfg: DictConfig, split: Split, work_dir: Path, out: Path, p
     for param in frozen_parameters(cfg, model, pooled=bool(pooling)):
         param.requires_grad = False
     epochs = epochs_for(cfg, len(train_texts))
+    max_steps = OmegaConf.select(cfg, "train.max_steps", default=None)
     trainer = build_trainer(cfg, model, tokenizer, train_texts, split.train["label"].tolist(), val_texts,
                             split.val["label"].tolist(), work_dir / CHECKPOINT_SUBDIR, callbacks=extra_callbacks(),
-                            epochs=epochs, sample_weight=sample_weights(split.train))
+                            epochs=epochs, max_steps=int(max_steps) if max_steps else None,
+                            sample_weight=sample_weights(split.train))
     if resume_from:
         log.info("resuming from %s", resume_from)
     trainer.train(resume_from_checkpoint=resume_from)
@@ -181,12 +183,16 @@ def _fit_transformer(cfg: DictConfig, split: Split, work_dir: Path, out: Path, p
     write_model_metadata(out, kind=kind, labels=LABELS, max_length=int(cfg.train.max_length),
                          base_model=base_name, preprocessor=preprocess)
     best_epoch = best_epoch_of(trainer.state)
-    summary = {"epochs_trained": float(trainer.state.epoch or 0), "epochs_planned": float(epochs)}
+    # The optimiser steps behind the saved weights: the best checkpoint's when validation restored one.
+    steps = int(trainer.state.best_global_step if len(val_texts) and trainer.state.best_global_step
+                else trainer.state.global_step)
+    summary = {"epochs_trained": float(trainer.state.epoch or 0), "epochs_planned": float(epochs),
+               "optimizer_steps": float(steps)}
     if best is not None:
         summary["best_val_macro_f1"] = float(best)
     if best_epoch:
         summary["best_epoch"] = float(best_epoch)
-    write_text_atomic(out / TRAINING_FILE, json.dumps({"epochs": epochs, "best_epoch": best_epoch,
+    write_text_atomic(out / TRAINING_FILE, json.dumps({"epochs": epochs, "best_epoch": best_epoch, "steps": steps,
                                                         "train_rows": len(train_texts)}))
     log_metrics(summary, step=int(trainer.state.global_step))
 
@@ -274,8 +280,10 @@ def best_epoch_of(state) -> int | None:
 
 def refit_on_all(cfg: DictConfig, data, fitted_dir: Path, work_dir: Path) -> Path:
     """`train.refit=all`: the served model, fitted again on every labelled training row (all gold articles, the
-    test ones included, annotations and rule labels as `train.sources` / `train.weak` say) for the epoch count
-    the first fit chose on validation (or trained, without validation). Written to `<work_dir>/final/model`."""
+    test ones included, annotations and rule labels as `train.sources` / `train.weak` say) for the optimiser step
+    count of the first fit (the steps behind its saved weights: those validation chose, or all it made). The step
+    count, not the epoch count: the recipe was validated at so many updates, and the same epochs over more rows
+    would make more (60 steps on 53 rows became 75 on 74). Written to `<work_dir>/final/model`."""
     from pipeline.splits import Split, training_rows
 
     frame = data.frame if data.test_frame is None else pd.concat([data.frame, data.test_frame], ignore_index=True)
@@ -283,13 +291,18 @@ def refit_on_all(cfg: DictConfig, data, fitted_dir: Path, work_dir: Path) -> Pat
     refit_cfg = cfg.copy()
     record = next((p / TRAINING_FILE for p in (Path(fitted_dir), Path(fitted_dir) / "inner")
                    if (p / TRAINING_FILE).exists()), None)
+    planned = ""
     if record is not None:
-        fitted = json.loads(record.read_text(encoding="utf-8"))
-        refit_cfg.train.epochs = float(fitted.get("best_epoch") or fitted["epochs"])
-        refit_cfg.train.min_steps = 0  # the count is decided; more rows now make more steps per epoch
+        fitted = read_json_file(record, "it is written by every fine-tuning fit; re-train the model")
+        if fitted.get("steps"):
+            refit_cfg.train.max_steps = int(fitted["steps"])
+            planned = f" ({int(fitted['steps'])} optimiser steps, as the first fit)"
+        else:  # a model dir written before the step count was recorded
+            refit_cfg.train.epochs = float(fitted.get("best_epoch") or fitted["epochs"])
+            refit_cfg.train.min_steps = 0
+            planned = f" ({refit_cfg.train.epochs:g} epochs)"
     sources = ", ".join(f"{k}={v}" for k, v in rows["source"].value_counts().sort_index().items())
-    log.info("train: refit on all %d labelled rows (%s) for the served model%s", len(rows), sources,
-             f" ({refit_cfg.train.epochs:g} epochs)" if record is not None else "")
+    log.info("train: refit on all %d labelled rows (%s) for the served model%s", len(rows), sources, planned)
     log_tags({"refit_sources": sources})
     empty = rows.iloc[:0]
     return fit_model(refit_cfg, Split("refit", rows.reset_index(drop=True), empty, empty), Path(work_dir) / "final")

@@ -279,9 +279,10 @@ def iter_table_chunks(path: Path | str, rows: int, *, as_text: bool = False,
                       restore: bool = False) -> Iterator[pd.DataFrame]:
     """A .parquet / .csv / .jsonl table in chunks of `rows` rows, never held whole.
 
-    `as_text=True` (input tables) gives every cell as str, empty for missing. `restore=True`: a CSV this pipeline
-    wrote, its neutralised cells restored. A file that cannot be read as a table (empty, binary, not UTF-8,
-    malformed) raises BadInputFile with a reason tag and what to do about it.
+    `as_text=True` (input tables) gives every cell as str, and a missing cell (parquet or JSON null, NaN) as "",
+    exactly as CSV gives an empty cell: a null id or text never becomes the string "nan" or "None". `restore=True`:
+    a CSV this pipeline wrote, its neutralised cells restored. A file that cannot be read as a table (empty, binary,
+    not UTF-8, malformed) raises BadInputFile with a reason tag and what to do about it.
     """
     path = Path(path)
     provenance.note_file(path)
@@ -293,7 +294,8 @@ def iter_table_chunks(path: Path | str, rows: int, *, as_text: bool = False,
             import pyarrow.parquet as pq
 
             for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
-                yield batch.to_pandas().astype(str) if as_text else batch.to_pandas()
+                # integers with nulls stay integers ("7", not "7.0")
+                yield _text_cells(batch.to_pandas(integer_object_nulls=True)) if as_text else batch.to_pandas()
             return
         with open(path, "rb") as fh:
             if b"\x00" in fh.read(1 << 16):
@@ -304,7 +306,7 @@ def iter_table_chunks(path: Path | str, rows: int, *, as_text: bool = False,
             reader = pd.read_json(path, lines=True, dtype=str if as_text else False, encoding="utf-8", chunksize=rows)
         with reader:
             for chunk in reader:
-                chunk = chunk.fillna("").astype(str) if as_text else chunk
+                chunk = _text_cells(chunk) if as_text else chunk
                 yield restore_frame(chunk) if restore and suffix == ".csv" else chunk
     except BadInputFile:
         raise
@@ -315,6 +317,11 @@ def iter_table_chunks(path: Path | str, rows: int, *, as_text: bool = False,
     except (ValueError, pd.errors.ParserError, OSError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise BadInputFile(path, "bad_table", f"cannot be read as a {suffix} table ({first[:200]})") from None
+
+
+def _text_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as str; a missing one (None, NaN, NaT) as "", the same for every table format."""
+    return frame.astype(str).where(frame.notna(), "").astype(str)
 
 
 def glob_files(pattern: str) -> list[Path]:

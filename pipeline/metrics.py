@@ -61,8 +61,9 @@ def bootstrap_macro_f1(y_true: Sequence[str], y_pred: Sequence[str], *, n_resamp
     """Percentile bootstrap interval of macro-F1 (over the labels present in each resample's gold).
 
     With `groups` (e.g. article ids) whole groups are resampled with replacement (cluster bootstrap): sentences of
-    one article are not independent, and resampling them one by one gives a too-narrow interval.
-    Without, or with fewer than two groups, single sentences are resampled.
+    one article are not independent, and resampling them one by one gives a too-narrow interval. Rows from a single
+    group have no between-group spread to measure: no interval (NaN, and the log says why), as
+    `pipeline.analytics` does for a day or outlet with one article. Without `groups`, sentences are resampled.
     """
     labels = list(labels)
     index = {label: i for i, label in enumerate(labels)}
@@ -76,8 +77,11 @@ def bootstrap_macro_f1(y_true: Sequence[str], y_pred: Sequence[str], *, n_resamp
         codes, _ = pd.factorize(pd.Series(list(groups), dtype=object), sort=True)
         if len(codes) != n:
             raise ValueError(f"groups has {len(codes)} entries for {n} labels")
-        if codes.max(initial=-1) >= 1:                     # at least two groups
-            members = [np.flatnonzero(codes == g) for g in range(codes.max() + 1)]
+        if codes.max(initial=-1) < 1:
+            log.info("macro-F1 interval: the %d gold rows come from one article (group); resampling articles needs "
+                     "at least two, and resampling its sentences would treat them as independent: no interval", n)
+            return float("nan"), float("nan")
+        members = [np.flatnonzero(codes == g) for g in range(codes.max() + 1)]
     rng = np.random.default_rng(seed)
     scores = np.empty(n_resamples)
     for b in range(n_resamples):
@@ -172,6 +176,15 @@ def write_report(out_dir: Path | str, test: pd.DataFrame, proba: np.ndarray, *, 
         write_table_atomic(error_table(test, proba, labels, max_errors), out / "errors.csv", csv=csv),
     ]
     return metrics, files
+
+
+def interval_text(metrics: dict[str, float]) -> str:
+    """The macro-F1 interval for a log line or a description: "[lo, hi]", or "(no interval)" (e.g. test rows from
+    one article: `bootstrap_macro_f1` logs why)."""
+    low, high = metrics.get("macro_f1_ci_low", float("nan")), metrics.get("macro_f1_ci_high", float("nan"))
+    if low != low or high != high:
+        return "(no interval)"
+    return f"[{low:.3f}, {high:.3f}]"
 
 
 def prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:

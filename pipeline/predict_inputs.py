@@ -7,6 +7,7 @@ whole articles or ready sentences (see pipeline.predict). Unusable inputs become
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -146,6 +147,7 @@ class ArticleReader:
         self.carry = carry or []
         self.date_column = str(cfg.predict.get("date_column", "date") or "")
         self._warned: set[str] = set()
+        self._occurrences: Counter = Counter()  # the current sentence-table article's texts, over all its pieces
 
     def _carried(self, columns) -> list[str]:
         """The input columns carried into the outputs."""
@@ -234,6 +236,10 @@ class ArticleReader:
         article_id, texts, given_ids, meta = pending
         source = f"{path}#{article_id}"
         if not sentences_mode:
+            if not any(t.strip() for t in texts):
+                self.errors.add(source, "empty", f"{source}: the {self.text_column!r} cell is empty; skipped",
+                                article_id=article_id)
+                return
             try:
                 article = self._segmented(article_id, "\n".join(texts), source)
             except BadInputFile as exc:
@@ -243,6 +249,8 @@ class ArticleReader:
                 article.meta = meta
                 yield article
             return
+        if piece == 0:
+            self._occurrences = Counter()
         keep = [i for i, t in enumerate(texts) if squeeze_spaces(t)]
         for i in set(range(len(texts))) - set(keep):
             self.errors.add(source, "empty_sentence", f"{source}: sentence row {i} is empty; skipped",
@@ -251,8 +259,7 @@ class ArticleReader:
             return
         texts = [squeeze_spaces(texts[i]) for i in keep]
         ids = [given_ids[i] for i in keep]
-        if not all(ids):
-            made = sentence_ids(article_id, texts)
-            ids = [given or generated for given, generated in zip(ids, made)]
+        made = sentence_ids(article_id, texts, self._occurrences)  # counted over every piece: ids stay unique
+        ids = [given or generated for given, generated in zip(ids, made)]
         yield Article(article_id, str(path), [{"sentence_id": s, "idx": offset + i, "text": t}
                                               for i, (s, t) in enumerate(zip(ids, texts))], meta, piece)

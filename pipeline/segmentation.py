@@ -152,9 +152,12 @@ def split_sentences(text: str, rules: SegmentRules = SegmentRules()) -> ArticleS
     return result
 
 
-def sentence_ids(article_id: str, texts: Sequence[str]) -> list[str]:
-    """Ids from the article id, the normalised text and the occurrence number of that text."""
-    seen: Counter = Counter()
+def sentence_ids(article_id: str, texts: Sequence[str], seen: Counter | None = None) -> list[str]:
+    """Ids from the article id, the normalised text and the occurrence number of that text in the article.
+
+    `seen` carries the occurrence counts over the pieces of an article read in several parts (a long sentence
+    table), so a text repeated in two pieces gets two ids; it is updated in place."""
+    seen = Counter() if seen is None else seen
     ids = []
     for text in texts:
         key = normalise_for_id(text)

@@ -248,9 +248,11 @@ def as_unlabelled(rows: pd.DataFrame, cfg: DictConfig) -> pd.DataFrame:
     return weak[weak["label"].notna()]
 
 
-def _finish(name: str, data: LabelledSet, rest: pd.DataFrame, test: pd.DataFrame, cfg: DictConfig,
+def make_split(name: str, data: LabelledSet, rest: pd.DataFrame, test: pd.DataFrame, cfg: DictConfig,
             test_groups: Sequence[str] = ()) -> Split:
-    """Carve the validation part out of `rest` (grouped when the data is) and keep the trainable rows."""
+    """A split testing on `test` (gold rows) and training on `rest`: carve the validation part out of `rest`
+    (grouped when the data is), add the held-out articles' rule labels with `train.transductive`, keep the
+    trainable rows. Every split is made here: hold-out, CV folds and inner folds (pipeline.inner_cv)."""
     sources = list(cfg.train.sources)
     seed = int(cfg.seed)
     val_share = float(cfg.train.val_size)
@@ -298,7 +300,7 @@ def holdout_split(data: LabelledSet, cfg: DictConfig) -> Split:
     seed, test_share = int(cfg.seed), float(cfg.train.test_size)
     frame = data.frame
     if data.test_frame is not None:
-        return _finish("holdout", data, frame, data.test_frame, cfg)
+        return make_split("holdout", data, frame, data.test_frame, cfg)
     gold = data.gold
     if gold.empty:
         raise _no_gold_error(data)
@@ -311,9 +313,9 @@ def holdout_split(data: LabelledSet, cfg: DictConfig) -> Split:
         test_groups = _pick_groups(gold, test_share, seed)
         in_test = frame["group"].isin(test_groups)
         test = gold[gold["group"].isin(test_groups)]
-        return _finish("holdout", data, frame[~in_test], test, cfg, test_groups)
+        return make_split("holdout", data, frame[~in_test], test, cfg, test_groups)
     test_idx = _pick_rows(gold, test_share, seed)
-    return _finish("holdout", data, frame.drop(index=test_idx), frame.loc[test_idx], cfg)
+    return make_split("holdout", data, frame.drop(index=test_idx), frame.loc[test_idx], cfg)
 
 
 def stored_split(data: LabelledSet, cfg: DictConfig, record: dict) -> Split:
@@ -323,7 +325,7 @@ def stored_split(data: LabelledSet, cfg: DictConfig, record: dict) -> Split:
     pool = data.test_frame if data.test_frame is not None else data.gold
     test = pool[pool[column].astype(str).isin(ids)]
     rest = data.frame[~data.frame[column].astype(str).isin(ids)]
-    return _finish("holdout", data, rest, test, cfg, sorted(ids) if column == "group" else ())
+    return make_split("holdout", data, rest, test, cfg, sorted(ids) if column == "group" else ())
 
 
 def _with_cv(cfg: DictConfig, mode: str) -> DictConfig:
@@ -352,7 +354,7 @@ def cv_splits(data: LabelledSet, cfg: DictConfig) -> list[Split]:
             raise PipelineError("evaluate.cv=loao needs gold labels in at least 2 articles")
         for i, group in enumerate(groups):
             test = gold[gold["group"] == group]
-            folds.append(_finish(f"fold-{i}", data, frame[frame["group"] != group], test, cfg, [group]))
+            folds.append(make_split(f"fold-{i}", data, frame[frame["group"] != group], test, cfg, [group]))
         return folds
     if mode != "kfold":
         raise PipelineError(f"evaluate.cv={mode!r} is not known; use loao, kfold or none")
@@ -369,14 +371,14 @@ def cv_splits(data: LabelledSet, cfg: DictConfig) -> list[Split]:
         for i, (_, test_idx) in enumerate(pairs):
             test = gold.iloc[test_idx]
             test_groups = sorted(test["group"].unique())
-            folds.append(_finish(f"fold-{i}", data, frame[~frame["group"].isin(test_groups)], test, cfg, test_groups))
+            folds.append(make_split(f"fold-{i}", data, frame[~frame["group"].isin(test_groups)], test, cfg, test_groups))
         return folds
     k = min(k, len(gold))
     splitter = (StratifiedKFold(n_splits=k, shuffle=True, random_state=seed) if _can_stratify(gold["label"], k)
                 else KFold(n_splits=k, shuffle=True, random_state=seed))
     for i, (_, test_idx) in enumerate(splitter.split(gold, gold["label"])):
         test = gold.iloc[test_idx]
-        folds.append(_finish(f"fold-{i}", data, frame.drop(index=test.index), test, cfg))
+        folds.append(make_split(f"fold-{i}", data, frame.drop(index=test.index), test, cfg))
     return folds
 
 

@@ -15,10 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import distributed, registry, tracking, train_state
 from pipeline.errors import PipelineError
 from pipeline.fitting import CHECKPOINT_SUBDIR, MODEL_SUBDIR, fit_model, preflight, refit_on_all, stance_kind
+from pipeline.metrics import interval_text
 from pipeline.modeling import from_scratch
 from pipeline.scoring import comparison_table, log_data, log_scored, score_split
 from pipeline.splits import holdout_split, load_labelled
-from pipeline.train_calibration import calibrate_model, save_calibration
+from pipeline.train_calibration import calibrate_model, calibrate_served
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +73,22 @@ def run_description(cfg: DictConfig, scored, n_test: int, calibration) -> str:
     """The run's description in the MLflow UI: its headline numbers."""
     m = scored.metrics
     lines = [f"**{cfg.model.name}** ({stance_kind(cfg)}): test macro-F1 **{m['macro_f1']:.3f}** "
-             f"[{m.get('macro_f1_ci_low', float('nan')):.3f}, {m.get('macro_f1_ci_high', float('nan')):.3f}] "
-             f"on {n_test} gold sentences"]
+             f"{interval_text(m)} on {n_test} gold sentences"]
     if scored.baselines:
         lines.append("baselines (macro-F1): " + ", ".join(f"{n} {b['macro_f1']:.3f}" for n, b in scored.baselines.items()))
     if calibration is not None:
-        lines.append(f"calibration: T={calibration.temperature:.2f}, ECE {calibration.ece_before:.3f} → "
-                     f"{calibration.ece_after:.3f} ({calibration.fitted_on}, n={calibration.n})")
+        c = calibration.calibration
+        lines.append(f"calibration: T={c.temperature:.2f} fitted on {c.fitted_on} (n={c.n}); test ECE "
+                     f"{calibration.test_ece_before:.3f} → {calibration.test_ece_after:.3f}")
     return "\n\n".join(lines)
+
+
 def train_replica(cfg: DictConfig, data, split, work_dir: Path, resume_from: str | None) -> dict:
-    """A rank other than 0 of a multi-process run: the same fits (their collectives need every rank), and nothing
-    else: no MLflow, no files (the Trainer saves from rank 0 only), no scoring."""
-    fit_model(cfg, split, work_dir, resume_from=resume_from)
+    """A rank other than 0 of a multi-process run: the same fits (their collectives need every rank: the model,
+    the inner fits of its calibration, the refit), and nothing else: no MLflow, no files (the Trainer saves from
+    rank 0 only), no scoring."""
+    model_dir = fit_model(cfg, split, work_dir, resume_from=resume_from)
+    calibrate_model(cfg, data, split, model_dir, work_dir)
     if str(OmegaConf.select(cfg, "train.refit", default="none")) == "all":
         refit_on_all(cfg, data, work_dir / MODEL_SUBDIR, work_dir)
     return {"rank": distributed.rank()}
@@ -124,7 +129,7 @@ def train(cfg: DictConfig) -> dict:
         log_data(data, split)
         model_dir = fit_model(cfg, split, work_dir, resume_from=resume_from)
         train_state.write_split(model_dir, data, split)
-        calibration = calibrate_model(cfg, split, model_dir, work_dir / "evaluation")
+        calibration = calibrate_model(cfg, data, split, model_dir, work_dir)
         scored = score_split(cfg, data, split, model_dir, work_dir / "evaluation")
         log_scored(scored, prefix="test_", artifact_dir="evaluation")
         comparison = comparison_table(str(cfg.model.name), scored.metrics, scored.baselines)
@@ -134,7 +139,7 @@ def train(cfg: DictConfig) -> dict:
         if str(OmegaConf.select(cfg, "train.refit", default="none")) == "all":
             served_dir = refit_on_all(cfg, data, model_dir, work_dir)
             train_state.write_split(served_dir, data, split, seen_all=True)  # evaluate cv=none refuses it
-            save_calibration(calibration, served_dir)
+            calibrate_served(calibration, served_dir)
             mlflow.set_tag("served_model", "refit on all labelled rows; test_* metrics are the first fit's")
         info = log_stance_model(served_dir, name="model",
                                 registered_model_name=None if smoke else registry.model_name(cfg),
@@ -142,9 +147,8 @@ def train(cfg: DictConfig) -> dict:
         mlflow.set_tags({"has_model": "true", "model_uri": info.model_uri,
                          "mlflow.note.content": run_description(cfg, scored, len(split.test), calibration)})
         outcome = registry.after_train(cfg, run.info.run_id, smoke=smoke)
-        log.info("train: test macro-F1 %.3f [%.3f, %.3f] on %d gold sentences; %s",
-                 scored.metrics["macro_f1"], scored.metrics["macro_f1_ci_low"], scored.metrics["macro_f1_ci_high"],
-                 len(split.test),
+        log.info("train: test macro-F1 %.3f %s on %d gold sentences; %s",
+                 scored.metrics["macro_f1"], interval_text(scored.metrics), len(split.test),
                  ", ".join(f"{n} {m['macro_f1']:.3f}" for n, m in scored.baselines.items()) or "no baselines")
         result = {"run_id": run.info.run_id, "model_dir": str(served_dir), "model_uri": info.model_uri,
                   "metrics": prefixed(scored.metrics, "test_"), "baselines": scored.baselines, "smoke": smoke,

@@ -8,6 +8,7 @@ the per-process batch under torchrun.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -25,11 +26,30 @@ log = logging.getLogger(__name__)
 # On a GPU, padded widths that are multiples of 8 hit the tensor-core kernels; on a CPU every extra token costs.
 GPU_PAD_MULTIPLE = 8
 
+_quiet = {"fits": 0}  # > 0 while fits that are not the run's own train (inner folds: pipeline.inner_cv)
+
+
+@contextlib.contextmanager
+def run_logging_off():
+    """Fits made inside this block log nothing to the active MLflow run (an inner fold's curves are not the run's)."""
+    _quiet["fits"] += 1
+    try:
+        yield
+    finally:
+        _quiet["fits"] -= 1
+
+
+def _logging() -> bool:
+    import mlflow
+
+    return distributed.is_main() and not _quiet["fits"] and mlflow.active_run() is not None
+
+
 def log_metrics(metrics: dict[str, float], step: int) -> None:
     """Into the caller's MLflow run, if there is one (fold fits and tests may have none)."""
     import mlflow
 
-    if distributed.is_main() and mlflow.active_run() is not None and metrics:
+    if metrics and _logging():
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
@@ -37,7 +57,7 @@ def log_tags(tags: dict[str, str]) -> None:
     """Into the caller's MLflow run, if there is one."""
     import mlflow
 
-    if distributed.is_main() and mlflow.active_run() is not None and tags:
+    if tags and _logging():
         mlflow.set_tags(tags)
 
 
@@ -62,51 +82,75 @@ def _macro_f1_metrics(eval_pred) -> dict[str, float]:
     return {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"]}
 
 
-def weighted_loss(weights: np.ndarray | None):
-    """compute_loss_func for Trainer: cross-entropy with class weights (None = plain cross-entropy)."""
+def row_weights(labels, class_weight=None, sample_weight=None):
+    """Each row's weight in the loss: its sample weight (`train.source_weights`; 1 without) × its label's class
+    weight (`train.class_weights`; 1 without)."""
     import torch
 
-    weight_tensor = None if weights is None else torch.tensor(weights, dtype=torch.float32)
-
-    def loss_fn(outputs, labels, num_items_in_batch=None):
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        w = None if weight_tensor is None else weight_tensor.to(logits.device, logits.dtype)
-        per_item = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1),
-                                                     weight=w, reduction="none")
-        if num_items_in_batch is not None:
-            # Trainer sums over gradient-accumulation steps and expects normalisation by the item count.
-            return per_item.sum() / num_items_in_batch
-        denom = per_item.new_tensor(len(per_item)) if w is None else w[labels.view(-1)].sum()
-        return per_item.sum() / denom
-
-    return loss_fn
+    weight = (torch.ones(labels.shape[0], dtype=torch.float32, device=labels.device) if sample_weight is None
+              else sample_weight.to(labels.device, torch.float32))
+    if class_weight is not None:
+        weight = weight * torch.as_tensor(class_weight, dtype=torch.float32, device=labels.device)[labels]
+    return weight
 
 
-def sample_weighted_trainer(class_weight: np.ndarray | None):
-    """Trainer whose loss multiplies each example's loss by its `sample_weight` column, when the data has one
-    (gold and rule labels weighted per `train.source_weights`), on top of the class weights; otherwise the stock
-    loss path (`compute_loss_func`)."""
+def weighted_loss(logits, labels, *, class_weight=None, sample_weight=None, step_weight=None, processes: int = 1):
+    """The one loss of every fine-tuning run: Σ w·CE / Σ w over the rows of one optimiser step, w = `row_weights`.
+
+    `step_weight` is Σ w over the whole step: every micro-batch of gradient accumulation and every process (the
+    Trainer's `get_batch_samples` below sums it before the step). Each micro-batch then contributes its share, the
+    shares add up to the step's weighted mean, and × `processes` undoes DDP's averaging of the gradients over
+    processes. Without `step_weight` (evaluation) the batch is its own step. With no sample weights and one batch
+    per step this is torch's `cross_entropy(weight=class_weight)`."""
+    import torch
+
+    logits = logits.view(-1, logits.shape[-1])
+    labels = labels.view(-1)
+    weight = row_weights(labels, class_weight, sample_weight).to(logits.dtype)
+    per_row = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    total = weight.sum() if step_weight is None else torch.as_tensor(step_weight, dtype=logits.dtype,
+                                                                     device=logits.device)
+    return processes * (per_row * weight).sum() / total.clamp(min=torch.finfo(logits.dtype).tiny)
+
+
+def weighted_trainer(class_weight: np.ndarray | None):
+    """A Trainer whose loss is `weighted_loss`, normalised over each whole optimiser step (its own
+    `get_batch_samples` sums the step's row weights across micro-batches and processes); training_step then
+    takes the loss as it is (`loss_is_scaled_for_ga`)."""
     import torch
     from transformers import Trainer
 
-    class_w_tensor = None if class_weight is None else torch.tensor(class_weight, dtype=torch.float32)
+    class WeightedLossTrainer(Trainer):
+        loss_is_scaled_for_ga = True  # weighted_loss is already a share of the whole step's weighted mean
 
-    class SampleWeightedTrainer(Trainer):
+        def get_batch_samples(self, epoch_iterator, num_batches, device):
+            batches = []
+            for _ in range(num_batches):
+                try:
+                    batches.append(next(epoch_iterator))
+                except StopIteration:
+                    break
+            if not batches:
+                return batches, None
+            total = sum(row_weights(b["labels"].to(device), class_weight, b.get("sample_weight")).sum()
+                        for b in batches).reshape(1)
+            if self.args.world_size > 1:
+                total = self.accelerator.gather(total)
+            return batches, total.sum()
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            weight = inputs.pop("sample_weight", None)
-            if weight is None:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             labels = inputs.pop("labels")
+            sample_weight = inputs.pop("sample_weight", None)
             outputs = model(**inputs)
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-            class_w = None if class_w_tensor is None else class_w_tensor.to(logits.device, logits.dtype)
-            per_item = torch.nn.functional.cross_entropy(logits, labels, weight=class_w, reduction="none")
-            weight = weight.to(logits.device, logits.dtype)
-            scale = weight if class_w is None else weight * class_w[labels]
-            loss = (per_item * weight).sum() / scale.sum().clamp(min=1e-12)
+            # Training steps come with the step's total weight (get_batch_samples); evaluation batches stand alone.
+            step_weight = num_items_in_batch if model.training and torch.is_tensor(num_items_in_batch) else None
+            loss = weighted_loss(logits, labels, class_weight=class_weight, sample_weight=sample_weight,
+                                 step_weight=step_weight,
+                                 processes=self.accelerator.num_processes if step_weight is not None else 1)
             return (loss, outputs) if return_outputs else loss
 
-    return SampleWeightedTrainer
+    return WeightedLossTrainer
 
 
 def mlflow_epoch_logger():
@@ -243,18 +287,20 @@ def build_trainer(cfg: DictConfig, model, tokenizer, train_texts: Sequence[str],
     all_callbacks = [mlflow_epoch_logger(), *callbacks]
     if has_val and int(cfg.train.early_stopping_patience) > 0:
         all_callbacks.insert(0, EarlyStoppingCallback(early_stopping_patience=int(cfg.train.early_stopping_patience)))
-    trainer = sample_weighted_trainer(weights)(
+    planned_epochs = float(cfg.train.epochs if epochs is None else epochs)
+    if max_steps:  # a fixed step count (the refit's): as many epochs as those steps take
+        planned_epochs = max_steps / max(1, -(-len(train_texts) // (int(cfg.train.batch_size)
+                                                                   * int(cfg.train.grad_accumulation))))
+    trainer = weighted_trainer(weights)(
         model=model,
         args=training_arguments(cfg, output_dir, has_val=has_val, max_steps=max_steps, save=save, epochs=epochs,
-                                eval_every=None if max_steps else evaluation_interval(
-                                    cfg, float(cfg.train.epochs if epochs is None else epochs), len(train_texts))),
+                                eval_every=evaluation_interval(cfg, planned_epochs, len(train_texts))),
         train_dataset=train_ds,
         eval_dataset=val_ds,
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer,
                                               pad_to_multiple_of=GPU_PAD_MULTIPLE if torch.cuda.is_available() else None),
         compute_metrics=_macro_f1_metrics if has_val else None,
-        compute_loss_func=weighted_loss(weights),
         callbacks=all_callbacks,
     )
     quiet_progress(trainer)

@@ -125,25 +125,26 @@ def test_calibration_fitted_at_train_time_is_applied_when_serving(make_cfg, tmp_
     from pipeline.inference import load_predictor
     from pipeline.train_calibration import calibrate_model
 
-    model_dir, held_out = skewed_tfidf_model(tmp_path / "model")
-    raw = load_predictor(model_dir).predict_proba(held_out["text"].tolist())
-    gold = np.asarray([LABELS.index(x) for x in held_out["label"]])
+    model_dir, rows = skewed_tfidf_model(tmp_path / "model")
+    held_out, test = rows.iloc[:60].reset_index(drop=True), rows.iloc[60:].reset_index(drop=True)
+    raw = load_predictor(model_dir).predict_proba(test["text"].tolist())
+    gold = np.asarray([LABELS.index(x) for x in test["label"]])
     cfg = make_cfg("train", "model=tfidf")
-    calibration = calibrate_model(cfg, SimpleNamespace(val=held_out, test=held_out.iloc[:0]), model_dir,
-                                  tmp_path / "eval")
-    assert calibration.fitted_on == "validation" and calibration.temperature > 1
+    fitted = calibrate_model(cfg, None, SimpleNamespace(val=held_out, test=test), model_dir, tmp_path / "run")
+    calibration = fitted.calibration
+    assert calibration.fitted_on == "validation" and calibration.n == len(held_out) and calibration.temperature > 1
     assert calibration.ece_after < calibration.ece_before
     assert Calibration.load(model_dir).temperature == pytest.approx(calibration.temperature)
-    assert (tmp_path / "eval" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
-    served = load_predictor(model_dir).predict_proba(held_out["text"].tolist())
+    assert (tmp_path / "run" / "evaluation" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    # Measured on the test rows, which neither the model nor T saw.
+    assert fitted.test_ece_before == pytest.approx(expected_calibration_error(raw, gold))
+    assert fitted.test_ece_after < fitted.test_ece_before
+    served = load_predictor(model_dir).predict_proba(test["text"].tolist())
     assert not np.allclose(served, raw) and (served.argmax(axis=1) == raw.argmax(axis=1)).all()
-    assert expected_calibration_error(served, gold) < expected_calibration_error(raw, gold)
-    # No validation split (train.val_size=0 gives an empty frame): fitted on the test rows, and says so
-    assert calibrate_model(cfg, SimpleNamespace(val=held_out.iloc[:0], test=held_out), model_dir,
-                           tmp_path / "eval3").fitted_on == "test"
+    assert expected_calibration_error(served, gold) == pytest.approx(fitted.test_ece_after)
     # train.calibrate=false: nothing fitted
-    assert calibrate_model(make_cfg("train", "train.calibrate=false"), SimpleNamespace(val=held_out, test=held_out),
-                           model_dir, tmp_path / "eval2") is None
+    assert calibrate_model(make_cfg("train", "train.calibrate=false"), None, SimpleNamespace(val=held_out, test=test),
+                           model_dir, tmp_path / "run2") is None
 
 
 def test_experiment_is_marked_for_model_development(make_cfg):

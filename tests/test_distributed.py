@@ -20,6 +20,10 @@ from test_train_data import make_labelled
 # Both runs learn the separable task; the test metrics of the 2-process run may differ from the 1-process run's by
 # this much (see test_torchrun_gives_one_mlflow_run_like_one_process for why they are not identical).
 METRIC_TOLERANCE = 0.1
+# The first epoch's training loss of the two runs: the same rows in every step, only dropout masks and summation
+# order differ. A loss scaled by the number of processes (or not un-scaled for DDP's gradient averaging) is off by
+# a factor of 2: far outside this.
+FIRST_LOSS_TOLERANCE = 0.05
 
 
 def test_precision_auto_follows_the_device():
@@ -96,8 +100,20 @@ def env() -> dict:
             "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
+def weighted(labelled: Path) -> Path:
+    """The separable task with every third row an annotation (weight 0.3, see `overrides`): the loss's
+    sample-weighted branch runs."""
+    import pandas as pd
+
+    frame = pd.read_parquet(labelled)
+    frame.loc[frame.index % 3 == 1, "source"] = "annotation"
+    frame.to_parquet(labelled, index=False)
+    return labelled
+
+
 def overrides(root: Path, labelled: Path, name: str) -> list[str]:
     return ["model=tiny", "train.baselines=[majority]", "evaluate.bootstrap=100", f"paths.labelled={labelled}",
+            "train.source_weights={gold: 1.0, annotation: 0.3, rules: 0.5}",
             "train.epochs=30", "train.lr=2e-3", "train.early_stopping_patience=0",
             # the work dir make_labelled segmented into: its tables are up to date, no segment / label stage runs
             f"paths.work_dir={root}/work", f"paths.output_root={root}/{name}/outputs",
@@ -118,15 +134,24 @@ def runs_in(root: Path, name: str):
     return client.search_runs([experiment.experiment_id]) if experiment else []
 
 
+def first_metric(root: Path, name: str, run_id: str, key: str) -> float:
+    from mlflow import MlflowClient
+
+    history = MlflowClient(tracking_uri=f"sqlite:///{root}/{name}/mlruns/mlflow.db").get_metric_history(run_id, key)
+    return min(history, key=lambda m: m.step).value
+
+
 @pytest.mark.slow
 def test_torchrun_gives_one_mlflow_run_like_one_process(make_cfg, tmp_path):
     """2 processes (gloo) against 1, same seed and the same global batch (train.batch_size is split over the
-    processes). The metrics are not bit-identical: each process draws its own length-grouped batches of half the
-    size (a different batch composition), dropout masks fall on other rows, and the gradient all-reduce sums in
-    another order. On a task both runs learn, the test metrics agree within METRIC_TOLERANCE."""
+    processes), on sample-weighted rows. Each step takes the same rows in both runs (the two processes share one
+    sampler order, half a batch each); dropout masks fall on other rows and the gradient all-reduce sums in another
+    order, so the runs are not bit-identical. Both reach 1.0 on this task, which cannot tell a wrongly scaled loss:
+    the first epoch's training loss (the same steps in both, before they drift apart) must agree within
+    FIRST_LOSS_TOLERANCE."""
     import mlflow
 
-    labelled = make_labelled(make_cfg, tmp_path / "labelled.parquet", separable=True)
+    labelled = weighted(make_labelled(make_cfg, tmp_path / "labelled.parquet", separable=True))
     two = torchrun("-m", "pipeline", "train", *overrides(tmp_path, labelled, "two"))
     assert two.returncode == 0, two.stderr[-3000:]
     one = subprocess.run([sys.executable, "-m", "pipeline", "train", *overrides(tmp_path, labelled, "one")],
@@ -143,6 +168,9 @@ def test_torchrun_gives_one_mlflow_run_like_one_process(make_cfg, tmp_path):
     for key in ("test_macro_f1", "test_accuracy"):
         assert abs(run2.data.metrics[key] - run1.data.metrics[key]) <= METRIC_TOLERANCE, (key, run2, run1)
     assert run1.data.metrics["test_macro_f1"] > 0.8  # the task was learnt: the comparison means something
+    first_loss = [first_metric(tmp_path, name, run.info.run_id, "train_loss")
+                  for name, run in (("two", run2), ("one", run1))]
+    assert abs(first_loss[0] / first_loss[1] - 1) <= FIRST_LOSS_TOLERANCE, first_loss
 
     run_dir = tmp_path / "two" / "run"
     assert (run_dir / "pipeline.log").exists() and (run_dir / "pipeline.rank1.log").exists()

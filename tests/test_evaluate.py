@@ -169,3 +169,61 @@ def test_multirun_sweep_makes_child_runs_under_one_parent(make_cfg, labelled, tm
     assert sorted(r.data.params["model.tfidf.C"] for r in children) == ["1.0", "8.0"]
     assert all(r.data.tags["has_model"] == "true" for r in children)
     assert mlflow.get_run(parents[0].info.run_id).info.status == "FINISHED"
+
+
+def test_nested_selection_chooses_inside_each_fold_and_never_sees_its_test_article(make_cfg, labelled, monkeypatch,
+                                                                                   capsys):
+    """Issue 18 item 3: evaluate.select chooses a value of a sweep by leave-one-article-out on each outer fold's
+    training articles; the outer fold fits and scores that choice."""
+    import joblib
+    import mlflow
+
+    from pipeline import inner_cv
+    from pipeline.evaluate import evaluate
+
+    inner_fits = []
+    real_fit = inner_cv.fit_model
+
+    def recording_fit(cfg, split, work_dir, **kwargs):
+        inner_fits.append((Path(work_dir).parent.parent.name, set(split.train["group"]) | set(split.test["group"]),
+                           float(cfg.model.tfidf.C)))
+        return real_fit(cfg, split, work_dir, **kwargs)
+
+    monkeypatch.setattr(inner_cv, "fit_model", recording_fit)
+    cfg = make_cfg("evaluate", "model=tfidf", f"paths.labelled={labelled}", "evaluate.bootstrap=50",
+                   "train.baselines=[majority]", "evaluate.select={model.tfidf.C: [0.01, 100.0]}")
+    result = evaluate(cfg)
+    run_dir = Path(str(cfg.paths.run_dir))
+    folds = pd.read_csv(run_dir / "evaluation" / "folds.csv")
+    chosen = pd.read_csv(run_dir / "evaluation" / "selection.csv")
+    assert len(folds) == 5 and len(chosen) == 10 and (chosen.groupby("fold")["chosen"].sum() == 1).all()
+    for fold in folds.itertuples():
+        mine = chosen[chosen["fold"] == fold.fold]
+        best = mine.loc[mine["inner_macro_f1"].idxmax()]                     # the first listed on a tie
+        assert best["chosen"] and fold.selected == best["candidate"]
+        # 4 training articles: 4 inner fits per candidate, none of them on (or tested on) the fold's test article
+        fits = [f for f in inner_fits if f[0] == fold.fold]
+        assert len(fits) == 8 and not any(fold.test_articles in groups for _, groups, _ in fits)
+        assert sorted({c for _, _, c in fits}) == [0.01, 100.0]
+        # the outer model was fitted with the chosen value
+        pipe = joblib.load(run_dir / fold.fold / "model" / "model.joblib")
+        assert f"model.tfidf.C={pipe.named_steps['classifier'].C}" == fold.selected
+    parent = mlflow.get_run(result["run_id"])
+    assert parent.data.tags["selection"] == "nested" and "fold-0:" in parent.data.tags["selected_per_fold"]
+    assert "oof_macro_f1" in parent.data.metrics
+    assert "nested selection" in capsys.readouterr().out
+    assert not any((run_dir / f"fold-{i}" / "select").exists() for i in range(5))   # inner fits leave nothing
+
+
+def test_a_selection_varies_only_existing_model_and_train_keys(make_cfg):
+    from pipeline.errors import PipelineError
+    from pipeline.selection import candidates
+
+    assert candidates(make_cfg("evaluate")) == []
+    both = candidates(make_cfg("evaluate", "evaluate.select={train.head.C: [0.5, 2], train.lr: [1e-5]}"))
+    assert both == [{"train.head.C": 0.5, "train.lr": 1e-5}, {"train.head.C": 2, "train.lr": 1e-5}]
+    for bad, message in (("{data.path: [a.csv]}", "not a train.\\* or model.\\* key"),
+                         ("{train.nope: [1]}", "no config key 'train.nope'"),
+                         ("{train.lr: 3e-5}", "non-empty list")):
+        with pytest.raises(PipelineError, match=message):
+            candidates(make_cfg("evaluate", f"evaluate.select={bad}"))

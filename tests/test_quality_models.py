@@ -13,6 +13,13 @@ import pytest
 from pipeline import LABELS
 from test_train_data import make_labelled
 
+
+@pytest.fixture
+def labelled_weak(make_cfg, tmp_path):
+    """Gold on every other seed sentence, rule labels on the rest (test_train_data.make_labelled)."""
+    return make_labelled(make_cfg, tmp_path / "work" / "labelled.parquet")
+
+
 TINY_SETTINGS = ("+model.tiny={vocab_size:3000,hidden_size:32,num_layers:1,num_heads:2,intermediate_size:64,"
                  "max_position:512}")
 def uncalibrated(model_dir: Path, tmp_path: Path):
@@ -138,9 +145,82 @@ def test_frozen_encoder_model_trains_serves_and_logs_like_the_others(make_cfg, t
 
     calibration = Calibration.load(model_dir)
     assert (model_dir / "calibration.json").exists()
-    assert calibration.temperature == pytest.approx(mlflow.get_run(result["run_id"]).data.metrics["calibration_temperature"])
+    # (the served model is the refit: its own T, fitted on predictions of rows by models that had not seen them)
+    assert calibration.temperature == pytest.approx(
+        mlflow.get_run(result["run_id"]).data.metrics["served_calibration_temperature"])
     raw = uncalibrated(model_dir, tmp_path).predict_proba(texts)
     assert np.allclose(local[[f"p_{x}" for x in LABELS]].to_numpy(), calibration.apply(raw))
+
+
+def test_train_max_length_is_the_one_limit_of_frozen_and_tfidf_models(make_cfg, tmp_path, small_encoder):
+    """Issue 18 item 4: the frozen and TF-IDF kinds once read model.max_length; train.max_length is the one
+    source (model.max_length is only its default), so an override of it reaches the served model."""
+    from pipeline.fitting import fit_model
+    from pipeline.inference import load_predictor, read_model_metadata
+    from pipeline.splits import holdout_split, load_labelled
+
+    labelled = make_labelled(make_cfg, tmp_path / "work" / "labelled.parquet", separable=True)
+    long_text = " ".join(["اتفاق مثمر وبناء"] * 40)
+    for kind, extra in (("frozen", [f"model.name_or_path={small_encoder}"]), ("tfidf", [])):
+        cfg = make_cfg("train", f"model={kind}", *extra, f"paths.labelled={labelled}", "train.max_length=24",
+                       "model.max_length=200")
+        model_dir = fit_model(cfg, holdout_split(load_labelled(cfg), cfg), tmp_path / kind)
+        assert read_model_metadata(model_dir)["max_length"] == 24, kind
+        if kind == "frozen":  # the encoder reads 24 tokens of a longer sentence and says it was cut
+            assert load_predictor(model_dir).predict([long_text])["truncated"].tolist() == [True]
+
+
+@pytest.mark.slow
+def test_calibration_never_sees_the_test_rows_and_the_served_refit_gets_its_own(make_cfg, labelled_weak, tmp_path):
+    """Issue 18 item 1: without a validation split (the small-data recipe) T was fitted on the test rows, logged
+    beside the test metrics, and copied onto the refit. Now: out-of-fold predictions over the training articles
+    (each article predicted by a model fitted without it); the test rows measure it; the served refit's T is
+    fitted on every prediction of a row by a model that had not seen it."""
+    import mlflow
+
+    from pipeline.calibration import Calibration
+    from pipeline.splits import holdout_split, load_labelled
+    from pipeline.train import train
+
+    cfg = make_cfg("train", "model=tfidf", "train.baselines=[majority]", f"paths.labelled={labelled_weak}",
+                   "train.refit=all")
+    assert cfg.train.val_size == 0
+    split = holdout_split(load_labelled(cfg), cfg)
+    result = train(cfg)
+    run = mlflow.get_run(result["run_id"])
+    fitted_on = pd.read_csv(Path(cfg.paths.run_dir) / "evaluation" / "calibration_rows.csv")
+    train_gold = split.train[split.train["source"] == "gold"]
+    assert sorted(fitted_on["sentence_id"]) == sorted(train_gold["sentence_id"])       # the training articles' gold
+    assert not set(fitted_on["sentence_id"]) & set(split.test["sentence_id"])          # never a test row
+    assert fitted_on.groupby("group")["fold"].nunique().max() == 1                     # an article: one inner fold
+    assert fitted_on["fold"].nunique() == train_gold["group"].nunique()                # leave one article out
+    first = Calibration.load(Path(cfg.paths.run_dir) / "model")
+    assert first.fitted_on.startswith("out-of-fold") and first.n == len(train_gold)
+    m = run.data.metrics
+    assert {"test_ece_before", "test_ece_after", "calibration_insample_ece_after"} <= set(m)
+    assert "calibration_ece_after" not in m and first.temperature == pytest.approx(m["calibration_temperature"])
+    served = Calibration.load(result["model_dir"])
+    assert served.n == len(train_gold) + len(split.test) and "test" in served.fitted_on
+    assert served.temperature == pytest.approx(m["served_calibration_temperature"])
+    assert not (Path(cfg.paths.run_dir) / "calibration").exists()                      # inner fits leave nothing
+
+
+def test_inner_fits_log_nothing_to_the_run(make_cfg):
+    """The inner fits of calibration and nested selection (pipeline.inner_cv) run inside the train or evaluate run;
+    their curves must not land in it."""
+    import mlflow
+
+    from pipeline import tracking
+    from pipeline.trainer import log_metrics, log_tags, run_logging_off
+
+    cfg = make_cfg("train")
+    with tracking.start_run(cfg, "quiet") as run:
+        with run_logging_off():
+            log_metrics({"train_loss": 1.0}, step=1)
+            log_tags({"refit_sources": "inner"})
+        log_metrics({"val_macro_f1": 0.5}, step=1)
+    data = mlflow.get_run(run.info.run_id).data
+    assert "train_loss" not in data.metrics and "refit_sources" not in data.tags and "val_macro_f1" in data.metrics
 
 
 @pytest.mark.slow
@@ -227,9 +307,17 @@ def test_mean_pooled_fine_tuning_saves_an_encoder_model_and_the_refit_is_served(
     assert len(pred) == len(texts) and np.allclose(pred[[f"p_{x}" for x in LABELS]].sum(axis=1), 1.0)
     run = mlflow.get_run(result["run_id"])
     assert run.data.tags["served_model"].startswith("refit")
-    # The served refit carries the calibration fitted on the first fit's held-out gold.
+    # Issue 18 item 4: the refit makes the optimiser steps of the first fit's restored checkpoint, not its epoch
+    # count over more rows (more steps per epoch).
+    first = json.loads((served.parent.parent / "model" / "training.json").read_text())
+    refit = json.loads((served / "training.json").read_text())
+    assert refit["steps"] == first["steps"] > 0 and refit["train_rows"] > first["train_rows"]
+    per_epoch = lambda rows: -(-rows // int(cfg.train.batch_size))  # noqa: E731
+    assert first["best_epoch"] * per_epoch(refit["train_rows"]) != first["steps"]  # what the epoch rule made
+    # The served refit carries its own calibration, fitted on the first fit's validation and test predictions.
     assert (served / "calibration.json").exists()
-    assert load_predictor(served).calibration.temperature == pytest.approx(run.data.metrics["calibration_temperature"])
+    assert load_predictor(served).calibration.temperature == pytest.approx(
+        run.data.metrics["served_calibration_temperature"])
 
 
 @pytest.mark.slow
@@ -280,3 +368,41 @@ def test_broken_model_json_files_are_one_error_naming_the_file(tmp_path):
     TextPreprocessor(None, "query: ").save(tmp_path)
     assert TextPreprocessor.load(tmp_path).prefix == "query: "
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+@pytest.mark.slow
+def test_predict_without_model_uri_serves_the_champion_of_its_own_data_set(make_cfg, tmp_path):
+    """Issue 18 item 7: predict's default model is `stance-<data.name>@champion`. Two data sets trained one after
+    the other: each predict serves its own data set's model (not the one trained last), and a data set with no
+    trained model gets one error line naming its registered name, not another data set's model."""
+    from conftest import ARSARCASM_LABEL_MAP_OVERRIDE
+    from test_train_data import MARKERS, write_table
+
+    from pipeline.errors import PipelineError
+    from pipeline.predict import predict
+    from pipeline.train import train
+
+    alpha = write_table(tmp_path / "alpha.csv", n=60)
+    rotated = pd.read_csv(alpha)
+    rotated["sentiment"] = rotated["sentiment"].map({"POS": "NEG", "NEG": "NEU", "NEU": "POS"})
+    beta = tmp_path / "beta.csv"
+    rotated.to_csv(beta, index=False)                    # the same texts, other labels: the models disagree
+    common = ["model=tfidf", "data=table", "data.text_column=tweet", "data.label_column=sentiment",
+              ARSARCASM_LABEL_MAP_OVERRIDE, "train.baselines=[majority]", f"paths.sentences={tmp_path}/never.parquet"]
+    runs = {name: train(make_cfg("train", *common, f"data.path={path}", f"data.name={name}"))["run_id"]
+            for name, path in (("alpha", alpha), ("beta", beta))}
+    articles = tmp_path / "new.csv"
+    pd.DataFrame({"article_id": ["x"], "text": [f"{MARKERS['positive']} في موسكو اليوم."]}).to_csv(articles, index=False)
+    served = {}
+    for name in ("alpha", "beta"):
+        out = tmp_path / f"{name}.csv"
+        report = predict(make_cfg("predict", f"data.name={name}", f"input={articles}", f"output={out}"))
+        assert report["model_uri"] == f"models:/stance-{name}@champion"
+        served[name] = pd.read_csv(out)["label"].tolist()
+    assert served == {"alpha": ["positive"], "beta": ["negative"]}
+    import mlflow
+
+    assert {name: mlflow.MlflowClient().get_model_version_by_alias(f"stance-{name}", "champion").run_id
+            for name in runs} == runs
+    with pytest.raises(PipelineError, match="stance-seeds@champion"):      # the default data set: nothing trained
+        predict(make_cfg("predict", f"input={articles}", f"output={tmp_path}/seeds.csv"))

@@ -250,6 +250,29 @@ def test_cluster_bootstrap_resamples_groups():
     assert by_article == bootstrap_macro_f1(y_true, y_pred, n_resamples=400, seed=3, groups=groups)
 
 
+def test_one_article_gets_no_interval_not_a_sentence_bootstrap(tmp_path, caplog):
+    """Issue 18 item 2: the test rows of a train run on the seeds are one article. A "cluster" bootstrap over one
+    cluster used to resample its sentences as if they were independent and print a narrow interval."""
+    import logging
+    import math
+
+    from pipeline.metrics import bootstrap_macro_f1, interval_text, write_report
+
+    y_true = ["negative", "neutral", "positive"] * 6
+    y_pred = ["negative", "neutral", "neutral"] * 6
+    with caplog.at_level(logging.INFO, logger="pipeline.metrics"):
+        low, high = bootstrap_macro_f1(y_true, y_pred, n_resamples=200, seed=0, groups=["a"] * 18)
+    assert math.isnan(low) and math.isnan(high)
+    assert "one article" in caplog.text
+    # Without groups (a plain table) sentences are the unit: an interval.
+    assert not math.isnan(bootstrap_macro_f1(y_true, y_pred, n_resamples=200, seed=0)[0])
+    test = pd.DataFrame({"sentence_id": [f"s{i}" for i in range(18)], "group": ["a"] * 18, "text": ["x"] * 18,
+                         "label": y_true})
+    metrics, _ = write_report(tmp_path, test, np.eye(3)[[LABELS.index(x) for x in y_pred]], title="t",
+                              n_resamples=200, ci=0.95, seed=0, max_errors=10)
+    assert math.isnan(metrics["macro_f1_ci_low"]) and interval_text(metrics) == "(no interval)"
+
+
 def test_write_report_bootstraps_articles(tmp_path):
     from pipeline.metrics import write_report
 
@@ -272,9 +295,9 @@ def test_rules_and_majority_baselines(make_cfg, labelled):
     assert [LABELS[i] for i in maj.argmax(1)] == ["neutral", "neutral"]
 
 
-def test_weighted_loss_on_both_branches_by_hand():
-    """Evaluation branch: sum(w_y * ce) / sum(w_y). Training branch (Trainer passes num_items_in_batch, also under
-    gradient accumulation): sum(w_y * ce) / num_items_in_batch (balanced weights average 1 over the training set)."""
+def test_weighted_loss_by_hand_and_split_over_micro_batches_and_processes():
+    """One loss: Σ s·c·CE / Σ s·c over the rows of an optimiser step (s: sample weight, c: class weight). Pieces of
+    the step (micro-batches of gradient accumulation, processes of DDP) add up to it given the step's total."""
     import math
 
     import torch
@@ -283,21 +306,25 @@ def test_weighted_loss_on_both_branches_by_hand():
 
     logits = [[2.0, 0.0, -1.0], [0.5, 1.5, 0.0], [0.0, 0.0, 3.0], [1.0, 1.0, 1.0]]
     labels = [0, 2, 2, 1]
-    weights = [3.0, 1.5, 0.5]
+    class_w = np.array([3.0, 1.5, 0.5])
+    sample_w = [1.0, 0.5, 0.25, 1.0]
     ce = [math.log(sum(math.exp(v) for v in row)) - row[y] for row, y in zip(logits, labels)]
-    weighted_sum = sum(weights[y] * c for y, c in zip(labels, ce))
-    t_logits, t_labels = torch.tensor(logits), torch.tensor(labels)
-    loss = weighted_loss(np.array(weights))
+    w = [s * class_w[y] for s, y in zip(sample_w, labels)]
+    expected = sum(wi * c for wi, c in zip(w, ce)) / sum(w)
+    t_logits, t_labels, t_sample = torch.tensor(logits), torch.tensor(labels), torch.tensor(sample_w)
 
-    evaluation = loss({"logits": t_logits}, t_labels)
-    assert evaluation.item() == pytest.approx(weighted_sum / sum(weights[y] for y in labels), rel=1e-5)
-    training = loss({"logits": t_logits}, t_labels, num_items_in_batch=4)
-    assert training.item() == pytest.approx(weighted_sum / 4, rel=1e-5)
-    # Two accumulation steps of two items each add up to the same training loss.
-    halves = [loss({"logits": t_logits[i:i + 2]}, t_labels[i:i + 2], num_items_in_batch=4) for i in (0, 2)]
-    assert sum(halves).item() == pytest.approx(weighted_sum / 4, rel=1e-5)
-    # The weights matter on the training branch too.
-    assert training.item() != pytest.approx(sum(ce) / 4, rel=1e-3)
+    whole = weighted_loss(t_logits, t_labels, class_weight=class_w, sample_weight=t_sample)
+    assert whole.item() == pytest.approx(expected, rel=1e-5)
+    # Two micro-batches of two rows, normalised by the step's total weight, add up to the same loss...
+    halves = [weighted_loss(t_logits[i:i + 2], t_labels[i:i + 2], class_weight=class_w,
+                            sample_weight=t_sample[i:i + 2], step_weight=sum(w)) for i in (0, 2)]
+    assert sum(halves).item() == pytest.approx(expected, rel=1e-5)
+    # ... and over two DDP processes, whose gradients are averaged, each piece counts twice.
+    ranks = [weighted_loss(t_logits[i:i + 2], t_labels[i:i + 2], class_weight=class_w, sample_weight=t_sample[i:i + 2],
+                           step_weight=sum(w), processes=2) for i in (0, 2)]
+    assert (sum(ranks) / 2).item() == pytest.approx(expected, rel=1e-5)
+    # The sample weights matter.
+    assert weighted_loss(t_logits, t_labels, class_weight=class_w).item() != pytest.approx(expected, rel=1e-3)
 
 
 def test_weighted_loss_matches_torch_cross_entropy():
@@ -310,9 +337,56 @@ def test_weighted_loss_matches_torch_cross_entropy():
     labels = torch.tensor([0, 1, 1, 2, 2, 2])
     weights = np.array([3.0, 1.5, 1.0])
     expected = torch.nn.functional.cross_entropy(logits, labels, weight=torch.tensor(weights, dtype=torch.float32))
-    assert torch.isclose(weighted_loss(weights)({"logits": logits}, labels), expected)
-    assert torch.isclose(weighted_loss(None)({"logits": logits}, labels),
-                         torch.nn.functional.cross_entropy(logits, labels))
-    # Under gradient accumulation the Trainer passes the item count and sums the pieces.
-    pieces = [weighted_loss(None)({"logits": logits[i:i + 3]}, labels[i:i + 3], num_items_in_batch=6) for i in (0, 3)]
-    assert torch.isclose(sum(pieces), torch.nn.functional.cross_entropy(logits, labels))
+    assert torch.isclose(weighted_loss(logits, labels, class_weight=weights), expected)
+    assert torch.isclose(weighted_loss(logits, labels), torch.nn.functional.cross_entropy(logits, labels))
+
+
+def test_gradient_accumulation_with_sample_weights_gives_the_one_batch_gradient(make_cfg, small_encoder, tmp_path):
+    """Issue 18 item 4: with sample weights (any data.unlabelled run) and train.grad_accumulation=2, each micro-batch
+    was a batch mean that the Trainer did not divide (a custom loss counts as already scaled): twice the gradient.
+    Batch 4 × 2 micro-batches must give the gradient of one batch of 8, and both that of the weighted loss on the
+    8 rows computed by hand (dropout off, clipping off, so the gradients are exactly comparable)."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+
+    from pipeline.splits import class_weights
+    from pipeline.trainer import build_trainer
+
+    texts = [f"{MARKERS[LABELS[i % 3]]} جملة رقم {i}" for i in range(8)]
+    labels = [LABELS[i % 3] for i in range(8)]
+    sample_weight = [1.0, 0.5, 0.5, 1.0, 0.25, 1.0, 0.5, 1.0]
+    tokenizer = AutoTokenizer.from_pretrained(small_encoder)
+    start = AutoModelForSequenceClassification.from_pretrained(
+        small_encoder, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+    class Grads(TrainerCallback):
+        def __init__(self):
+            self.seen = None
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            self.seen = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).clone()
+
+    grads = {}
+    for batch, accumulation in ((8, 1), (4, 2)):
+        cfg = make_cfg("train", "model=tiny", f"train.batch_size={batch}", f"train.grad_accumulation={accumulation}",
+                       "train.group_by_length=false")
+        record = Grads()
+        trainer = build_trainer(cfg, copy.deepcopy(start), tokenizer, texts, labels, [], [], tmp_path / f"c{batch}",
+                                max_steps=1, callbacks=[record], save=False, sample_weight=sample_weight)
+        trainer.args.max_grad_norm = 0.0  # compare the raw gradients
+        trainer.train()
+        grads[batch] = record.seen
+
+    model = copy.deepcopy(start)
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    target = torch.tensor([LABELS.index(x) for x in labels])
+    class_w = torch.tensor(class_weights(pd.Series(labels), "balanced"), dtype=torch.float32)
+    w = torch.tensor(sample_weight) * class_w[target]
+    per_row = torch.nn.functional.cross_entropy(model(**enc).logits, target, reduction="none")
+    ((per_row * w).sum() / w.sum()).backward()
+    by_hand = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    torch.testing.assert_close(grads[8], by_hand, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grads[4], by_hand, rtol=1e-4, atol=1e-6)

@@ -173,6 +173,8 @@ def outcome_line(report: dict) -> str:
     elif quality.get("test_macro_f1") is not None:
         ci = quality.get("test_ci")
         judged = f"held-out macro-F1 {quality['test_macro_f1']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+        if quality.get("rules_in_sample"):
+            judged += " (its rules were written on that gold: in-sample, optimistic)"
     else:
         judged = "quality unknown (no MLflow run)"
     others = [p for p in (report["summary"], report["errors"], report.get("timeline"), report.get("outlets"),

@@ -157,7 +157,7 @@ def write_report(cfg: DictConfig, output: Path, articles: pd.DataFrame, summarie
             sentences[column] = sentences[column].astype(str).str.lower().isin(["true", "1"])
     shown = None if quality is None else ModelQuality(
         **{k: quality.get(k) for k in ("smoke", "test_macro_f1", "test_ci", "test_n", "cv_macro_f1", "cv_ci", "cv_n",
-                                       "run_id")})
+                                       "run_id", "rules_in_sample") if quality.get(k) is not None})
     return write_html_report(path, sentences, articles, summaries.get("timeline"), summaries.get("outlets"),
                              model_description=model_description, top_n=int(pcfg.report_top_sentences),
                              labels=labels, quality=shown, min_confidence=float(pcfg.min_confidence),

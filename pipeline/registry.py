@@ -225,6 +225,9 @@ def recipe_cv_scores(cfg: DictConfig) -> dict[str, float]:
     return found
 
 
+HYBRID_PARAM = "train.hybrid.enabled"    # the run's model serves the lexicon's rules beside the learned model
+
+
 def _pair(metrics: dict, low: str, high: str) -> tuple[float, float] | None:
     lo, hi = metrics.get(low), metrics.get(high)
     return (float(lo), float(hi)) if lo is not None and hi is not None and lo == lo and hi == hi else None
@@ -233,7 +236,9 @@ def _pair(metrics: dict, low: str, high: str) -> tuple[float, float] | None:
 def model_quality(cfg: DictConfig, run_id: str | None) -> dict | None:
     """How good the model of a train run is, as MLflow holds it: the run's held-out test macro-F1 (interval, number
     of gold sentences), whether it is a smoke model (tag SMOKE_TAG; None when the run does not say), and the pooled
-    leave-one-article-out macro-F1 of the newest evaluate run of the same recipe on the same data (cv_*). None
+    leave-one-article-out macro-F1 of the newest evaluate run of the same recipe on the same data (cv_*), and
+    whether the model serves rules (a hybrid: the lexicon was written on the seeds' gold, so those figures are
+    partly in-sample; `rules_in_sample`). None
     when the run is unknown or cannot be read (the report then says the quality is unknown)."""
     if not run_id:
         return None
@@ -253,7 +258,8 @@ def model_quality(cfg: DictConfig, run_id: str | None) -> dict | None:
             "test_n": int(m["test_n"]) if m.get("test_n") else None,
             "cv_macro_f1": cv.get("oof_macro_f1"), "cv_ci": _pair(cv, "oof_macro_f1_ci_low", "oof_macro_f1_ci_high"),
             "cv_n": int(cv["oof_n"]) if cv.get("oof_n") else None,
-            "cv_run_id": parents[-1].info.run_id if parents else None}
+            "cv_run_id": parents[-1].info.run_id if parents else None,
+            "rules_in_sample": str(run.data.params.get(HYBRID_PARAM, "")).lower() == "true"}
 
 
 def _interval(low, high) -> str:

@@ -146,6 +146,7 @@ class ModelQuality:
     cv_ci: tuple[float, float] | None = None
     cv_n: int | None = None
     run_id: str | None = None                       # the train run; None: unknown (a model directory)
+    rules_in_sample: bool = False                   # a hybrid: its rules were written on the gold that scores it
 
     @property
     def known(self) -> bool:
@@ -181,4 +182,8 @@ def quality_html(quality: ModelQuality | None) -> str:
                      f"{_interval(quality.cv_ci)}</li>")
     parts.append('<p class="quality-line">جودة النموذج (macro-F1 على التصنيف اليدوي، من 0 إلى 1؛ بين القوسين مجال '
                  f'ثقة 95٪):</p><ul class="quality">{"".join(lines)}</ul>')
+    if quality.rules_in_sample:
+        parts.append('<p class="quality-line in-sample">يجمع هذا النموذج بين قواعد المعجم ونموذج متعلَّم، وقد كُتبت '
+                     'القواعد بالنظر إلى هذه الجمل اليدوية نفسها: الرقمان أعلاه متفائلان (داخل العينة) ولا يقيسان '
+                     'الجودة على أخبار جديدة.</p>')
     return f'<div id="quality">{"".join(parts)}</div>'

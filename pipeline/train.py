@@ -161,8 +161,9 @@ def outcome_lines(cfg: DictConfig, result: dict) -> str:
     """What a train run leaves the user: its model, whether predict serves it, and the command that uses it."""
     run_uri = f"runs:/{result['run_id']}/model"
     predict = "python -m pipeline predict input=<articles> output=predictions.csv"
+    in_sample = "; the served rules were written on this gold: in-sample" if cfg.train.hybrid.enabled else ""
     lines = [f"train: run {result['run_id']}: test macro-F1 {result['metrics']['test_macro_f1']:.3f} "
-             f"(held-out gold of this run's split)"]
+             f"(held-out gold of this run's split{in_sample})"]
     if result["smoke"]:
         lines += [f"  model {run_uri}: a smoke model (built from scratch), not registered and never served by default",
                   f"  predict with it: {predict} model_uri={run_uri}"]

@@ -262,6 +262,10 @@ def test_model_quality_and_smoke_warning():
     assert warn and warn[0].get("role") == "alert" and "نموذج تجريبي" in smoke
     unknown = render_html(s, a)
     assert "جودة النموذج غير معروفة" in unknown
+    # a hybrid's rules were written on the gold that scores it: the page says its figures are in-sample
+    assert not tree.by_class("in-sample")
+    hybrid = parse(render_html(s, a, quality=ModelQuality(test_macro_f1=0.96, test_n=21, rules_in_sample=True)))
+    assert hybrid.by_class("in-sample") and "داخل العينة" in " ".join(d for d, _ in hybrid.texts)
 
 
 def test_article_headings_are_titles_or_first_words():

@@ -154,6 +154,7 @@ def run_stage(stage_name: str, cfg: DictConfig):
             from pipeline import tracking
 
             tracking.check_reachable(cfg)  # a stopped server fails here in seconds, before any work
+        stage.check_first(cfg)
         ensure_inputs(stage, cfg)
     distributed.barrier()  # the tables rank 0 (re)built are there for every rank
     return stage.run(cfg)

@@ -98,15 +98,14 @@ def fit_model(cfg: DictConfig, split: Split, work_dir: Path, *, resume_from: str
 
 
 def _fit_tfidf(cfg: DictConfig, split: Split, out: Path, preprocess: TextPreprocessor) -> None:
-    import joblib
-
     from pipeline.baselines import fit_tfidf
-    from pipeline.inference import TFIDF_FILE, write_model_metadata
+    from pipeline.inference import write_model_metadata
+    from pipeline.model_trust import save_sklearn
 
     pipe = fit_tfidf(preprocess(split.train["text"]), split.train["label"], cfg.model.tfidf, int(cfg.seed),
                      sample_weight=sample_weights(split.train))
     out.mkdir(parents=True, exist_ok=True)
-    joblib.dump(pipe, out / TFIDF_FILE)
+    save_sklearn(pipe, out)
     write_model_metadata(out, kind="tfidf", labels=LABELS, max_length=int(cfg.train.max_length),
                          base_model="tfidf+logistic-regression", preprocessor=preprocess)
     if len(split.val):

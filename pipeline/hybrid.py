@@ -60,10 +60,19 @@ def read_hybrid_meta(model_dir: Path | str) -> dict:
         float(meta["min_rule_confidence"])
     except (ValueError, KeyError, TypeError) as exc:
         raise PipelineError(f"{path}: unreadable ({exc}); re-train the model") from None
-    for name in (LEXICON_FILE, meta.get("inner", INNER_DIR)):
-        if not (Path(model_dir) / name).exists():
-            raise PipelineError(f"{Path(model_dir) / name}: missing; the hybrid model directory is incomplete")
+    for path in (Path(model_dir) / LEXICON_FILE, inner_model_dir(model_dir, meta)):
+        if not path.exists():
+            raise PipelineError(f"{path}: missing; the hybrid model directory is incomplete")
     return meta
+
+
+def inner_model_dir(model_dir: Path | str, meta: dict | None = None) -> Path:
+    """The learned model of a hybrid dir (hybrid.json's "inner"): refused unless it lies inside the hybrid dir."""
+    from pipeline.model_trust import nested_dir
+
+    if meta is None:
+        meta = read_hybrid_meta(model_dir)
+    return nested_dir(model_dir, meta.get("inner", INNER_DIR), source=HYBRID_FILE)
 
 
 def rule_decisions(lexicon, texts: Sequence[str], min_rule_confidence: float) -> pd.DataFrame:
@@ -102,7 +111,7 @@ class HybridPredictor:
         self.model_dir = Path(model_dir)
         hybrid = read_hybrid_meta(model_dir)
         self.min_rule_confidence = float(hybrid["min_rule_confidence"])
-        self.inner = load_predictor(self.model_dir / hybrid.get("inner", INNER_DIR), quantize=quantize, **options)
+        self.inner = load_predictor(inner_model_dir(self.model_dir, hybrid), quantize=quantize, **options)
         self.lexicon = load_lexicon(self.model_dir / LEXICON_FILE)
         self.labels: list[str] = list(meta["labels"])
         if self.labels != list(self.inner.labels):

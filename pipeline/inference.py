@@ -7,7 +7,8 @@ A *stance model directory* (written by the train stage) holds:
     calibration.json   optional: the temperature fitted on held-out gold (pipeline.calibration), applied to every
                        prediction; a hybrid's lives in its inner model dir
     transformer:       a Hugging Face sequence-classification model + tokenizer (save_pretrained)
-    tfidf:             model.joblib, a fitted sklearn Pipeline
+    tfidf:             model.skops, a fitted sklearn Pipeline (skops; a legacy model.joblib pickle is read only
+                       where pipeline.model_trust allows it)
     encoder:           a Hugging Face encoder + tokenizer and head.json (pipeline.encoder_head)
     hybrid:            the cue lexicon + an inner stance model dir of another kind (pipeline.hybrid)
 
@@ -31,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import PipelineError
+from pipeline.model_trust import load_error, load_sklearn, sklearn_file, weights_errors
 from pipeline.preprocess import PREPROCESS_FILE, TextPreprocessor
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,6 @@ log = logging.getLogger(__name__)
 METADATA_FILE = "stance_model.json"
 FORMAT_VERSION = 1
 KINDS = ("transformer", "tfidf", "encoder", "hybrid")
-TFIDF_FILE = "model.joblib"
 
 # Batching: a batch is cut where the next (shorter) sentence would be padded by more than PAD_TOLERANCE
 # of the batch's width, once the batch holds MIN_BATCH_TOKENS tokens (enough rows for the matrix
@@ -167,9 +168,8 @@ class TransformerPredictor(StancePredictor):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
             model = self.load_model(Path(model_dir))
-        except (OSError, ValueError) as exc:
-            raise PipelineError(f"{model_dir}: cannot load the transformer model ({str(exc).splitlines()[0]}); "
-                                "re-train or re-download it") from None
+        except weights_errors() as exc:  # a pickled .bin torch refused, a truncated safetensors file, ...
+            raise load_error(model_dir, exc) from None
         model.eval()
         positions = getattr(model.config, "max_position_embeddings", None)
         if positions and self.max_length > positions:
@@ -278,12 +278,8 @@ class TfidfPredictor(StancePredictor):
 
     def __init__(self, model_dir: Path, meta: dict):
         super().__init__(model_dir, meta)
-        import joblib
-
-        path = Path(model_dir) / TFIDF_FILE
-        if not path.exists():
-            raise PipelineError(f"{path}: missing; a tfidf stance model needs its fitted sklearn pipeline")
-        self.pipeline = joblib.load(path)
+        path = sklearn_file(model_dir)
+        self.pipeline = load_sklearn(model_dir)
         classes = [str(c) for c in getattr(self.pipeline, "classes_", [])]
         if sorted(classes) == sorted(self.labels):
             self.columns = [classes.index(label) for label in self.labels]

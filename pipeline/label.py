@@ -258,28 +258,53 @@ def print_stats(cfg: DictConfig, sentences: pd.DataFrame) -> dict:
 
 # ---------------------------------------------------------------- Label Studio
 
-def model_probabilities(cfg: DictConfig, uri: str, texts: list[str]) -> np.ndarray:
-    """Class probabilities (columns in LABELS order) from a local stance model dir or an MLflow model URI."""
-    from pipeline.inference import load_predictor
+EXPORT_MODEL_KEY = "labeling.export_model_uri"
+
+
+def export_model_uri(cfg: DictConfig) -> str | None:
+    """The model that orders and pre-annotates `label --export`'s tasks, when there is one."""
+    lab = cfg.labeling
+    return str(lab.export_model_uri) if lab.export and lab.export_model_uri and not lab.stats_only else None
+
+
+def check_export_model(cfg: DictConfig) -> None:
+    """Before any work (the label stage's check, run before the stages it needs): a model that may not be loaded
+    (pipeline.model_trust) is refused before segment, label and the rules' MLflow run."""
+    uri = export_model_uri(cfg)
+    if uri:
+        from pipeline.model_store import check_model_uri
+
+        check_model_uri(cfg, uri, key=EXPORT_MODEL_KEY)
+
+
+def fetch_export_model(cfg: DictConfig) -> Path | None:
+    """The export model's local directory, fetched (and its loading allowed or refused) before the stage works."""
+    uri = export_model_uri(cfg)
+    if not uri:
+        return None
     from pipeline.model_store import fetch_model_dir
 
-    local = fetch_model_dir(cfg, uri, key="labeling.export_model_uri")
-    predictor = load_predictor(local)
+    return fetch_model_dir(cfg, uri, key=EXPORT_MODEL_KEY)  # runs:/ and models:/ from the configured store
+
+
+def model_probabilities(model_dir: Path, texts: list[str]) -> np.ndarray:
+    """Class probabilities (columns in LABELS order) from a local stance model dir (fetch_export_model)."""
+    from pipeline.inference import load_predictor
+
+    predictor = load_predictor(model_dir)
     probs = predictor.predict_proba(texts)
     if list(predictor.labels) != list(LABELS):
         probs = probs[:, [predictor.labels.index(label) for label in LABELS]]
     return probs
 
 
-def export_tasks(cfg: DictConfig, labelled: pd.DataFrame, lexicon_sha: str) -> tuple[Path, Path, int]:
+def export_tasks(cfg: DictConfig, labelled: pd.DataFrame, lexicon_sha: str,
+                 model_dir: Path | None = None) -> tuple[Path, Path, int]:
     lab = cfg.labeling
     candidates = ~labelled["source"].isin(["gold", "annotation"])
     probs, version = None, f"rules-{lexicon_sha[:8]}"
-    if lab.export_model_uri:
-        from pipeline import tracking
-
-        tracking.setup(cfg)  # so runs:/ and models:/ resolve against the configured store
-        probs = model_probabilities(cfg, str(lab.export_model_uri), labelled["text"].tolist())
+    if model_dir is not None:
+        probs = model_probabilities(model_dir, labelled["text"].tolist())
         version = str(lab.export_model_uri)
     tasks = labelstudio.build_tasks(
         labelled, candidates, probs=probs, model_version=version, method=str(lab.uncertainty),
@@ -317,6 +342,7 @@ def run_import(cfg: DictConfig, sentences: pd.DataFrame, gold: pd.DataFrame | No
 
 def label(cfg: DictConfig) -> pd.DataFrame | dict:
     lab = cfg.labeling
+    export_model = fetch_export_model(cfg)  # a model that may not be loaded is refused before any work
     sentences = read_sentences(cfg)
     if lab.stats_only:
         return print_stats(cfg, sentences)
@@ -351,7 +377,7 @@ def label(cfg: DictConfig) -> pd.DataFrame | dict:
     shown = ", ".join(f"{k} {v}" for k, v in counts.items() if v or k != "none")
     print(f"label: {len(labelled)} sentences → {out} ({shown}); {rules_note}; next: python -m pipeline train")
     if lab.export:
-        tasks_path, config_path, n = export_tasks(cfg, labelled, lexicon_sha)
+        tasks_path, config_path, n = export_tasks(cfg, labelled, lexicon_sha, export_model)
         print(export_line(cfg, labelled, tasks_path, config_path, n))
     return labelled
 

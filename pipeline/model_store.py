@@ -10,6 +10,7 @@ whose config gives the segmentation rules (`segment_rules_for`).
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -23,13 +24,15 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import tracking
 from pipeline.errors import PipelineError
 from pipeline.inference import METADATA_FILE, load_predictor, read_model_metadata
+from pipeline.model_trust import check_model_dir, nested_dir
 from pipeline.segmentation import SegmentRules
 
 log = logging.getLogger(__name__)
 
 ARTIFACT_KEY = "stance_model"  # name of the model directory among the pyfunc model's artifacts
 # Packages the logged pyfunc model needs besides the pipeline code it carries (code_paths).
-RUNTIME_PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "pandas", "scikit-learn", "arabert", "mlflow")
+RUNTIME_PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "pandas", "scikit-learn", "skops", "arabert",
+                    "mlflow")
 
 
 # ---------------------------------------------------------------- MLflow pyfunc
@@ -123,12 +126,12 @@ def model_dir_of_pyfunc(local_model_path) -> Path:
         conf = yaml.safe_load(mlmodel.read_text(encoding="utf-8")) or {}
         artifacts = (conf.get("flavors", {}).get("python_function", {}).get("artifacts") or {})
         entry = artifacts.get(ARTIFACT_KEY)
-        if entry:
-            candidate = local / entry.get("path", "")
+        if entry and entry.get("path"):
+            candidate = nested_dir(local, entry["path"], source="MLmodel")
             if (candidate / METADATA_FILE).exists():
                 return candidate
     for candidate in sorted(local.rglob(METADATA_FILE)):
-        return candidate.parent
+        return nested_dir(local, str(candidate.parent.relative_to(local)), source=METADATA_FILE)
     raise PipelineError(f"{local}: this MLflow model holds no stance model directory ({METADATA_FILE}); "
                         "was it logged by `pipeline train`?")
 
@@ -140,35 +143,43 @@ def is_mlflow_uri(uri: str) -> bool:
     return "://" in uri or uri.startswith(("runs:/", "models:/"))
 
 
-PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+# URIs resolved against the configured MLflow store (tracking.uri): what they fetch was logged there, so trusted.
+STORE_SCHEMES = ("runs", "models", "mlflow-artifacts")
 
 
-def refuse_untrusted_pickles(cfg, local: Path, *, key: str) -> None:
-    """A model directory outside this project's MLflow store and outputs whose sklearn part is a pickle (a tfidf
-    model.joblib): loading it runs whatever code it holds, so it is refused unless predict.trust_model_dir=true."""
-    if bool(OmegaConf.select(cfg, "predict.trust_model_dir", default=False)):
-        return
-    pickles = [p for p in Path(local).rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file()]
-    if not pickles:
-        return
-    where = Path(local).resolve()
-    trusted_roots = [OmegaConf.select(cfg, k, default=None) for k in ("tracking.artifact_root", "paths.output_root")]
-    for root in trusted_roots:
-        if root and where.is_relative_to(Path(str(root)).resolve()):
-            return
-    raise PipelineError(
-        f"{key}={local}: {pickles[0].name} is a pickle (loading it can run any code) and this directory is outside "
-        "the MLflow store and paths.output_root; if you trust where it came from, add predict.trust_model_dir=true, "
-        "else log it with `pipeline train` and use its runs:/ or models:/ URI")
+def uri_origin(uri: str) -> str:
+    """Where a model URI points: "store" (the configured MLflow store), "local" (a path, or a file: URI) or
+    "remote" (any other scheme MLflow can download from: s3://, https://, ...)."""
+    from urllib.parse import urlparse
+
+    if not is_mlflow_uri(uri):
+        return "local"
+    scheme = urlparse(uri).scheme.lower()
+    return "store" if scheme in STORE_SCHEMES else "local" if scheme == "file" else "remote"
+
+
+def local_path(uri: str, key: str) -> Path:
+    """The directory a path or a file: URI names (file:// is read in place, not copied)."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    if not uri.lower().startswith("file:"):
+        return Path(uri)
+    parsed = urlparse(uri)
+    if parsed.netloc not in ("", "localhost"):
+        raise PipelineError(f"{key}={uri!r}: a file: URI on another host; give a local directory")
+    return Path(url2pathname(parsed.path))
 
 
 def fetch_model_dir(cfg, uri: str, *, key: str, download_to=None) -> Path:
     """A local stance model directory for `uri`: a model dir, a downloaded MLflow model, or an MLflow URI
     (runs:/…, models:/<name>@<alias>, models:/m-…) fetched from the configured tracking store.
-    `key` is the config key the URI came from, named in errors."""
+    `key` is the config key the URI came from, named in errors. Whether the directory may be loaded is decided
+    here, before anything in it is loaded (pipeline.model_trust.check_model_dir)."""
     uri = str(uri)
-    if not is_mlflow_uri(uri):
-        local = Path(uri)
+    origin = uri_origin(uri)
+    if origin == "local":
+        local = local_path(uri, key)
         if not local.exists():
             raise PipelineError(f"{key}={uri!r}: no such directory, and not an MLflow URI "
                                 "(runs:/<run id>/model, models:/<name>@<alias>, models:/m-<id>)")
@@ -177,7 +188,7 @@ def fetch_model_dir(cfg, uri: str, *, key: str, download_to=None) -> Path:
         else:
             read_model_metadata(local)  # else it must be a stance model dir itself: clear error if not
             stance_dir = local
-        refuse_untrusted_pickles(cfg, stance_dir, key=key)  # what load_predictor would unpickle
+        check_model_dir(cfg, stance_dir, key=key, shown=uri, origin=origin)
         return stance_dir
 
     mlflow = tracking.setup(cfg)  # the store the config names, whatever ran before in this process
@@ -192,7 +203,25 @@ def fetch_model_dir(cfg, uri: str, *, key: str, download_to=None) -> Path:
             f"{key}={uri!r}: cannot be loaded from {tracking.tracking_uri(cfg)} ({first[:300]}); "
             "check the run id / model name and alias (`mlflow ui`), or give a local model directory"
         ) from None
-    return model_dir_of_pyfunc(local)
+    try:
+        stance_dir = model_dir_of_pyfunc(local)
+        check_model_dir(cfg, stance_dir, key=key, shown=uri, origin=origin)
+    except PipelineError:
+        if origin == "remote":  # a refused copy must not stay where paths.output_root would vouch for it
+            shutil.rmtree(local, ignore_errors=True)
+        raise
+    return stance_dir
+
+
+def check_model_uri(cfg, uri: str, *, key: str) -> None:
+    """Decide up front, before a stage does any work, whether the model `uri` may be loaded (fetch_model_dir's
+    check; a remote model is fetched into a temporary directory for it). A model from the store is trusted."""
+    if uri_origin(str(uri)) == "store":
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="model-check-") as tmp:
+        fetch_model_dir(cfg, uri, key=key, download_to=tmp)
 
 
 def model_identity(uri: str, model_dir: Path) -> str:

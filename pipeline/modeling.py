@@ -105,6 +105,8 @@ def load_tokenizer_and_model(name_or_path: str, labels: Sequence[str], *, hub_ti
     (`encoder_only`: the bare encoder, for a pooled head of our own)."""
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
+    from pipeline.model_trust import load_error, unsafe_weights_errors
+
     source, local_only = resolve_source(name_or_path, hub_timeout_s=hub_timeout_s)
     id2label = dict(enumerate(labels))
     label2id = {label: i for i, label in enumerate(labels)}
@@ -124,6 +126,8 @@ def load_tokenizer_and_model(name_or_path: str, labels: Sequence[str], *, hub_ti
         if local_only:
             raise PipelineError(f"cannot load model from {source!r}: {str(exc).splitlines()[0]}") from None
         raise ModelUnavailable(remedy_text(name_or_path)) from None
+    except unsafe_weights_errors() as exc:  # a pickled .bin torch refused, a truncated safetensors file
+        raise load_error(source, exc, "the model") from None
     log.info("loaded %s (%s parameters)", source, f"{sum(p.numel() for p in model.parameters()):,}")
     return tokenizer, model
 

@@ -55,11 +55,19 @@ class Stage:
     skip_needs: Callable[[DictConfig], bool] = field(default=lambda cfg: False)  # True: `needs` do not apply
     positional: str | None = None                # the key a bare argument sets (`promote 3` = `target=3`)
     own: tuple[str, ...] = ()                    # the config keys (or sections) that are this stage's: --help leads with them
+    check: str | None = None                     # "module:function" refusing bad settings before any stage runs
 
     def mode_keys(self) -> tuple[str, ...]:
         """The keys behind the stage's CLI flags (`label --stats`, `--export`): they choose what a run does
         beside building its table, so a table is not tied to them."""
         return tuple(override.split("=", 1)[0] for override in self.flags.values())
+
+    def check_first(self, cfg: DictConfig) -> None:
+        """Refuse what this stage would refuse anyway, before the stages it needs run (e.g. a model that may not
+        be loaded)."""
+        if self.check:
+            module_name, func_name = self.check.split(":")
+            getattr(importlib.import_module(module_name), func_name)(cfg)
 
     def run(self, cfg: DictConfig):
         """Run the stage, recording what it reads; each output it (re)writes gets a fingerprint of what had been
@@ -158,6 +166,7 @@ STAGES: dict[str, Stage] = {
             outputs=lambda cfg: _paths(cfg, "paths.labelled"),
             flags={"--stats": "labeling.stats_only=true", "--export": "labeling.export=true"},
             own=("paths.gold", "labeling", "data.unlabelled"),
+            check="pipeline.label:check_export_model",
         ),
         _modelling_stage("train", "fine-tune the configured model on the labelled set, evaluate on gold, log to MLflow",
                          own=("model", "train", "tracking.promote")),

@@ -100,12 +100,12 @@ def test_timeline_none_and_no_metadata_writes_no_summaries(run_predict, tmp_path
 def skewed_tfidf_model(out_dir: Path) -> tuple[Path, pd.DataFrame]:
     """A TF-IDF model that memorised random labels (over-confident), and held-out rows where it is right half the
     time: its probabilities are near 1 for accuracy near 1/2."""
-    import joblib
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    from pipeline.inference import TFIDF_FILE, write_model_metadata
+    from pipeline.inference import write_model_metadata
+    from pipeline.model_trust import save_sklearn
     from pipeline.preprocess import TextPreprocessor
 
     rng = np.random.default_rng(0)
@@ -113,7 +113,7 @@ def skewed_tfidf_model(out_dir: Path) -> tuple[Path, pd.DataFrame]:
     labels = [LABELS[i % 3] for i in range(90)]
     pipe = make_pipeline(TfidfVectorizer(), LogisticRegression(C=1e4, max_iter=2000)).fit(texts, labels)
     out_dir.mkdir(parents=True)
-    joblib.dump(pipe, out_dir / TFIDF_FILE)
+    save_sklearn(pipe, out_dir)
     write_model_metadata(out_dir, kind="tfidf", labels=LABELS, max_length=64, base_model="tfidf",
                          preprocessor=TextPreprocessor(None))
     gold = [lab if rng.random() < 0.5 else LABELS[(LABELS.index(lab) + 1) % 3] for lab in labels]

@@ -107,16 +107,22 @@ def test_not_a_model_directory_is_a_clear_error(tmp_path, model_dir):
                              preprocessor=TextPreprocessor(None))
 
 
-def test_tfidf_model_directory(tmp_path):
+@pytest.mark.parametrize("stored_as", ["skops", "legacy joblib"])
+def test_tfidf_model_directory(tmp_path, stored_as):
     import joblib
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
+    from pipeline.model_trust import save_sklearn
+
     texts = seed_sentences()
     y = [LABELS[i % 3] for i in range(len(texts))]
     pipe = make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=200)).fit(texts, y)
-    joblib.dump(pipe, tmp_path / "model.joblib")
+    if stored_as == "skops":
+        save_sklearn(pipe, tmp_path)
+    else:  # written before skops: still read (fetch_model_dir decides whether it may be)
+        joblib.dump(pipe, tmp_path / "model.joblib")
     write_model_metadata(tmp_path, kind="tfidf", labels=LABELS, max_length=512, base_model="tfidf",
                          preprocessor=TextPreprocessor(None))
     predictor = load_predictor(tmp_path)

@@ -239,12 +239,12 @@ def test_context_stays_within_the_article_when_file_order_is_not_sorted_order():
 
 def test_export_with_a_stance_model_dir(seeds, tmp_path):
     """Pre-annotations and order from a (tf-idf) stance model directory, through pipeline.model_store."""
-    import joblib
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
     from pipeline.inference import write_model_metadata
+    from pipeline.model_trust import save_sklearn
     from pipeline.preprocess import TextPreprocessor
 
     cfg, sentences = seeds
@@ -254,11 +254,11 @@ def test_export_with_a_stance_model_dir(seeds, tmp_path):
     model = make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=200))
     model.fit(texts, [LABELS[i % 3] for i in range(len(texts))])
     model_dir.mkdir()
-    joblib.dump(model, model_dir / "model.joblib")
+    save_sklearn(model, model_dir)   # skops: no pickle, so no predict.trust_model_dir needed
     write_model_metadata(model_dir, kind="tfidf", labels=LABELS, max_length=128, base_model="tfidf",
                          preprocessor=TextPreprocessor(None))
     export_dir = tmp_path / "ls"
-    label(cfg("labeling.export=true", f"labeling.export_dir={export_dir}", f"labeling.export_model_uri={model_dir}", "predict.trust_model_dir=true",
+    label(cfg("labeling.export=true", f"labeling.export_dir={export_dir}", f"labeling.export_model_uri={model_dir}",
               "labeling.export_size=null"))
     tasks = json.loads((export_dir / "tasks.json").read_text(encoding="utf-8"))
     candidates = sentences[~sentences["article_id"].str.startswith("000")]

@@ -17,11 +17,17 @@ Analyst outputs (docs/analyst.md): carried input columns (predict.carry_columns)
 `rules_fired` (/ `top_words` with predict.explain) on every sentence row; `<output stem>.timeline<ext>` and
 `.outlets<ext>` when the articles have dates / outlets; `<output stem>.report.html` with predict.report=true.
 
-Streaming: sentences are predicted in chunks of `predict.chunk_sentences`, each chunk written atomically to a
-hidden parts directory beside the output; at the end the parts are merged into the output through a temp file
-and a rename. An interrupted run leaves only the hidden parts directory; `predict.resume=true` skips the
-articles already in the output or in the parts of an interrupted run (parts already merged into the output are
-dropped; parts of another model are refused; the interrupted run's error rows are kept).
+Streaming (pipeline.predict_parts): sentences are predicted in chunks of `predict.chunk_sentences` (a long article
+over several), each chunk written atomically to a hidden parts directory beside the output; at the end the parts
+are merged into the output through a temp file and a rename. An interrupted run leaves only the hidden parts
+directory; `predict.resume=true` skips the articles already in the output or in the parts of an interrupted run
+(parts already merged into the output are dropped; parts of another model are refused; the interrupted run's
+error rows are kept).
+
+Safety (pipeline.write_guard): before anything runs, every file the run may write (`written_files`) is checked
+against the inputs and the other outputs; the output's lock is held from then on, so a second run on the same
+output is refused while this one lives, and parts found by a run that holds the lock are a dead run's. Missing and
+empty inputs, and another model's parts on resume, fail before the model loads.
 """
 
 from __future__ import annotations
@@ -38,10 +44,13 @@ from pipeline.errors import PipelineError
 from pipeline.inference import load_predictor, set_threads
 from pipeline.io import TABLE_SUFFIXES, CsvStyle, read_table, write_table_atomic, write_text_atomic
 from pipeline.model_store import model_identity, resolve_model, segment_rules_for
-from pipeline.predict_extras import Enricher, timeline_freq, write_report, write_summaries
-from pipeline.predict_inputs import ArticleReader, as_list, expand_inputs
-from pipeline.predict_outputs import ERROR_COLUMNS, ErrorLog, PartsWriter, plot_net_stance
+from pipeline.predict_extras import (SUMMARY_NAMES, Enricher, report_path, summary_path, timeline_freq, write_report,
+                                     write_summaries)
+from pipeline.predict_inputs import ArticleReader, as_list, drop_empty, expand_inputs, no_usable_article
+from pipeline.predict_outputs import ERROR_COLUMNS, ErrorLog, plot_net_stance
+from pipeline.predict_parts import PartsWriter, check_resume
 from pipeline.registry import model_quality
+from pipeline.write_guard import output_lock, refuse_clashes
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,23 @@ def _sibling(output: Path, configured, tail: str) -> Path:
     if configured:
         return Path(str(configured))
     return output.with_name(output.stem + tail)
+
+
+def written_files(cfg: DictConfig, output: Path) -> dict[str, Path]:
+    """Every file a predict run may write, by the key (or words) naming it: checked against the inputs and against
+    each other before anything runs (write_guard.refuse_clashes)."""
+    pcfg = cfg.predict
+    files = {"output": output,
+             "predict.summary": _sibling(output, pcfg.summary, ".articles" + output.suffix),
+             "predict.errors": _sibling(output, pcfg.errors, ".errors.csv")}
+    if pcfg.plot:
+        files["predict.plot_path"] = _sibling(output, pcfg.plot_path, ".net_stance.png")
+    if pcfg.report:
+        files["predict.report_path"] = report_path(cfg, output)
+    for name in SUMMARY_NAMES:
+        files[f"the {name} table"] = summary_path(output, name)
+    files["the run's report"] = Path(cfg.paths.run_dir) / "predict_report.json"
+    return files
 
 
 def predict(cfg: DictConfig) -> dict:
@@ -62,41 +88,51 @@ def predict(cfg: DictConfig) -> dict:
     if not output:
         raise PipelineError("give where to write predictions: output=<file.csv | file.jsonl | file.parquet>")
     output = Path(str(output))
-    if output.suffix.lower() not in TABLE_SUFFIXES:
+    if output.suffix.lower() not in TABLE_SUFFIXES and not output.is_dir():
         raise PipelineError(f"output={output}: unsupported format {output.suffix!r}; use .csv, .jsonl or .parquet")
-    summary_path = _sibling(output, pcfg.summary, ".articles" + output.suffix)
-    errors_path = _sibling(output, pcfg.errors, ".errors.csv")
-    plot_path = _sibling(output, pcfg.plot_path, ".net_stance.png") if pcfg.plot else None
     chunk_sentences = int(pcfg.chunk_sentences)
     if chunk_sentences < 1:
         raise PipelineError(f"predict.chunk_sentences={chunk_sentences} must be at least 1")
     timeline_freq(cfg)  # a bad predict.timeline fails before any work
-    run_dir = Path(cfg.paths.run_dir)
+    written = written_files(cfg, output)
     errors = ErrorLog()
+    # The inputs first: a missing input is told before a model is fetched or loaded; no output over an input.
+    files = expand_inputs(inputs, errors)
+    refuse_clashes(written, files, fix="write the predictions to another file")
+    with output_lock(output):  # a second run on this output is refused here, before it touches anything
+        return _predict(cfg, inputs, files, written, errors)
+
+
+def _predict(cfg: DictConfig, inputs: list[str], files: list[Path], written: dict[str, Path],
+             errors: ErrorLog) -> dict:
+    pcfg = cfg.predict
+    output, errors_path = written["output"], written["predict.errors"]
+    run_dir = Path(cfg.paths.run_dir)
     csv = CsvStyle.from_cfg(cfg)
     date_column = str(OmegaConf.select(pcfg, "date_column", default="") or "")
 
-    # The inputs first: a missing input is told before a model is fetched or loaded.
-    files = expand_inputs(inputs, errors)
+    files = drop_empty(files, errors)  # an empty file alone fails here, not after the model has loaded
     if not files:
         write_table_atomic(errors.frame(), errors_path, csv=csv)
-        raise PipelineError(f"no usable article in input={', '.join(inputs)}: none of these exists; "
-                            f"give existing files, directories or globs (see {errors_path})")
-    written = {p.resolve(): key for p, key in ((output, "output"), (summary_path, "predict.summary"),
-                                                (errors_path, "predict.errors"))}
-    for path in files:
-        if path.resolve() in written:
-            raise PipelineError(f"{written[path.resolve()]}={path} is also an input; predicting would overwrite it: "
-                                "write the predictions to another file")
+        raise no_usable_article(inputs, errors.frame()["message"].tolist(), errors_path)
+
+    def model_error(exc: PipelineError) -> PipelineError:
+        errors.add(OmegaConf.select(cfg, "model_uri", default=None) or "(default model)", "model", str(exc))
+        write_table_atomic(errors.frame(), errors_path, csv=csv)
+        return exc
 
     try:
         model = resolve_model(cfg, run_dir / "model")
+    except PipelineError as exc:
+        raise model_error(exc)
+    model_id = model_identity(model.uri, model.model_dir)
+    if pcfg.resume:
+        check_resume(output, model_id)  # parts of another model: refused before the model loads
+    try:
         predictor = load_predictor(model.model_dir, quantize=pcfg.quantize or None, device=str(pcfg.device),
                                    max_batch_tokens=pcfg.max_batch_tokens)
     except PipelineError as exc:
-        errors.add(OmegaConf.select(cfg, "model_uri", default=None) or "(default model)", "model", str(exc))
-        write_table_atomic(errors.frame(), errors_path, csv=csv)
-        raise
+        raise model_error(exc)
     threads = set_threads(pcfg.threads)
     log.info("predict: model %s (%s, labels %s, max_length %d%s) on %s, %d threads", model.uri, predictor.kind,
              ",".join(predictor.labels), predictor.max_length,
@@ -104,10 +140,9 @@ def predict(cfg: DictConfig) -> dict:
     rules = segment_rules_for(cfg, model)
 
     enricher = Enricher.from_cfg(cfg, predictor)
-    writer = PartsWriter(output, predictor, errors, chunk_sentences=chunk_sentences,
-                         batch_size=int(pcfg.batch_size), resume=bool(pcfg.resume),
-                         model_id=model_identity(model.uri, model.model_dir), enrich=enricher,
-                         added=enricher.added, csv=csv, date_column=date_column)
+    writer = PartsWriter(output, predictor, errors, chunk_sentences=int(pcfg.chunk_sentences),
+                         batch_size=int(pcfg.batch_size), resume=bool(pcfg.resume), model_id=model_id,
+                         enrich=enricher, added=enricher.added, csv=csv, date_column=date_column)
     previous_errors = pd.DataFrame(columns=ERROR_COLUMNS)
     if pcfg.resume:
         earlier = (read_table(errors_path, restore=True) if errors_path.exists() and output.exists()
@@ -131,10 +166,30 @@ def predict(cfg: DictConfig) -> dict:
     if counts["articles"] == 0 and not writer.done:
         write_table_atomic(errors.frame(), errors_path, csv=csv)
         writer.discard()
-        raise PipelineError(f"no usable article in input={', '.join(inputs)}; see {errors_path} for why")
+        raise no_usable_article(inputs, errors.frame()["message"].tolist(), errors_path)
 
-    summary_frame = writer.merge()
-    write_table_atomic(summary_frame, summary_path, csv=csv, date_columns=[date_column])
+    summary_frame = writer.merge()  # a full disk: one error line, the parts kept for predict.resume=true
+    try:
+        report = _write_the_rest(cfg, model, predictor, enricher, written, summary_frame, errors, previous_errors,
+                                 counts)
+    except OSError as exc:
+        raise PipelineError(f"cannot write the files beside {output} ({exc.strerror or exc}); the predictions are "
+                            f"in {output}: make room (or fix the directory) and run the same command with "
+                            "predict.resume=true to write the rest") from None
+    print(outcome_line(report))
+    return report
+
+
+def _write_the_rest(cfg: DictConfig, model, predictor, enricher, written: dict[str, Path], summary_frame,
+                    errors: ErrorLog, previous_errors: pd.DataFrame, counts: dict) -> dict:
+    """After the merge: the per-article summary, the errors report, the plot, timeline / outlets, the HTML report
+    and the run's predict_report.json."""
+    pcfg = cfg.predict
+    output, summary_file, errors_path = written["output"], written["predict.summary"], written["predict.errors"]
+    plot_path = written.get("predict.plot_path")
+    csv = CsvStyle.from_cfg(cfg)
+    date_column = str(OmegaConf.select(pcfg, "date_column", default="") or "")
+    write_table_atomic(summary_frame, summary_file, csv=csv, date_columns=[date_column])
     all_errors = (pd.concat([previous_errors.astype(str), errors.frame().astype(str)], ignore_index=True)
                   .drop_duplicates(ignore_index=True) if len(previous_errors) else errors.frame())
     write_table_atomic(all_errors, errors_path, csv=csv)
@@ -142,7 +197,7 @@ def predict(cfg: DictConfig) -> dict:
         plot_net_stance(summary_frame, plot_path, int(pcfg.plot_max_bars))
     summaries = write_summaries(cfg, output, summary_frame, predictor.labels)
     quality = model_quality(cfg, model.run_id)
-    extra_paths = {name: str(output.with_name(f"{output.stem}.{name}{output.suffix}")) for name in summaries}
+    extra_paths = {name: str(summary_path(output, name)) for name in summaries}
     if pcfg.report:
         calibration = getattr(predictor, "calibration", None)
         described = f"{model.uri} ({predictor.kind}, {predictor.base_model}" + (
@@ -154,14 +209,13 @@ def predict(cfg: DictConfig) -> dict:
     log.info("predict: %d articles, %d sentences predicted (%d truncated at %d tokens); %d skipped as already "
              "done; %d input problems", counts["articles"], counts["sentences"], counts["truncated"],
              predictor.max_length, counts["skipped_done"], len(problems))
-    log.info("predict: wrote %s, %s, %s%s%s", output, summary_path, errors_path,
+    log.info("predict: wrote %s, %s, %s%s%s", output, summary_file, errors_path,
              f", {plot_path}" if plot_path else "", "".join(f", {p}" for p in extra_paths.values()))
-    report = {"output": str(output), "summary": str(summary_path), "errors": str(errors_path),
+    report = {"output": str(output), "summary": str(summary_file), "errors": str(errors_path),
               "plot": str(plot_path) if plot_path else None, "timeline": extra_paths.get("timeline"),
               "outlets": extra_paths.get("outlets"), "report": extra_paths.get("report"), "model_uri": model.uri, **counts,
               "input_problems": int(len(problems)), "model_run_id": model.run_id, "model_quality": quality}
-    write_text_atomic(run_dir / "predict_report.json", json.dumps(report, ensure_ascii=False, indent=2))
-    print(outcome_line(report))
+    write_text_atomic(written["the run's report"], json.dumps(report, ensure_ascii=False, indent=2))
     return report
 
 

@@ -139,6 +139,15 @@ def summary_path(output: Path, name: str) -> Path:
     return output.with_name(f"{output.stem}.{name}{output.suffix}")
 
 
+SUMMARY_NAMES = ("timeline", "outlets")  # the tables write_summaries may write beside the output
+
+
+def report_path(cfg: DictConfig, output: Path) -> Path:
+    """predict.report_path, default <output stem>.report.html."""
+    configured = OmegaConf.select(cfg, "predict.report_path", default=None)
+    return Path(str(configured)) if configured else output.with_name(output.stem + ".report.html")
+
+
 def write_report(cfg: DictConfig, output: Path, articles: pd.DataFrame, summaries: dict[str, pd.DataFrame],
                  labels, model_description: str, *, quality: dict | None = None, lexicon=None) -> Path:
     """The HTML report (predict.report_path, default <output stem>.report.html) from the merged outputs.
@@ -147,7 +156,7 @@ def write_report(cfg: DictConfig, output: Path, articles: pd.DataFrame, summarie
     from pipeline.report import ModelQuality, write_html_report
 
     pcfg = cfg.predict
-    path = Path(str(pcfg.report_path)) if pcfg.report_path else output.with_name(output.stem + ".report.html")
+    path = report_path(cfg, output)
     sentences = read_table(output, restore=True)  # a CSV / JSONL output reads back as text: numbers and flags again
     for column in [*(f"p_{x}" for x in labels), "confidence", "idx"]:
         if column in sentences.columns:

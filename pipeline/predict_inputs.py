@@ -19,7 +19,8 @@ import pandas as pd
 from pipeline.analytics import parse_dates
 from pipeline.arabic import has_arabic, squeeze_spaces
 from pipeline.errors import PipelineError
-from pipeline.io import TABLE_SUFFIXES, BadInputFile, dir_files, glob_files, iter_table_chunks, read_text_strict
+from pipeline.io import (TABLE_SUFFIXES, BadInputFile, dir_files, glob_files, iter_table_chunks, read_text_strict,
+                         refuse_empty)
 from pipeline.provenance import note_file
 from pipeline.predict_outputs import ErrorLog
 from pipeline.segmentation import SegmentRules, article_id_for, article_rows, sentence_ids
@@ -114,6 +115,29 @@ def expand_inputs(inputs: Sequence[str], errors: ErrorLog) -> list[Path]:
             errors.add(path, "missing", f"{path}: no such file or directory")
             log.warning("predict: input %s does not exist", path)
     return files
+
+
+def drop_empty(files: Iterable[Path], errors: ErrorLog) -> list[Path]:
+    """The files worth loading a model for: an empty one (0 bytes) is its error row now, as its reader would
+    make it, so that a run given only empty files fails before the model loads."""
+    kept = []
+    for path in files:
+        try:
+            refuse_empty(path)
+        except BadInputFile as exc:
+            errors.file_error(exc)
+            continue
+        kept.append(path)
+    return kept
+
+
+def no_usable_article(inputs: Sequence[str], problems: Sequence[str], errors_path) -> PipelineError:
+    """The one error of a predict or spark_predict run with no article to predict: the first problem found (the
+    message of an error row), how many more, and where they all are."""
+    first = problems[0] if problems else "nothing to read there"
+    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+    return PipelineError(f"no usable article in input={', '.join(map(str, inputs))}: {first}{more}; "
+                         f"see {errors_path} for why")
 
 
 def segment_article(article_id: str, text: str, source: str, rules: SegmentRules, errors: ErrorLog) -> Article | None:

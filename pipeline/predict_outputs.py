@@ -1,24 +1,20 @@
 """predict's outputs: the per-sentence table, the per-article summary and plot, and the errors report.
 
-Sentences are predicted and written in parts (`PartsWriter`) and merged into the output at the end; every output
-has the fixed schema of `output_columns` / `conform_dtypes` whatever its format.
+Sentences are predicted and written in parts (pipeline.predict_parts) and merged into the output at the end; every
+output has the fixed schema of `output_columns` / `conform_dtypes` whatever its format.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import PipelineError
-from pipeline.io import (BadInputFile, CsvStyle, atomic_path, iter_table_chunks, parquet_table, read_table,
-                         write_csv, write_table_atomic, write_text_atomic)
+from pipeline.io import BadInputFile, CsvStyle, atomic_path, parquet_table, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -242,165 +238,3 @@ def plot_net_stance(summary: pd.DataFrame, target: Path, max_bars: int) -> Path:
         fig.savefig(tmp, format="png", dpi=120)
         plt.close(fig)
     return target
-
-
-
-def done_keys(paths: Iterable[Path], chunk_rows: int) -> tuple[set[str], set[tuple[str, str]]]:
-    """The article ids and (article id, sentence id) pairs already in earlier outputs or parts."""
-    articles: set[str] = set()
-    sentences: set[tuple[str, str]] = set()
-    for path in paths:
-        for chunk in iter_table_chunks(path, chunk_rows, restore=True):
-            ids = chunk["article_id"].astype(str)
-            articles.update(ids)
-            sentences.update(zip(ids, chunk["sentence_id"].astype(str)))
-    return articles, sentences
-
-
-MANIFEST = "manifest.json"
-
-
-class PartsWriter:
-    """Buffers the sentences of articles, predicts them a chunk at a time and writes each chunk atomically as a
-    part file in a hidden directory beside the output; `merge` then writes the output in one rename.
-
-    An interrupted run leaves only the parts directory, never something that looks like a finished output. With
-    `resume`, the articles already in the output or in those parts are `done` and the parts are kept; parts whose
-    sentences are already in the output (killed after the output's rename, before the parts were removed) are
-    dropped, not merged twice. The parts directory's manifest names the model (`model_id`): a resume with another
-    model is refused. Each part has its error rows beside it (`errors-<n>.csv`), so a resume keeps them.
-    """
-
-    def __init__(self, output: Path, predictor, errors: ErrorLog, *, chunk_sentences: int, batch_size: int,
-                 resume: bool, model_id: str = "", enrich=None, added: Sequence[str] = (),
-                 csv: CsvStyle | None = None, date_column: str = ""):
-        self.output = Path(output)
-        self.csv = csv or CsvStyle()
-        self.date_column = date_column  # the carried column of dates: typed as dates in a parquet output
-        self.parts_dir = self.output.with_name(f".{self.output.name}.parts")
-        self.predictor = predictor
-        self.labels = list(predictor.labels)
-        # `enrich(frame)` adds confidence / confident and the text columns `added` (rules_fired, top_words).
-        self.enrich = enrich
-        self.extra = extra_columns(predictor, added)
-        self.meta: list[str] = []  # carried input columns, in first-seen order
-        self.columns = output_columns(self.labels, self.extra)
-        self.errors = errors
-        self.chunk_sentences = chunk_sentences
-        self.batch_size = batch_size
-        self.resume = resume
-        self.sentences = 0
-        self.truncated = 0
-        self._buffer: list[dict] = []
-        self._sources: dict[str, str] = {}  # article id -> source, for the chunk being buffered
-        self._errors_written = len(errors.rows)
-        manifest = self.parts_dir / MANIFEST
-        if resume:
-            if manifest.exists():
-                before = json.loads(manifest.read_text(encoding="utf-8")).get("model", "")
-                if before != model_id:
-                    raise PipelineError(
-                        f"predict.resume=true: the unfinished parts in {self.parts_dir} were predicted by model "
-                        f"{before!r}, not {model_id!r}; resume with that model_uri, or predict.resume=false to start over")
-            self._drop_merged_parts()
-            self.done, self.done_sentences = done_keys(
-                [p for p in [self.output] if p.exists()] + self._parts(), chunk_sentences)
-            log.info("predict: resume: %d articles already done", len(self.done))
-        else:
-            self.done, self.done_sentences = set(), set()
-            if self.parts_dir.exists():
-                log.info("predict: removing the parts of an earlier, unfinished run in %s", self.parts_dir)
-                shutil.rmtree(self.parts_dir)
-        self.parts_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(manifest, json.dumps({"model": model_id}))
-        self._next_part = 1 + max((int(p.stem.split("-")[1]) for p in self._parts()), default=0)
-
-    def _parts(self) -> list[Path]:
-        return sorted(self.parts_dir.glob("part-*.parquet"))
-
-    def _drop_merged_parts(self) -> None:
-        if not self.output.exists() or not self.parts_dir.exists():
-            return
-        _, in_output = done_keys([self.output], self.chunk_sentences)
-        for part in self._parts():
-            _, keys = done_keys([part], self.chunk_sentences)
-            if keys & in_output:
-                log.info("predict: resume: %s is already merged into %s; dropped", part.name, self.output)
-                part.unlink()
-
-    def is_done(self, article) -> bool:
-        """An article (or a piece of a long one, by its first sentence) that an earlier run already predicted."""
-        if getattr(article, "piece", 0) or not article.rows:
-            return bool(article.rows) and (article.article_id, str(article.rows[0]["sentence_id"])) in self.done_sentences
-        return article.article_id in self.done
-
-    def previous_errors(self) -> pd.DataFrame:
-        """The error rows of the interrupted run(s), saved beside their parts."""
-        frames = [read_table(p, restore=True) for p in sorted(self.parts_dir.glob("errors-*.csv"))]
-        frames = [f for f in frames if len(f)]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ERROR_COLUMNS)
-
-    def add(self, article) -> bool:
-        """Buffer one article's sentences; True when a full buffer was predicted and written first."""
-        flushed = len(self._buffer) >= self.chunk_sentences
-        if flushed:
-            self.flush()
-        self._sources[article.article_id] = article.source
-        self.meta.extend(c for c in article.meta if c not in self.meta)
-        self._buffer.extend({**article.meta, "article_id": article.article_id, **row} for row in article.rows)
-        return flushed
-
-    def flush(self) -> None:
-        """Predict the buffered sentences and write them as the next part; truncated sentences become error rows."""
-        if not self._buffer:
-            return
-        frame = pd.DataFrame(self._buffer)
-        sources = self._sources
-        self._buffer, self._sources = [], {}
-        frame = predict_rows(self.predictor, frame, sources, self.errors,
-                             batch_size=self.batch_size, enrich=self.enrich)
-        self.sentences += len(frame)
-        self.truncated += int(frame["truncated"].sum())
-        new_errors = ErrorLog(self.errors.rows[self._errors_written:])
-        write_table_atomic(new_errors.frame(), self.parts_dir / f"errors-{self._next_part:06d}.csv", csv=self.csv)
-        self._errors_written = len(self.errors.rows)
-        write_table_atomic(self.rows(frame, self.meta), self.parts_dir / f"part-{self._next_part:06d}.parquet")
-        self._next_part += 1
-
-    def rows(self, frame: pd.DataFrame, meta: Sequence[str]) -> pd.DataFrame:
-        return sentence_rows(frame, self.labels, self.extra, meta)
-
-    def merged_meta(self, paths: Sequence[Path]) -> list[str]:
-        """The carried columns of everything merged (parts of an interrupted run, an earlier output)."""
-        known = set(self.columns) | set(CONFIDENCE_COLUMNS)
-        meta = list(self.meta)
-        for path in paths:
-            if path.suffix == ".parquet":
-                import pyarrow.parquet as pq
-
-                names = pq.read_schema(path).names
-            else:
-                names = list(next(iter(iter_table_chunks(path, 1, restore=True)), pd.DataFrame()).columns)
-            meta += [c for c in names if c not in known and c not in meta]
-        return meta
-
-    def discard(self) -> None:
-        shutil.rmtree(self.parts_dir, ignore_errors=True)
-
-    def merge(self) -> pd.DataFrame:
-        """Earlier output (resume) + parts → temp file → rename over the output; returns the per-article summary."""
-        merged = ([self.output] if self.resume and self.output.exists() else []) + self._parts()
-        meta = self.merged_meta(merged)
-        summary = Summary(self.labels, meta)
-        with atomic_path(self.output) as tmp:
-            writer = TableWriter(tmp, self.output.suffix, csv=self.csv,
-                                 date_columns=[self.date_column] if self.date_column in meta else [])
-            for path in merged:
-                for chunk in iter_table_chunks(path, self.chunk_sentences, restore=True):
-                    chunk = self.rows(chunk, meta)
-                    writer.write(chunk)
-                    summary.add(chunk)
-            dtypes = sentence_dtypes(self.labels, self.extra, meta)
-            writer.close(pd.DataFrame({c: pd.Series(dtype=t) for c, t in dtypes.items()}))
-        self.discard()
-        return summary.frame()

@@ -25,10 +25,6 @@ three outputs are read from them (call `SparkPrediction.unpersist()` after writi
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -42,6 +38,7 @@ from pipeline.predict_inputs import carried_columns, carried_values, segment_art
 from pipeline.predict_outputs import (ERROR_COLUMNS, ErrorLog, Summary, extra_columns, predict_rows, sentence_dtypes,
                                       sentence_rows)
 from pipeline.segmentation import SegmentRules
+from pipeline.spark_session import ship_code, ship_lexicon, ship_model
 
 log = logging.getLogger(__name__)
 
@@ -79,76 +76,13 @@ def ddl(fields: Sequence[tuple[str, str]]) -> str:
     return ", ".join(f"`{name}` {kind}" for name, kind in fields)
 
 
-_SHIPPED: dict[tuple[str, str], str] = {}  # (application id, name) -> path added to that SparkContext
-
-
-def _ship(spark, name: str, path: Path, *, py_file: bool = False) -> str:
-    key = (spark.sparkContext.applicationId, name)
-    if key not in _SHIPPED:
-        if py_file:
-            spark.sparkContext.addPyFile(str(path))
-        else:
-            spark.sparkContext.addFile(str(path), recursive=Path(path).is_dir())
-        _SHIPPED[key] = str(path)
-    return name
-
-
-def ship_model(spark, model_dir: Path, model_id: str) -> str:
-    """Send the stance model directory to every executor (SparkContext.addFile) under a name made of its digest;
-    returns the name the executors open it by (`SparkFiles.get`)."""
-    name = "stance-model-" + model_id.rsplit("#", 1)[-1]
-    staged = Path(tempfile.gettempdir()) / "pipeline-spark" / name
-    if not staged.exists():
-        tmp = staged.with_name(f".{name}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(model_dir, tmp)
-        try:
-            os.replace(tmp, staged)  # atomic: a staged copy is always complete
-        except OSError:  # another process staged the same digest first
-            shutil.rmtree(tmp, ignore_errors=True)
-    return _ship(spark, name, staged)
-
-
-def ship_lexicon(spark, path: Path | str) -> str:
-    """Send the cue lexicon file (rules_fired) to every executor under a name made of its digest; returns that name."""
-    import hashlib
-
-    path = Path(path)
-    data = path.read_bytes()
-    name = f"lexicon-{hashlib.sha256(data).hexdigest()[:16]}{path.suffix}"
-    staged = Path(tempfile.gettempdir()) / "pipeline-spark" / name
-    if not staged.exists():
-        staged.parent.mkdir(parents=True, exist_ok=True)
-        tmp = staged.with_name(f".{name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, staged)
-    return _ship(spark, name, staged)
-
-
-def ship_code(spark) -> None:
-    """This package as a zip on the executors' sys.path, so that they run the driver's code, not another install."""
-    import hashlib
-
-    package = Path(__file__).resolve().parent
-    files = sorted(p for p in package.rglob("*.py"))
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()[:16]
-    target = Path(tempfile.gettempdir()) / "pipeline-spark" / f"pipeline-{digest}.zip"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-            for path in files:
-                zf.write(path, Path("pipeline") / path.relative_to(package))
-        os.replace(tmp, target)
-    _ship(spark, target.name, target, py_file=True)
-
-
 def predict_articles(articles, model_dir: Path | str, *, rules: SegmentRules, model_id: str | None = None,
                      id_column: str = "article_id", text_column: str = "text", content_column: str | None = None,
                      source_column: str | None = None, keep_first: dict[str, str] | None = None,
                      batch_size: int = 64, arrow_batch: int = 64, threads: int = 1, device: str = "auto",
                      max_batch_tokens: int | None = None, code: bool = True, enrich: dict | None = None,
-                     carry: Sequence[str] | None = None, date_column: str = "date") -> SparkPrediction:
+                     carry: Sequence[str] | None = None, date_column: str = "date",
+                     chunk_sentences: int = 2048) -> SparkPrediction:
     """Predict whole articles on Spark as the local predict stage does; see the module docstring.
 
     `articles` holds `id_column` and either `text_column` (text) or `content_column` (a file's bytes, decoded like
@@ -160,7 +94,8 @@ def predict_articles(articles, model_dir: Path | str, *, rules: SegmentRules, mo
     min_confidence, explain, top_k, batch_size, lexicon path): every sentence row gets the local stage's
     confidence, confident, rules_fired (and top_words) columns; the lexicon file is shipped like the model.
     `keep_first` maps an article id that several rows share to the one source kept; the other copies become
-    `duplicate_article` error rows (the local stage keeps the first file of that id in path order)."""
+    `duplicate_article` error rows (the local stage keeps the first file of that id in path order).
+    `chunk_sentences`: the most sentences predicted at once (predict.chunk_sentences), however long an article."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -213,7 +148,7 @@ def predict_articles(articles, model_dir: Path | str, *, rules: SegmentRules, mo
         return map_articles(batches, model_name=name, rules=rules, metadata=table_meta,
                             as_bytes=files, keep_first=keep, batch_size=int(batch_size),
                             threads=int(threads), device=device, max_batch_tokens=max_batch_tokens,
-                            enrich=settings, date_column=str(date_column or ""))
+                            enrich=settings, date_column=str(date_column or ""), chunk=int(chunk_sentences))
 
     mapped = prepared.mapInPandas(mapper, schema=mapped_schema).persist(StorageLevel.MEMORY_AND_DISK)
     sentences = mapped.filter(F.col(KIND) == "sentence").select(*sentence_dtypes(labels, extra, metadata))
@@ -360,9 +295,10 @@ def executor_enricher(name: str, predictor, settings: dict) -> Enricher:
 def map_articles(batches: Iterator[pd.DataFrame], *, model_name: str, rules: SegmentRules, metadata: list[str],
                  as_bytes: bool, keep_first: dict[str, str], batch_size: int, threads: int, device: str = "auto",
                  max_batch_tokens: int | None = None, enrich: dict | None = None,
-                 date_column: str = "") -> Iterator[pd.DataFrame]:
+                 date_column: str = "", chunk: int = 2048) -> Iterator[pd.DataFrame]:
     """mapInPandas body: Arrow batches of articles → sentence, summary and error rows (column `row_kind`).
-    `metadata`: the carried table columns (files also carry their path)."""
+    `metadata`: the carried table columns (files also carry their path). Sentences are predicted `chunk` at a time
+    (a long article too), the summary accumulated over the chunks."""
     predictor = executor_predictor(model_name, threads, device, max_batch_tokens)
     enricher = executor_enricher(model_name, predictor, dict(enrich or {}))
     labels, extra = list(predictor.labels), extra_columns(predictor, enricher.added)
@@ -397,16 +333,18 @@ def map_articles(batches: Iterator[pd.DataFrame], *, model_name: str, rules: Seg
             sources[article_id] = source
             rows.extend({**values, "article_id": article_id, **row} for row in article.rows)
         frames = []
-        if rows:
-            scored = predict_rows(predictor, pd.DataFrame(rows), sources, errors, batch_size=batch_size,
-                                  enrich=enricher)
+        summary = Summary(labels, carried)
+        for start in range(0, len(rows), chunk):
+            scored = predict_rows(predictor, pd.DataFrame(rows[start:start + chunk]), sources, errors,
+                                  batch_size=batch_size, enrich=enricher)
             scored = sentence_rows(scored, labels, extra, carried)  # the local stage's columns and dtypes
-            summary = Summary(labels, carried)
             summary.add(scored)
+            scored[KIND] = "sentence"
+            yield mapped_frame(scored, labels, extra, carried, summary_schema(labels))
+        if rows:
             articles = summary.frame()
-            for frame, kind in ((scored, "sentence"), (articles, "article")):
-                frame[KIND] = kind
-            frames += [scored, articles]
+            articles[KIND] = "article"
+            frames.append(articles)
         if errors.rows:
             err = errors.frame()
             err[KIND] = "error"
@@ -442,32 +380,3 @@ def plain_strings(frame: pd.DataFrame) -> pd.DataFrame:
         if isinstance(frame[column].dtype, pd.StringDtype):
             frame[column] = frame[column].astype(object)
     return frame
-
-
-# ---------------------------------------------------------------- the session
-
-def spark_session(cfg):
-    """(session, created here): the active SparkSession (spark-submit, a notebook, a test), else a new one with
-    `spark.master` (default local[*]), `spark.app_name` and `spark.conf`."""
-    import sys
-
-    from pyspark.sql import SparkSession
-
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        return active, False
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = SparkSession.builder.appName(str(cfg.spark.app_name))
-    if cfg.spark.master:  # else spark-submit's --master, or local[*] under plain python (pyspark's default)
-        builder = builder.master(str(cfg.spark.master))
-    builder = builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
-    from pipeline.progress import interactive
-
-    # Spark's console progress bar on a terminal only (pipeline.progress); spark.conf may still set it
-    builder = builder.config("spark.ui.showConsoleProgress", str(interactive()).lower())
-    for key, value in (cfg.spark.conf or {}).items():
-        builder = builder.config(str(key), str(value))
-    session = builder.getOrCreate()
-    session.sparkContext.setLogLevel("WARN")  # Spark's INFO lines would drown the stage's log
-    return session, True
-

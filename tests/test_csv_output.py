@@ -152,3 +152,37 @@ def test_annotations_store_round_trips_guarded_cells(tmp_path):
     assert cells[1][:3] == ["'-a1:0123456789ab", "'-a1", "'=1+2 روسيا"] and cells[1][4] == "'@bob"
     back = read_annotations(path).iloc[0]
     assert {c: back[c] for c in ANNOTATION_COLUMNS} == row
+
+
+def test_spark_predicts_csv_is_guarded_too(make_cfg, tmp_path):
+    """Issue 17 item 9: spark_predict's CSV (why no article was usable) is written in the one CsvStyle."""
+    from pipeline.spark_predict import spark_predict
+
+    attack = '=HYPERLINK("evil.example/x";"x")'
+    with pytest.raises(PipelineError, match="no usable article"):
+        spark_predict(make_cfg("spark_predict", f"input='{attack}'", f"output={tmp_path}/out",
+                               f"paths.run_dir={tmp_path}/run"))
+    path = tmp_path / "run" / "spark_predict_errors.csv"
+    assert path.read_bytes().startswith(BOM)
+    row = raw_cells(path)[1]
+    assert row[0] == f"'{attack}" and row[4] == f"'{attack}: no such file or directory"
+    assert read_table(path, restore=True)["source"].tolist() == [attack]
+
+
+def test_no_module_writes_a_csv_but_through_pipeline_io():
+    """Issue 17 item 9: one function neutralises formula cells (io.write_csv); nothing else may write a CSV."""
+    import ast
+
+    def writes_csv(node) -> bool:
+        if not isinstance(node, ast.Attribute):
+            return False
+        if node.attr == "to_csv":
+            return True
+        if node.attr in ("writer", "DictWriter") and isinstance(node.value, ast.Name) and node.value.id == "csv":
+            return True
+        return node.attr == "csv" and "write" in ast.unparse(node.value)  # Spark's DataFrame.write.csv
+
+    package = Path(__file__).resolve().parent.parent / "pipeline"
+    offenders = [f"{path.name}:{node.lineno}" for path in sorted(package.glob("*.py")) if path.name != "io.py"
+                 for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))) if writes_csv(node)]
+    assert offenders == []

@@ -224,20 +224,30 @@ def test_table_inputs(run_predict, tmp_path):
     assert errors["reason"].tolist() == ["empty_sentence"] and errors["sentence_id"].tolist() == ["s2"]
 
 
+def served_rows(path: Path) -> list[dict]:
+    """The sentence rows of an article as the served model (trained with blank-line paragraphs) segments it."""
+    from pipeline.io import read_text_strict
+    from pipeline.segmentation import SegmentRules, article_rows
+
+    rules = SegmentRules.from_cfg(compose_config("predict", ["segment.paragraph_break=blank_line"]).segment)
+    return article_rows(path.stem, read_text_strict(path), rules)[0]
+
+
 def test_interrupted_run_leaves_no_output_and_resume_skips_done_articles(run_predict, tmp_path, monkeypatch):
     from pipeline.inference import TransformerPredictor
 
     out = tmp_path / "p.csv"
     calls = {"n": 0}
     real = TransformerPredictor.predict
+    first_article = len(served_rows(SEEDS[0]))  # one chunk per sentence: the first article, then one more
 
-    def dies_on_second_chunk(self, texts, batch_size=64):
+    def dies_in_the_second_article(self, texts, batch_size=64):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == first_article + 2:
             raise KeyboardInterrupt  # the user pressed Ctrl-C in the middle of the batch
         return real(self, texts, batch_size)
 
-    monkeypatch.setattr(TransformerPredictor, "predict", dies_on_second_chunk)
+    monkeypatch.setattr(TransformerPredictor, "predict", dies_in_the_second_article)
     with pytest.raises(KeyboardInterrupt):
         run_predict(f"input=[{SEEDS[0]},{SEEDS[1]},{SEEDS[2]}]", f"output={out}", "predict.chunk_sentences=1")
     assert not out.exists()
@@ -296,7 +306,7 @@ def test_cli_command_as_written(store, tmp_path):
 
 def test_resume_after_kill_between_rename_and_cleanup_does_not_duplicate(run_predict, tmp_path, monkeypatch):
     """Issue 9 item 5: killed after the output's rename but before its parts were removed, a resume merged both."""
-    from pipeline import predict_outputs
+    from pipeline import predict_parts
 
     out = tmp_path / "p.csv"
     inputs = f"input=[{SEEDS[0]},{SEEDS[1]}]"
@@ -304,7 +314,7 @@ def test_resume_after_kill_between_rename_and_cleanup_does_not_duplicate(run_pre
     def killed_before_cleanup(self):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(predict_outputs.PartsWriter, "discard", killed_before_cleanup)
+    monkeypatch.setattr(predict_parts.PartsWriter, "discard", killed_before_cleanup)
     with pytest.raises(KeyboardInterrupt):
         run_predict(inputs, f"output={out}", "predict.chunk_sentences=1")
     monkeypatch.undo()
@@ -378,7 +388,7 @@ def test_missing_input_is_told_before_the_model_is_fetched(run_predict, tmp_path
 
     monkeypatch.setattr(predict_module, "resolve_model", no_model)
     err = run_predict(f"input={tmp_path}/missing.txt", f"output={tmp_path}/q.csv", expect_error=True)
-    assert "none of these exists" in str(err) and "missing.txt" in str(err)
+    assert "no usable article" in str(err) and "missing.txt: no such file or directory" in str(err)
 
 
 def test_sentence_table_without_article_id_is_predicted_in_row_chunks(run_predict, tmp_path, monkeypatch):

@@ -160,3 +160,26 @@ def test_bad_requests_are_one_clear_error(spark, make_cfg, logged_model, tmp_pat
     with pytest.raises(PipelineError, match="already exists; .* spark.mode=overwrite"):
         spark_predict(make_cfg("spark_predict", *store, f"input={tmp_path}/cols.parquet", f"output={tmp_path}/exists",
                                f"model_uri={uri}"))
+
+
+def test_no_usable_article_is_the_same_error_in_both_stages(spark, make_cfg, logged_model, tmp_path):
+    """Issue 17 item 7: spark_predict on an empty directory or on one binary file exited 0 and wrote `_SUCCESS`."""
+    from pipeline.predict import predict
+    from pipeline.spark_predict import spark_predict
+
+    uri, store = logged_model
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    for name, source in (("empty", tmp_path / "empty"), ("binary", tmp_path / "image.txt")):
+        with pytest.raises(PipelineError) as local:
+            predict(make_cfg("predict", *store, f"input={source}", f"output={tmp_path}/{name}.parquet",
+                             f"model_uri={uri}"))
+        with pytest.raises(PipelineError) as on_spark:
+            spark_predict(make_cfg("spark_predict", *store, f"input={source}", f"output={tmp_path}/{name}-spark",
+                                   f"model_uri={uri}", f"paths.run_dir={tmp_path}/run-{name}"))
+        said, spark_said = str(local.value), str(on_spark.value)
+        assert said.startswith(f"no usable article in input={source}: {source}: "), said
+        assert spark_said.split("; see ")[0] == said.split("; see ")[0]
+        assert spark_said.endswith(f"; see {tmp_path}/run-{name}/spark_predict_errors.csv for why")
+        assert not (tmp_path / f"{name}-spark").exists() and not (tmp_path / f"{name}-spark.articles").exists()
+        assert not (tmp_path / f"{name}.parquet").exists()

@@ -89,6 +89,11 @@ def main() -> int:
               ["bench/spark_predict.py", "--sizes", "2000,20000", "--rounds", "1"])
     else:
         skip("whole-article prediction on Spark", "needs the spark extra (`pip install -e '.[spark]'`) and Java")
+    bench("how many to label: learning curve on the seeds (TF-IDF, no encoder)",
+          ["bench/learning_curve.py", "--model", "tfidf", "--repeats", "3", "--out", "outputs/bench/learning_curve"])
+    skip("how many to label: the frozen encoder on the seeds and ArSarcasm-v2 (docs/train.md)",
+         "needs the pretrained stand-in and ../shared: `python bench/learning_curve.py --encoder "
+         "~/models/multilingual-e5-small --arsarcasm ../shared/data/arsarcasm_v2/training_data.csv`")
     skip("Label Studio round trip", "needs a running Label Studio (--url, --token): "
          "`python bench/labelstudio_roundtrip.py --help`, see docs/label.md")
 

@@ -28,13 +28,51 @@ def group_choices(group: str) -> list[str]:
 UNION_TYPED_KEYS = {"train.resume", "predict.carry_columns"}
 
 
+# Keys that hold a share or a probability: the interval their value must lie in, what it is, an example. Refused
+# at composition, before anything runs (a test share of 0 would divide by zero, 1.5 would silently give a 50 %
+# split). Interval ends: "(" / ")" open, "[" / "]" closed.
+SHARE_RANGES: dict[str, tuple[str, str, str]] = {
+    "train.test_size": ("(0, 1)", "the share of gold articles held out for the test", "0.2"),
+    "train.val_size": ("[0, 1)", "the share of the other articles held out for validation, 0 = none", "0.2"),
+    "train.warmup_ratio": ("[0, 1]", "the share of optimiser steps that warm the learning rate up", "0.1"),
+    "train.weak.min_confidence": ("[0, 1]", "a rule confidence", "0.5"),
+    "train.hybrid.min_rule_confidence": ("[0, 1]", "a rule confidence", "0.5"),
+    "predict.min_confidence": ("[0, 1]", "a probability", "0.6"),
+    "evaluate.ci": ("(0, 1)", "the confidence level of the intervals", "0.95"),
+}
+
+
+def share_refusal(key: str, value) -> str | None:
+    """Why `value` cannot be the share `key` (one of SHARE_RANGES); None when it can, or when `key` is no share."""
+    if key not in SHARE_RANGES or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None  # not a share, null, or of the wrong type (the type check says so)
+    interval, meaning, example = SHARE_RANGES[key]
+    low_open, high_open = interval.startswith("("), interval.endswith(")")
+    if (value > 0 or (value == 0 and not low_open)) and (value < 1 or (value == 1 and not high_open)):
+        return None
+    return f"{key}={value} is outside {interval}: it is {meaning}; give a value in {interval}, e.g. {key}={example}"
+
+
+def check_shares(cfg: DictConfig) -> None:
+    """UsageError (one line) naming the first share of the composed config that lies outside its interval."""
+    for key in SHARE_RANGES:
+        try:
+            value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        except Exception:  # an interpolation that does not resolve: reported where it is used
+            continue
+        why = share_refusal(key, value)
+        if why:
+            raise UsageError(why)
+
+
 def compose_config(stage: str, overrides: Sequence[str] = ()) -> DictConfig:
     """Compose conf/config.yaml with `overrides`; bad overrides become a one-line UsageError.
 
     Beyond Hydra's own checks: `hydra.*` settings are refused (this CLI does not run Hydra's app, so they would be
     silently ignored), a dict value replaces a dict key (Hydra would merge it into the struct-mode node and refuse
-    every new key, e.g. `data.label_map={Favor: positive}` on `data=table`), and every overridden value must have
-    the type of the key's default (`train.epochs=abc` is refused here, not after the model has loaded).
+    every new key, e.g. `data.label_map={Favor: positive}` on `data=table`), every overridden value must have
+    the type of the key's default (`train.epochs=abc` is refused here, not after the model has loaded), and every
+    share (SHARE_RANGES: `train.test_size`, `train.val_size`, ...) must lie in its interval.
     """
     overrides = list(overrides)
     parsed = _parse_overrides(overrides)
@@ -61,6 +99,7 @@ def compose_config(stage: str, overrides: Sequence[str] = ()) -> DictConfig:
         defaults = _compose(stage, group_choices_only)
         for text, o in changed:
             _check_type(text, o.key_or_group, defaults, cfg)
+    check_shares(cfg)
     return cfg
 
 

@@ -6,8 +6,12 @@ data parallel, plus a small gloo group of our own for control messages (the run 
 that they never interleave with the Trainer's collectives. Only rank 0 touches MLflow and writes outputs.
 
 Failures: an exception on any rank ends that process at once with a non-zero status; the launcher then stops
-the others (SIGTERM), which `init()` turns into an exception, so rank 0's MLflow run closes as FAILED. On success
-every rank exits with rank 0's status (`final_status`).
+the others (SIGTERM), which `init()` turns into an exception, so rank 0's MLflow run closes as FAILED. Once a
+process is on its way out with an exception (`defer_termination`), a SIGTERM no longer raises: it would break off
+the closing of the MLflow run and leave it RUNNING. On success every rank exits with rank 0's status
+(`final_status`), after a barrier and `destroy_process_group` (`shutdown`): gloo's threads torn down while the
+interpreter is alive, not at its exit, where they abort the process ("terminate called without an active
+exception", exit -6) after a successful run.
 """
 
 from __future__ import annotations
@@ -43,12 +47,28 @@ def is_main() -> bool:
     return rank() == 0
 
 
-class Terminated(Exception):
-    """The launcher stopped this process (another rank failed)."""
+class Terminated(BaseException):
+    """The launcher stopped this process (another rank failed). Not an Exception, like KeyboardInterrupt: the
+    `except Exception` of a library must not swallow it and keep the process running until the launcher's SIGKILL."""
+
+
+_DEFERRED = False  # True once the process is unwinding an exception: SIGTERM is logged, not raised
 
 
 def _on_sigterm(signum, frame):
+    if _DEFERRED:
+        log.warning("distributed: rank %d got signal %d while closing after a failure; finishing the close first",
+                    rank(), signum)
+        return
+    defer_termination()  # one Terminated per process: the launcher's signal is not raised again while it unwinds
     raise Terminated(f"rank {rank()} stopped by signal {signum} (another rank failed)")
+
+
+def defer_termination() -> None:
+    """From now on a SIGTERM does not raise: the process is already leaving with an exception and closes its
+    MLflow run (FAILED) on the way. A no-op outside a multi-process run (no handler is installed there)."""
+    global _DEFERRED
+    _DEFERRED = True
 
 
 def init() -> None:
@@ -95,7 +115,7 @@ def barrier() -> None:
 def final_status(code: int) -> int:
     """The exit status of this process: rank 0's. A rank that failed returns its own status at once (no
     collective: the others may be inside one of the Trainer's), and the launcher stops the rest; rank 0, when it
-    succeeded, tells the ranks waiting here."""
+    succeeded, tells the ranks waiting here, and every rank then tears the process groups down (`shutdown`)."""
     if not is_distributed() or _CONTROL is None or code != 0:
         return code
     import torch.distributed as dist
@@ -106,8 +126,26 @@ def final_status(code: int) -> int:
     except Exception as exc:  # rank 0 is gone: it failed
         log.warning("distributed: no status from rank 0 (%s)", str(exc).splitlines()[0] if str(exc) else exc)
         return 1
+    return shutdown(int(box[0]))
+
+
+def shutdown(code: int) -> int:
+    """Tear the process groups down together: a barrier (no rank still sends or receives), the Trainer's objects
+    released, then `destroy_process_group`. Returns `code`, or 1 when the barrier fails (another rank died)."""
+    global _CONTROL
+    import gc
+
+    import torch.distributed as dist
+
+    try:
+        dist.barrier(group=_CONTROL)
+    except Exception as exc:
+        log.warning("distributed: the closing barrier failed (%s)", str(exc).splitlines()[0] if str(exc) else exc)
+        code = code or 1
+    gc.collect()  # pending gloo work held by dead Python objects (DDP's reducer) is released before the groups go
     try:
         dist.destroy_process_group()
-    except Exception:  # already torn down
-        pass
-    return int(box[0])
+    except Exception as exc:  # already torn down
+        log.debug("distributed: destroy_process_group: %s", exc)
+    _CONTROL = None
+    return code

@@ -98,7 +98,9 @@ def version_of_run(cfg: DictConfig, run_id: str) -> str | None:
 
 def set_alias(cfg: DictConfig, version: str) -> str:
     name, alias = model_name(cfg), alias_name(cfg)
-    _client(cfg).set_registered_model_alias(name, alias, str(version))
+    client = _client(cfg)
+    tracking.require_writable(cfg, f"moving the alias {name}@{alias}")
+    client.set_registered_model_alias(name, alias, str(version))
     return f"models:/{name}@{alias}"
 
 
@@ -158,6 +160,7 @@ def resolve_target(cfg: DictConfig, target: str) -> tuple[str, str]:
     if version is None:  # a run trained with tracking.register=null, or before the registry was used
         import mlflow
 
+        tracking.require_writable(cfg, f"registering run {run_id} as a version of {name}")
         model_uri = run.data.tags.get("model_uri") or f"runs:/{run_id}/model"
         version = str(mlflow.register_model(model_uri, name).version)
         log.info("promote: registered run %s as %s version %s", run_id, name, version)

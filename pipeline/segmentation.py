@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from pipeline.arabic import normalise_for_id, squeeze_spaces
+from pipeline.arabic import is_invisible, normalise_for_id, squeeze_spaces, strip_invisible
 from pipeline.errors import PipelineError
 from pipeline.io import glob_files, read_text_strict
 
@@ -83,12 +83,13 @@ def _paragraphs(text: str, mode: str) -> Iterable[tuple[int, int]]:
 
 
 def _is_protected_period(line: str, pos: int, abbreviations: Sequence[str]) -> bool:
-    """True when the single '.' at `pos` is inside a number/date or ends an abbreviation."""
-    before = line[pos - 1] if pos > 0 else ""
-    after = line[pos + 1] if pos + 1 < len(line) else ""
+    """True when the single '.' at `pos` is inside a number/date or ends an abbreviation (invisible format
+    characters around it do not count)."""
+    before = strip_invisible(line[:pos])[-1:]
+    after = strip_invisible(line[pos + 1:])[:1]
     if before.isdigit() and after.isdigit():  # 2.5, 22.7.2020
         return True
-    token = re.search(r"(\S+)$", line[:pos])
+    token = re.search(r"(\S+)$", strip_invisible(line[:pos]))
     if token is None:
         return False
     word = token.group(1).lstrip("\"'“‘«(‹[{")
@@ -104,7 +105,7 @@ def _split_paragraph(text: str, start: int, end: int, rules: SegmentRules) -> It
         if m.group() == "." and _is_protected_period(para, m.start(), rules.abbreviations):
             continue
         stop = m.end()
-        while stop < len(para) and para[stop] in CLOSERS + TERMINATORS:
+        while stop < len(para) and (para[stop] in CLOSERS + TERMINATORS or is_invisible(para[stop])):
             stop += 1
         if stop > cut:
             yield start + cut, start + stop

@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import LABELS
+from pipeline.config import share_refusal
 from pipeline.errors import PipelineError
 from pipeline.inner_cv import out_of_fold
 from pipeline.metrics import macro_f1
@@ -65,6 +66,9 @@ def candidates(cfg: DictConfig) -> list[dict]:
             raise PipelineError(f"evaluate.select: no config key {key!r} (see `python -m pipeline evaluate --help`)")
         if not isinstance(values, list) or not values:
             raise PipelineError(f"evaluate.select: {key!r} needs a non-empty list of values, e.g. {{{key}: [1, 2]}}")
+        refused = [why for why in (share_refusal(str(key), v) for v in values) if why]
+        if refused:
+            raise PipelineError(f"evaluate.select: {refused[0]}")
     keys = list(spec)
     return [dict(zip(keys, combo)) for combo in itertools.product(*(spec[k] for k in keys))]
 

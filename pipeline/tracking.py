@@ -18,7 +18,7 @@ from typing import Any, Iterator, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import provenance
+from pipeline import distributed, provenance, run_owners
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -90,49 +90,106 @@ def check_reachable(cfg: DictConfig) -> None:
     _REACHABLE.add(uri)
 
 
-def _store_lock_path(uri: str) -> Path | None:
-    """A lock file beside a local SQLite store; None for other stores."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    db = Path(uri[len("sqlite:///"):])
-    return db.parent / f".{db.name}.lock"
+def _store_db(uri: str) -> Path | None:
+    """The database file of a local SQLite store; None for other stores."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+# Stores found read-only (uri -> why), as of their last `setup`: predict reads from them, nothing writes.
+_READ_ONLY: dict[str, str] = {}
+# Stores whose runs of dead processes this process has marked KILLED (once per store and process).
+_TIDIED: set[str] = set()
+
+
+def _read_only_reason(db: Path) -> str | None:
+    """Why a local SQLite store cannot be written (a read-only mount, a directory without write permission);
+    None when it can. SQLite writes a journal beside the database, so its directory must be writable too."""
+    folder = db.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"{folder} cannot be created: {exc.strerror or exc}"
+    if db.exists() and not os.access(db, os.W_OK):
+        return f"{db} is not writable"
+    if not os.access(folder, os.W_OK):
+        return f"{folder} is not writable"
+    return None
 
 
 @contextlib.contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
-    """Inter-process lock around the first use of a SQLite store.
+def _store_lock(uri: str) -> Iterator[str | None]:
+    """Inter-process lock around the first use of a SQLite store; yields why the store is read-only (None when
+    it is writable, and for stores other than a local SQLite file).
 
     MLflow creates and migrates the schema on first use; two processes doing that at once on a fresh file fail
     with `table runs already exists` / `duplicate column name`, and two creating the same experiment collide too.
+    A read-only store is only read (its schema exists; reads need no lock).
     """
-    path = _store_lock_path(uri)
-    if path is None:
-        yield
+    db = _store_db(uri)
+    reason = None if db is None else _read_only_reason(db)
+    if db is None or reason is not None:
+        yield reason
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
+    try:
+        fh = open(db.parent / f".{db.name}.lock", "a")
+    except OSError as exc:  # e.g. a lock file left read-only by someone else
+        yield f"{db.parent / f'.{db.name}.lock'} cannot be opened: {exc.strerror or exc}"
+        return
+    with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            yield
+            yield None
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def read_only_error(uri: str, reason: str, doing: str) -> PipelineError:
+    """The one line for a write to a read-only store: which store, why, and the fixes."""
+    db = _store_db(uri)
+    where = f"make {db.parent} writable, or " if db is not None else ""
+    return PipelineError(
+        f"MLflow store {uri} is read-only ({reason}): {doing} writes to it; {where}point tracking.uri (or "
+        "MLFLOW_TRACKING_URI) at a writable store, e.g. tracking.uri=sqlite:///<a writable dir>/mlflow.db "
+        "(predict still reads models from a read-only store)")
+
+
+def require_writable(cfg: DictConfig, doing: str) -> None:
+    """PipelineError (one line) when the configured store was found read-only by `setup`."""
+    uri = tracking_uri(cfg)
+    if uri in _READ_ONLY:
+        raise read_only_error(uri, _READ_ONLY[uri], doing)
+
+
 def setup(cfg: DictConfig):
-    """Point MLflow at the configured store and make sure the experiment exists; returns the mlflow module."""
+    """Point MLflow at the configured store and make sure the experiment exists; returns the mlflow module.
+
+    A read-only local store (a mounted share, `chmod -R a-w mlruns`) is opened for reading: nothing is written
+    (no experiment tags, no run marked KILLED), and `require_writable` refuses the writers in one line. The first
+    time a process opens a writable store, runs left RUNNING by dead processes are marked KILLED (run_owners)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     check_reachable(cfg)
     import mlflow
 
     uri = tracking_uri(cfg)
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     if os.environ.get("MLFLOW_TRACKING_URI") == uri and uri == str(cfg.tracking.uri):
         _URIS_SET_HERE.add(uri)
     name = str(cfg.tracking.experiment)
     # The first call opens (creates, migrates) the store; under the lock, so is the experiment's creation.
-    with _store_lock(uri):
+    with _store_lock(uri) as read_only:
+        if read_only is not None:
+            if not _store_db(uri).exists():
+                raise PipelineError(f"MLflow store {uri} does not exist and cannot be created ({read_only}); "
+                                    "point tracking.uri (or MLFLOW_TRACKING_URI) at an existing store or a "
+                                    "writable directory")
+            if uri not in _READ_ONLY:
+                log.info("MLflow store %s is read-only (%s): reading only", uri, read_only)
+            _READ_ONLY[uri] = read_only
+            experiment = mlflow.get_experiment_by_name(name)
+            if experiment is not None:
+                mlflow.set_experiment(name)
+            return mlflow
+        _READ_ONLY.pop(uri, None)
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is None:
             artifact_location = None
@@ -148,7 +205,23 @@ def setup(cfg: DictConfig):
             experiment = mlflow.get_experiment_by_name(name)
         mark_experiment(experiment)
     mlflow.set_experiment(name)
+    if uri not in _TIDIED:
+        _TIDIED.add(uri)
+        try:
+            run_owners.mark_dead_runs(mlflow.MlflowClient(), experiment.experiment_id)
+        except mlflow.exceptions.MlflowException as exc:  # housekeeping: a store that refuses it still serves
+            log.warning("runs of dead processes not checked in %s: %s", uri, str(exc).splitlines()[0])
     return mlflow
+
+
+def mark_dead_runs(cfg: DictConfig) -> list[str]:
+    """Mark KILLED the RUNNING runs of the configured experiment whose process is gone (what `setup` does once
+    per store and process); returns their ids."""
+    _TIDIED.add(tracking_uri(cfg))  # done here, not by setup: the ids are this call's answer
+    mlflow = setup(cfg)
+    require_writable(cfg, "marking runs of dead processes KILLED")
+    experiment = mlflow.get_experiment_by_name(str(cfg.tracking.experiment))
+    return run_owners.mark_dead_runs(mlflow.MlflowClient(), experiment.experiment_id)
 
 
 def mark_experiment(experiment, client=None) -> None:
@@ -283,13 +356,21 @@ def start_run(cfg: DictConfig, run_name: str, *, nested: bool = False, tags: Map
         run_name = f"{run_name} {_RUN_NAME_SUFFIX[-1]}"
     if run_id:
         log_params = False
+    require_writable(cfg, f"{cfg.stage} (its MLflow run)")
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested) as run:
-        mlflow.set_tags({"stage": str(cfg.stage), **git_tags(), **(tags or {})})
+        # the owner (pid, host, start time): a run left RUNNING by a dead process is marked KILLED later
+        mlflow.set_tags({"stage": str(cfg.stage), **git_tags(), **run_owners.process_tags(), **(tags or {})})
         if log_params:
             with provenance.unrecorded():  # the whole config is logged; a stage does not depend on all of it
                 mlflow.log_params(flatten_config(cfg))
                 mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        yield run  # mlflow's ActiveRun marks the run FAILED when the block raises
+        try:
+            yield run
+        except BaseException:
+            # mlflow's ActiveRun marks the run FAILED on the way out; a launcher's SIGTERM (another rank failed)
+            # must not interrupt that and leave it RUNNING.
+            distributed.defer_termination()
+            raise
 
 
 RECIPE_SECTIONS = ("data", "segment", "labeling", "model", "train")

@@ -115,10 +115,9 @@ def train(cfg: DictConfig) -> dict:
                                 "models train under torchrun / accelerate launch")
         if not distributed.is_main():
             return train_replica(cfg, data, split, work_dir, resume_from)
-    train_state.mark_dead_runs(cfg)  # runs left RUNNING by a killed process (kill -9) are KILLED, not RUNNING
     smoke = from_scratch(cfg)
     tags = {"stage": "train", "model_kind": kind, "model_name": str(cfg.model.name), **tracking.recipe_tags(cfg),
-            **train_state.process_tags(), "processes": str(distributed.world_size()),
+            "processes": str(distributed.world_size()),
             registry.SMOKE_TAG: str(smoke).lower()}
     reopen = None
     if resume_from:

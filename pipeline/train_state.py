@@ -1,13 +1,11 @@
 """What a train run leaves beside its checkpoints and inside its model directory, so that it can be resumed and
-scored honestly later; and the clean-up of MLflow runs whose process died (kill -9).
+scored honestly later.
 
 * `train_state.json` (in the run dir, beside `checkpoints/`): the stage, a digest of the config sections that
   shape the model, the split's article ids and the MLflow run id. `train.resume` continues only a run whose state
   matches the current config and split (`resume_refusal` says why not), and reopens its MLflow run.
 * `split.json` (in the model dir): the split's test / validation / train ids and the data digest, which
   `evaluate.cv=none` scores instead of rebuilding the split from the seed.
-* Every train run carries the tags `pid` and `host`; `mark_dead_runs` marks a RUNNING train run KILLED when its
-  process on this host is gone.
 """
 
 from __future__ import annotations
@@ -15,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import socket
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -107,39 +103,3 @@ def read_split(model_dir: Path) -> dict | None:
     if not path.exists():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-# ---------------------------------------------------------------- runs of dead processes
-
-def process_tags() -> dict[str, str]:
-    return {"pid": str(os.getpid()), "host": socket.gethostname()}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def mark_dead_runs(cfg: DictConfig) -> list[str]:
-    """Mark KILLED every RUNNING run of the experiment whose recorded process on this host no longer exists."""
-    mlflow = tracking.setup(cfg)
-    experiment = mlflow.get_experiment_by_name(str(cfg.tracking.experiment))
-    host = socket.gethostname()
-    runs = mlflow.search_runs([experiment.experiment_id], filter_string="attributes.status = 'RUNNING'",
-                              output_format="list")
-    killed = []
-    for run in runs:
-        tags = run.data.tags
-        pid = tags.get("pid", "")
-        if tags.get("host") != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
-            continue
-        mlflow.MlflowClient().set_terminated(run.info.run_id, status="KILLED")
-        log.warning("run %s (%s) was left RUNNING by process %s, which is gone: marked KILLED",
-                    run.info.run_id, run.info.run_name, pid)
-        killed.append(run.info.run_id)
-    return killed

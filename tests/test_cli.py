@@ -88,6 +88,17 @@ def test_comments_in_conf_files_become_one_line_meanings(tmp_path):
         (["train", "train.sources=gold"], "train.sources must be a list"),
         (["train", "train.group_by_length=maybe"], "train.group_by_length must be true or false"),
         (["train", "hydra.run.dir=/tmp/elsewhere"], "hydra.* settings are not used by this CLI; the run dir is paths.run_dir"),
+        # issue 17 item 10: shares outside their interval (0 divided by zero, 1.5 silently split 50 %)
+        (["train", "train.test_size=0"], "train.test_size=0 is outside (0, 1): it is the share of gold articles held "
+                                         "out for the test; give a value in (0, 1), e.g. train.test_size=0.2"),
+        (["train", "train.test_size=1.5"], "train.test_size=1.5 is outside (0, 1)"),
+        (["train", "train.test_size=-0.2"], "train.test_size=-0.2 is outside (0, 1)"),
+        (["train", "train.val_size=1"], "train.val_size=1 is outside [0, 1): it is the share of the other articles "
+                                        "held out for validation, 0 = none"),
+        (["evaluate", "train.warmup_ratio=1.1"], "train.warmup_ratio=1.1 is outside [0, 1]"),
+        (["predict", "predict.min_confidence=60"], "predict.min_confidence=60 is outside [0, 1]"),
+        (["evaluate", "evaluate.ci=95"], "evaluate.ci=95 is outside (0, 1)"),
+        (["train", "train=scratch", "train.val_size=2"], "train.val_size=2 is outside [0, 1)"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(args, message, capsys):
@@ -99,9 +110,11 @@ def test_usage_errors_exit_2_with_one_line(args, message, capsys):
 
 def test_valid_overrides_keep_working(make_cfg):
     cfg = make_cfg("train", "train.lr=1e-4", "model=tiny", "train.epochs=3", "train.resume=/some/run/dir",
-                   "predict.threads=2", "evaluate.ci=1", "train.sources=[gold]", "predict.carry_columns=[date,outlet]")
+                   "predict.threads=2", "train.weight_decay=0", "train.sources=[gold]",
+                   "predict.carry_columns=[date,outlet]", "train.val_size=0", "train.warmup_ratio=1")
     assert cfg.train.lr == 1e-4 and cfg.model.name == "tiny" and cfg.train.epochs == 3
-    assert cfg.train.resume == "/some/run/dir" and cfg.evaluate.ci == 1 and list(cfg.train.sources) == ["gold"]
+    assert cfg.train.resume == "/some/run/dir" and cfg.train.weight_decay == 0 and list(cfg.train.sources) == ["gold"]
+    assert cfg.train.val_size == 0 and cfg.train.warmup_ratio == 1  # the closed ends of their intervals
     assert list(cfg.predict.carry_columns) == ["date", "outlet"]  # `all` by default, or a list of columns
 
 

@@ -1,12 +1,15 @@
 """Training in several processes (torchrun, gloo on the CPU) and the device / precision choice.
 
 The torchrun runs take ~30 s each on 2 cores: a tiny model on a small separable task, each run with its own run
-dir, work dir and MLflow store under tmp_path.
+dir, work dir and MLflow store under tmp_path. They must pass on a loaded machine too (issue 17 item 13: two
+CPU-bound processes beside `make test`): no assertion depends on timing, and each launch may take up to
+LAUNCH_TIMEOUT_S, far beyond its normal half-minute, before the test gives up.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +27,8 @@ METRIC_TOLERANCE = 0.1
 # order differ. A loss scaled by the number of processes (or not un-scaled for DDP's gradient averaging) is off by
 # a factor of 2: far outside this.
 FIRST_LOSS_TOLERANCE = 0.05
+# Seconds one torchrun / accelerate launch may take: ~30 s alone, several times that on a loaded machine.
+LAUNCH_TIMEOUT_S = 1200
 
 
 def test_precision_auto_follows_the_device():
@@ -76,17 +81,51 @@ def test_other_stages_refuse_several_processes(make_cfg, monkeypatch):
         run_stage("predict", make_cfg("predict"))
 
 
+def test_the_launchers_sigterm_cannot_leave_a_failed_run_running(make_cfg, monkeypatch):
+    """Issue 17 item 13: rank 0 is closing its run after a failure (another rank died) when torchrun's SIGTERM
+    arrives. The signal must not break off MLflow's end_run, which would leave the run RUNNING: here it arrives
+    inside end_run itself, the worst moment. And the launcher's signal is no `Exception` a library could swallow."""
+    import os
+    import signal
+
+    import mlflow.tracking.fluent as fluent
+    from mlflow import MlflowClient
+
+    from pipeline import distributed, tracking
+
+    assert not issubclass(distributed.Terminated, Exception)
+    monkeypatch.setattr(distributed, "_DEFERRED", False)
+    previous = signal.signal(signal.SIGTERM, distributed._on_sigterm)  # as distributed.init() installs it
+    end_run = fluent.end_run
+
+    def signalled_end_run(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered here, before the status is written
+        return end_run(*args, **kwargs)
+
+    monkeypatch.setattr(fluent, "end_run", signalled_end_run)
+    cfg = make_cfg("train")
+    try:
+        with pytest.raises(RuntimeError, match="gloo: connection closed by peer"):
+            with tracking.start_run(cfg, "torchrun rank 0", log_params=False) as run:
+                raise RuntimeError("gloo: connection closed by peer")  # what rank 0 sees when rank 1 died
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert MlflowClient(str(cfg.tracking.uri)).get_run(run.info.run_id).info.status == "FAILED"
+
+
 # ---------------------------------------------------------------- torchrun
 
-CRASH_ON_RANK_1 = """
+CRASH_ON_RANK = """
 import os, sys
 from transformers import TrainerCallback
 import pipeline.fitting as fitting
 
+CRASH_RANK = sys.argv.pop(1)
+
 class Crash(TrainerCallback):
     def on_epoch_end(self, args, state, control, **kwargs):
-        if os.environ.get("RANK") == "1" and state.epoch >= 2:
-            raise RuntimeError("injected crash on rank 1")
+        if os.environ.get("RANK") == CRASH_RANK and state.epoch >= 2:
+            raise RuntimeError(f"injected crash on rank {CRASH_RANK}")
 
 fitting.extra_callbacks = lambda: [Crash()]
 from pipeline.cli import main
@@ -121,9 +160,24 @@ def overrides(root: Path, labelled: Path, name: str) -> list[str]:
             f"tracking.artifact_root={root}/{name}/mlruns/artifacts"]
 
 
-def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
-    return subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
+def launch(command: list[str]) -> subprocess.CompletedProcess:
+    """Run `command` (a launcher and its ranks) in a session of its own; whatever of it is left when it ends or
+    times out (a rank the launcher did not stop) is killed with it."""
+    proc = subprocess.Popen(command, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:  # the launcher and every rank are gone
+            pass
+        proc.wait()
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    return launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args])
 
 
 def runs_in(root: Path, name: str):
@@ -154,8 +208,7 @@ def test_torchrun_gives_one_mlflow_run_like_one_process(make_cfg, tmp_path):
     labelled = weighted(make_labelled(make_cfg, tmp_path / "labelled.parquet", separable=True))
     two = torchrun("-m", "pipeline", "train", *overrides(tmp_path, labelled, "two"))
     assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run([sys.executable, "-m", "pipeline", "train", *overrides(tmp_path, labelled, "one")],
-                         cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    one = launch([sys.executable, "-m", "pipeline", "train", *overrides(tmp_path, labelled, "one")])
     assert one.returncode == 0, one.stderr[-3000:]
 
     (run2,), (run1,) = runs_in(tmp_path, "two"), runs_in(tmp_path, "one")  # exactly one run each
@@ -183,15 +236,16 @@ def test_torchrun_gives_one_mlflow_run_like_one_process(make_cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_crash_on_another_rank_marks_the_run_failed(make_cfg, tmp_path):
+@pytest.mark.parametrize("crash_rank", ["1", "0"])
+def test_a_crash_on_any_rank_marks_the_run_failed(make_cfg, tmp_path, crash_rank):
     labelled = make_labelled(make_cfg, tmp_path / "labelled.parquet", separable=True)
-    script = tmp_path / "crash_on_rank_1.py"
-    script.write_text(CRASH_ON_RANK_1, encoding="utf-8")
-    result = torchrun(str(script), "train", *overrides(tmp_path, labelled, "crash"))
+    script = tmp_path / "crash_on_rank.py"
+    script.write_text(CRASH_ON_RANK, encoding="utf-8")
+    result = torchrun(str(script), crash_rank, "train", *overrides(tmp_path, labelled, "crash"))
     assert result.returncode != 0
-    assert "injected crash on rank 1" in result.stderr
+    assert f"injected crash on rank {crash_rank}" in result.stderr
     (run,) = runs_in(tmp_path, "crash")
-    assert run.info.status == "FAILED"
+    assert run.info.status == "FAILED", result.stderr[-3000:]   # closed by rank 0, not left RUNNING
 
 
 @pytest.mark.slow
@@ -203,7 +257,7 @@ def test_accelerate_launch_runs_the_same_way(make_cfg, tmp_path):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
                "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", "-m", "pipeline", "train",
                *args, "train.epochs=2"]
-    result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    result = launch(command)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = runs_in(tmp_path, "acc")
     assert run.info.status == "FINISHED" and run.data.tags["processes"] == "2"

@@ -224,6 +224,8 @@ def test_a_selection_varies_only_existing_model_and_train_keys(make_cfg):
     assert both == [{"train.head.C": 0.5, "train.lr": 1e-5}, {"train.head.C": 2, "train.lr": 1e-5}]
     for bad, message in (("{data.path: [a.csv]}", "not a train.\\* or model.\\* key"),
                          ("{train.nope: [1]}", "no config key 'train.nope'"),
-                         ("{train.lr: 3e-5}", "non-empty list")):
+                         ("{train.lr: 3e-5}", "non-empty list"),
+                         # issue 17 item 10: a share the command line would refuse is refused here too
+                         ("{train.val_size: [0, 1.5]}", "train.val_size=1.5 is outside \\[0, 1\\)")):
         with pytest.raises(PipelineError, match=message):
             candidates(make_cfg("evaluate", f"evaluate.select={bad}"))

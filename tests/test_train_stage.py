@@ -182,15 +182,17 @@ train(compose_config("train", sys.argv[2:]))
 
 
 def test_kill_9_then_resume_is_one_finished_run(make_cfg, labelled, tmp_path):
-    """Issue 9 item 6: a train killed with SIGKILL leaves its run RUNNING; the next train marks it KILLED and the
-    resume reopens it: one run, FINISHED."""
+    """Issue 9 item 6: a train killed with SIGKILL leaves its run RUNNING; the next process to open the store marks
+    it KILLED and the resume reopens it: one run, FINISHED."""
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    from pipeline import train_state
+    from mlflow import MlflowClient
+
+    from pipeline import tracking
     from pipeline.train import train
 
     run_dir = tmp_path / "outputs" / "train" / "killed"
@@ -211,9 +213,10 @@ def test_kill_9_then_resume_is_one_finished_run(make_cfg, labelled, tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    runs = runs_of(cfg)
+    client = MlflowClient(str(cfg.tracking.uri))  # read as it is: tracking.setup would already mark the run
+    runs = client.search_runs([client.get_experiment_by_name(str(cfg.tracking.experiment)).experiment_id])
     assert [r.info.status for r in runs] == ["RUNNING"] and runs[0].data.tags["pid"] == str(proc.pid)
-    assert train_state.mark_dead_runs(cfg) == [runs[0].info.run_id]
+    assert tracking.mark_dead_runs(cfg) == [runs[0].info.run_id]
     assert [r.info.status for r in runs_of(cfg)] == ["KILLED"]
 
     result = train(make_cfg("train", *overrides, "train.resume=true"))

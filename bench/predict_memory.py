@@ -1,6 +1,9 @@
 """Peak memory of the predict stage against input size: 10,000 vs 100,000 sentences, each in its own process.
 
-    .venv/bin/python bench/predict_memory.py [--sizes 10000,100000] [--format parquet]
+    .venv/bin/python bench/predict_memory.py [--sizes 10000,100000] [--format parquet] [--per-article 20]
+
+`--per-article 75000 --sizes 75000` puts every sentence in one article: a long article must stream in chunks too
+(its predictions are never held whole), so its peak should stay near that of many short articles.
 
 Synthetic article files (20 sentences each) are built from the seed corpus's sentences, predicted with the tiny
 random-weight model by `python -m pipeline predict` in a fresh process, and the child's peak RSS is read from
@@ -27,19 +30,19 @@ from pipeline.segmentation import seed_sentences  # noqa: E402
 SENTENCES_PER_ARTICLE = 20
 
 
-def write_articles(folder: Path, n_sentences: int, pool: list[str]) -> int:
-    """n_sentences sentences in articles of SENTENCES_PER_ARTICLE lines, one sentence per line."""
+def write_articles(folder: Path, n_sentences: int, pool: list[str], per_article: int = SENTENCES_PER_ARTICLE) -> int:
+    """n_sentences sentences in articles of `per_article` lines, one sentence per line."""
     folder.mkdir(parents=True, exist_ok=True)
     written = 0
     article = 0
     while written < n_sentences:
-        k = min(SENTENCES_PER_ARTICLE, n_sentences - written)
+        k = min(per_article, n_sentences - written)
         lines = []
         for j in range(k):
             s = pool[(article * 7 + j * 13) % len(pool)]
             words = s.split()
             # vary each line a little so that sentences are not all identical copies
-            lines.append(" ".join(words[: max(3, len(words) - (article + j) % 5)]) + ".")
+            lines.append(" ".join(words[: max(3, len(words) - (article + j) % 5)]) + f" {j}.")
         (folder / f"article_{article:06d}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
         written += k
         article += 1
@@ -67,6 +70,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", default="10000,100000", help="comma list of sentence counts")
     parser.add_argument("--format", default="parquet", choices=["parquet", "csv", "jsonl"])
     parser.add_argument("--chunk-sentences", type=int, default=2048)
+    parser.add_argument("--per-article", type=int, default=SENTENCES_PER_ARTICLE,
+                        help="sentences per article (one huge article: as many as --sizes)")
     args = parser.parse_args(argv)
 
     from pipeline import LABELS
@@ -83,7 +88,7 @@ def main(argv=None) -> int:
                              preprocessor=TextPreprocessor("bert-base-arabertv02"))
         for size in (int(s) for s in args.sizes.split(",")):
             folder = tmp / f"articles_{size}"
-            n_articles = write_articles(folder, size, pool)
+            n_articles = write_articles(folder, size, pool, args.per_article)
             output = tmp / f"pred_{size}.{args.format}"
             peak, seconds, code = run_predict(folder, output, model_dir, tmp,
                                               [f"predict.chunk_sentences={args.chunk_sentences}"])

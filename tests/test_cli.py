@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import expand_sweep, main, parse_args
-from pipeline.stages import STAGES, ensure_inputs
+from pipeline.cli.main import expand_sweep, main, parse_args
+from pipeline.cli.registry import STAGES, ensure_inputs
 
 from conftest import REPO
 
@@ -58,7 +58,7 @@ def test_stage_help_leads_with_its_own_keys_and_what_they_mean(capsys):
 
 
 def test_comments_in_conf_files_become_one_line_meanings(tmp_path):
-    from pipeline.config_help import file_comments
+    from pipeline.cli.help import file_comments
 
     path = tmp_path / "x.yaml"
     path.write_text("# header of the file\n\n"
@@ -144,7 +144,7 @@ def test_segment_from_the_shell_writes_sentences_in_its_own_run_dir(tmp_path):
 
 
 def test_run_dirs_never_collide(tmp_path, make_cfg):
-    from pipeline.config import new_run_dir
+    from pipeline.core.config import new_run_dir
 
     cfg = make_cfg("segment", f"paths.output_root={tmp_path}/o")
     dirs = {new_run_dir(cfg, "segment") for _ in range(20)}  # same second, all distinct
@@ -270,7 +270,7 @@ def test_a_home_directory_in_a_value_is_expanded_as_a_shell_would(monkeypatch):
     monkeypatch.setenv("HOME", "/home/analyst")
     _, overrides, _, _ = parse_args(["train", "model.name_or_path=~/models/x", "~train.lr", "data.unlabelled=a~b"])
     assert overrides == ["model.name_or_path=/home/analyst/models/x", "~train.lr", "data.unlabelled=a~b"]
-    from pipeline.config import compose_config
+    from pipeline.core.config import compose_config
 
     assert compose_config("train", overrides[:1]).model.name_or_path == "/home/analyst/models/x"
 

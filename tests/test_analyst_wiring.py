@@ -162,8 +162,7 @@ def test_experiment_is_marked_for_model_development(make_cfg):
 def test_sweep_child_runs_are_named_by_their_swept_values(tmp_path, monkeypatch):
     import mlflow
 
-    from pipeline.cli.main import main as cli
-
+    from pipeline.cli import main as cli
     from pipeline.core import tracking
 
     def fake_stage(stage_name, cfg):  # what train does with its run, without the training

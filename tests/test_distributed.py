@@ -91,9 +91,7 @@ def test_the_launchers_sigterm_cannot_leave_a_failed_run_running(make_cfg, monke
     import mlflow.tracking.fluent as fluent
     from mlflow import MlflowClient
 
-    from pipeline.core import distributed
-
-    from pipeline.core import tracking
+    from pipeline.core import distributed, tracking
 
     assert not issubclass(distributed.Terminated, Exception)
     monkeypatch.setattr(distributed, "_DEFERRED", False)

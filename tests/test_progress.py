@@ -8,7 +8,6 @@ import os
 import pytest
 
 from pipeline import LABELS
-
 from pipeline.core import progress
 
 

@@ -12,9 +12,7 @@ from typing import Sequence
 
 from omegaconf import DictConfig
 
-from pipeline.core import distributed
-
-from pipeline.core import progress
+from pipeline.core import distributed, progress
 from pipeline.core.config import compose_config, new_run_dir, to_yaml, with_run_dir
 from pipeline.core.errors import PipelineError, UsageError
 from pipeline.core.io import write_text_atomic
@@ -189,9 +187,9 @@ def run_multirun(stage_name: str, overrides: Sequence[str]):
             with tracking.run_name_suffix(swept_values(jobs, job, overrides)):
                 results.append(run_stage(stage_name, cfg))
     if deferred:
-        from pipeline.models import serving as registry
+        from pipeline.models import serving
 
-        best = registry.promote_best_of_sweep(base, results)
+        best = serving.promote_best_of_sweep(base, results)
         if best is not None:
             print(f"sweep: version {best['registered_version']} (run {best['run_id']}) is now served as "
                   f"{best['served_as']}: the best {base.tracking.sweep_metric} of the sweep (a selection maximum); "

@@ -145,7 +145,7 @@ def _short(value) -> str:
 
 def _modelling_stage(name: str, help: str, own: tuple[str, ...]) -> Stage:
     """train / evaluate: read the labelled set, made by `label` unless the data is a labelled table."""
-    return Stage(name, help, f"pipeline.{name}:{name}", needs=("label",), skip_needs=_table_data, own=own)
+    return Stage(name, help, f"pipeline.stages.{name}:{name}", needs=("label",), skip_needs=_table_data, own=own)
 
 
 STAGES: dict[str, Stage] = {

@@ -18,11 +18,7 @@ from typing import Any, Iterator, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.core import distributed
-
-from pipeline.core import provenance
-
-from pipeline.core import run_owners
+from pipeline.core import distributed, provenance, run_owners
 from pipeline.core.errors import PipelineError
 
 log = logging.getLogger(__name__)

@@ -25,6 +25,8 @@ from pipeline.text.preprocess import TextPreprocessor
 
 log = logging.getLogger(__name__)
 
+METHOD = "frozen"  # the `model_kind` tag of its runs (pipeline.models.kinds)
+
 
 def frozen_encoder(cfg: DictConfig, train_texts, work_dir: Path, out: Path, preprocess: TextPreprocessor):
     """Write the untouched encoder to `out` with a zero head and return its predictor (what computes the features).

@@ -9,6 +9,8 @@ or both. What the module says:
                                          train on split.train (split.val for early stopping / a score) and write
                                          a complete stance model dir to `out` (base.write_model_metadata)
             preflight(cfg)               optional: refuse an unavailable model before any run is opened
+            METHOD = "<name>"            optional: how it fits, as runs are tagged (`model_kind`): one name for the
+                                         kinds one module fits (tiny is fitted as "transformer"); else model.kind
             CHECKPOINTS = True           optional: the fit keeps Trainer checkpoints (train.resume, torchrun)
     loads:  load(model_dir, meta, **options) -> predictor   (options: quantize, device, max_batch_tokens)
             unpickled_files(model_dir) -> list[Path]          optional: what loading would unpickle (trust.py)
@@ -96,6 +98,12 @@ def loader(name: str):
 def written_kind(cfg: DictConfig) -> str:
     """The kind the configured fit records in its model dir (before any wrapper): what `model_kind` tags say."""
     return str(fitter(cfg).written_kind(cfg))
+
+
+def fit_method(cfg: DictConfig) -> str:
+    """How the configured model is fitted (transformer, frozen, tfidf...): the `model_kind` tag of train and
+    evaluate runs, which tells a frozen encoder from a fine-tuned one although both write kind "encoder"."""
+    return str(getattr(fitter(cfg), "METHOD", cfg.model.kind))
 
 
 def keeps_checkpoints(cfg: DictConfig) -> bool:

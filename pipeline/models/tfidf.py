@@ -20,6 +20,8 @@ from pipeline.models.head import logistic_regression, sample_weights
 from pipeline.models.trust import LEGACY_PICKLE, load_sklearn, save_sklearn, sklearn_file
 from pipeline.text.preprocess import TextPreprocessor
 
+METHOD = "tfidf"  # the `model_kind` tag of its runs (pipeline.models.kinds)
+
 # The classifier's defaults where model.tfidf does not set them (conf/model/tfidf.yaml does).
 DEFAULT_C = 4.0
 DEFAULT_MAX_ITER = 2000

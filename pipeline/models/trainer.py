@@ -18,10 +18,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import LABELS
-
-from pipeline.core import distributed
-
-from pipeline.core import progress
+from pipeline.core import distributed, progress
 from pipeline.core.errors import PipelineError
 from pipeline.labeling.splits import class_weights
 

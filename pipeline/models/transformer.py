@@ -31,6 +31,8 @@ from pipeline.text.preprocess import TextPreprocessor
 
 log = logging.getLogger(__name__)
 
+METHOD = "transformer"  # the `model_kind` tag of its runs (pipeline.models.kinds)
+
 CHECKPOINTS = True  # the fit keeps Trainer checkpoints: train.resume continues them, torchrun runs it
 
 

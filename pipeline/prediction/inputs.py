@@ -96,18 +96,17 @@ def expand_inputs(inputs: Sequence[str], errors: ErrorLog) -> list[Path]:
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
+        listing = None  # (files, source, reason, message) of a glob or a directory
         if GLOB_CHARS & set(item) and not path.exists():
-            matched = glob_files(item)
-            if not matched:
-                errors.add(item, "missing", f"{item}: no file matches this pattern")
-                log.warning("predict: %s matches no file", item)
-            files.extend(matched)
+            listing = glob_files(item), item, "missing", f"{item}: no file matches this pattern"
         elif path.is_dir():
-            found = dir_files(path)
-            if not found:
-                errors.add(path, "empty", f"{path}: directory holds no files")
-                log.warning("predict: directory %s holds no files", path)
-            files.extend(found)
+            listing = dir_files(path), path, "empty", f"{path}: directory holds no files"
+        if listing is not None:
+            listed, source, reason, message = listing
+            if not listed:
+                errors.add(source, reason, message)
+                log.warning("predict: %s", message)
+            files.extend(listed)
         elif path.is_file():
             files.append(path)
         else:

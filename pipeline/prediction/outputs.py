@@ -18,6 +18,17 @@ from pipeline.core.io import BadInputFile, CsvStyle, atomic_path, parquet_table,
 
 log = logging.getLogger(__name__)
 
+
+def sibling_path(output: str | Path, configured, tail: str, *, replace_suffix: bool) -> str:
+    """Where a run writes a file beside its output: `configured` when set; else the output with `tail` in place
+    of its suffix (predict: out.csv → out.articles.csv) or after it (spark_predict's output dir: out → out.articles)."""
+    if configured:
+        return str(configured)
+    base = str(output).rstrip("/")
+    suffix = Path(base).suffix if replace_suffix else ""
+    return base[:len(base) - len(suffix)] + tail
+
+
 ERROR_COLUMNS = ["source", "article_id", "sentence_id", "reason", "message"]
 
 
@@ -44,7 +55,7 @@ def output_columns(labels: Sequence[str], extra: Sequence[str] = ()) -> list[str
 
 def extra_columns(predictor, added: Sequence[str] = ()) -> list[str]:
     """What a predictor returns beyond the label and the probabilities, then the text columns an enricher `added`
-    (predict_extras.Enricher: rules_fired, top_words) that it does not return itself."""
+    (prediction.extras.Enricher: rules_fired, top_words) that it does not return itself."""
     extra = [c for c in predictor.output_columns if c not in ("label", *predictor.prob_columns)]
     return extra + [c for c in added if c not in extra]
 

@@ -4,14 +4,14 @@
 raw bytes of a file, decoded as strictly as the local stage reads files), and any metadata columns — and returns
 three DataFrames:
 
-* `sentences`: the predict stage's output rows (`predict_outputs.sentence_rows` / `sentence_dtypes`: article_id,
+* `sentences`: the predict stage's output rows (`prediction.outputs.sentence_rows` / `sentence_dtypes`: article_id,
   sentence_id, idx, text, label, p_<label>…, truncated, rules_fired (, top_words), confidence, confident) plus the
-  carried metadata columns (text), made by the local stage's `predict_extras.Enricher` and `sentence_rows`;
-* `articles`: the per-article summary (`predict_outputs.Summary`: sentences, n_/share_<label>, net_stance,
+  carried metadata columns (text), made by the local stage's `prediction.extras.Enricher` and `sentence_rows`;
+* `articles`: the per-article summary (`prediction.outputs.Summary`: sentences, n_/share_<label>, net_stance,
   dominant_label, truncated_sentences) plus the metadata columns;
-* `errors`: the errors report's rows (`predict_outputs.ERROR_COLUMNS`).
+* `errors`: the errors report's rows (`prediction.outputs.ERROR_COLUMNS`).
 
-Each article is segmented by `predict_inputs.segment_article` and predicted by `predict_outputs.predict_rows`, the
+Each article is segmented by `prediction.inputs.segment_article` and predicted by `prediction.outputs.predict_rows`, the
 functions the local stage uses, with the segmentation rules of the model's training run (`model_store.
 segment_rules_for`) and the model's saved preprocessing: the rows equal the local stage's (labels, ids, and
 probabilities to float rounding). The work runs in `mapInPandas` over Arrow batches of `arrow_batch` articles; the
@@ -62,7 +62,7 @@ class SparkPrediction:
 # ---------------------------------------------------------------- driver side
 
 def sentence_schema(labels: Sequence[str], extra: Sequence[str], meta: Sequence[str] = ()) -> list[tuple[str, str]]:
-    """The local stage's sentence columns (`predict_outputs.sentence_dtypes`) as Spark types."""
+    """The local stage's sentence columns (`prediction.outputs.sentence_dtypes`) as Spark types."""
     return [(c, SPARK_TYPES[t]) for c, t in sentence_dtypes(labels, extra, meta).items()]
 
 
@@ -90,7 +90,7 @@ def predict_articles(articles, model_dir: Path | str, *, rules: SegmentRules, mo
     error rows (default: its id). The other columns are metadata, carried as text onto the article's sentence and
     summary rows as the local stage carries a table's columns (`carry`: their names, None = all; a column named
     like an output column is not carried; `date_column` normalised to ISO); files (`content_column`) carry their
-    `path`, as local text files do. `enrich` holds `predict_extras.Enricher`'s settings (`Enricher.settings(cfg)`:
+    `path`, as local text files do. `enrich` holds `prediction.extras.Enricher`'s settings (`Enricher.settings(cfg)`:
     min_confidence, explain, top_k, batch_size, lexicon path): every sentence row gets the local stage's
     confidence, confident, rules_fired (and top_words) columns; the lexicon file is shipped like the model.
     `keep_first` maps an article id that several rows share to the one source kept; the other copies become
@@ -277,7 +277,7 @@ _ENRICHERS: dict[tuple[str, str], Enricher] = {}  # (model name, settings) -> en
 
 
 def executor_enricher(name: str, predictor, settings: dict) -> Enricher:
-    """The local stage's `predict_extras.Enricher` for the shipped model, built once per Python worker process;
+    """The local stage's `prediction.extras.Enricher` for the shipped model, built once per Python worker process;
     the lexicon is the file shipped by `ship_lexicon`."""
     import json
 

@@ -21,18 +21,15 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from pipeline import LABELS
-
 from pipeline.core import progress
-
 from pipeline.training import selection
-
 from pipeline.core import tracking
-
 from pipeline.training import state as train_state
 from pipeline.core.errors import PipelineError
 from pipeline.core import io
 from pipeline.core.io import CsvStyle, write_table_atomic
 from pipeline.models.trainer import CHECKPOINT_SUBDIR
+from pipeline.models import kinds
 from pipeline.training.fitting import fit_model, preflight, stance_kind
 from pipeline.models.metrics import SUMMARY_METRICS, classification_metrics, interval_text, prefixed, write_report
 from pipeline.training.scoring import comparison_table, log_data, log_scored, score_split
@@ -139,7 +136,7 @@ def _cross_validate(cfg: DictConfig) -> dict:
     oof_base: dict[str, list[np.ndarray]] = {}
     model_folds: list[dict[str, float]] = []
     base_folds: dict[str, list[dict[str, float]]] = {}
-    tags = {"stage": "evaluate", "cv": mode, "model_kind": stance_kind(cfg), "model_name": str(cfg.model.name),
+    tags = {"stage": "evaluate", "cv": mode, "model_kind": kinds.fit_method(cfg), "model_name": str(cfg.model.name),
             **tracking.recipe_tags(cfg), **({"selection": "nested"} if options else {})}
     run_name = f"evaluate-{mode}-{'nested-' if options else ''}{cfg.model.name}"
     with tracking.start_run(cfg, run_name, tags={**tags, "cv_parent": "true"}) as parent:

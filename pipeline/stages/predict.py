@@ -48,7 +48,7 @@ from pipeline.models.store import model_identity, resolve_model, segment_rules_f
 from pipeline.prediction.extras import (SUMMARY_NAMES, Enricher, report_path, summary_path, timeline_freq, write_report,
                                      write_summaries)
 from pipeline.prediction.inputs import ArticleReader, as_list, drop_empty, expand_inputs, no_usable_article
-from pipeline.prediction.outputs import ERROR_COLUMNS, ErrorLog, plot_net_stance
+from pipeline.prediction.outputs import ERROR_COLUMNS, ErrorLog, plot_net_stance, sibling_path
 from pipeline.prediction.parts import PartsWriter, check_resume
 from pipeline.models.serving import model_quality
 from pipeline.core.write_guard import output_lock, refuse_clashes
@@ -57,9 +57,7 @@ log = logging.getLogger(__name__)
 
 
 def _sibling(output: Path, configured, tail: str) -> Path:
-    if configured:
-        return Path(str(configured))
-    return output.with_name(output.stem + tail)
+    return Path(sibling_path(output, configured, tail, replace_suffix=True))
 
 
 def written_files(cfg: DictConfig, output: Path) -> dict[str, Path]:

@@ -13,8 +13,7 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.models import serving as registry
-
+from pipeline.models import serving
 from pipeline.core import tracking
 from pipeline.core.errors import PipelineError
 
@@ -22,20 +21,20 @@ log = logging.getLogger(__name__)
 
 
 def promote(cfg: DictConfig) -> dict:
-    name, alias = registry.model_name(cfg), registry.alias_name(cfg)
+    name, alias = serving.model_name(cfg), serving.alias_name(cfg)
     if not (name and alias):
         raise PipelineError("promote needs tracking.register and tracking.alias (see conf/tracking/default.yaml)")
     target = OmegaConf.select(cfg, "target", default=None)
     result: dict = {"model": name, "alias": alias}
     if target not in (None, ""):
-        version, run_id = registry.resolve_target(cfg, str(target))
-        uri = registry.set_alias(cfg, version)
+        version, run_id = serving.resolve_target(cfg, str(target))
+        uri = serving.set_alias(cfg, version)
         log.info("promote: %s is now version %s (run %s)", uri, version, run_id)
         print(f"{uri} → version {version} (run {run_id}); `python -m pipeline predict` now serves it")
         result.update(version=version, run_id=run_id, served_as=uri)
-    table = registry.candidates(cfg)
+    table = serving.candidates(cfg)
     print(f"versions of {name} (served: {name}@{alias}):")
-    print(registry.format_candidates(table))
+    print(serving.format_candidates(table))
     experiment = tracking.setup(cfg).get_experiment_by_name(str(cfg.tracking.experiment))
     if experiment is not None:
         print(f"their runs side by side (`make ui` first): {tracking.headline_url(cfg, experiment.experiment_id)}")

@@ -28,16 +28,12 @@ from pipeline.core.io import CsvStyle, write_table_atomic, write_text_atomic
 from pipeline.models.store import model_identity, resolve_model, segment_rules_for
 from pipeline.prediction.extras import Enricher
 from pipeline.prediction.inputs import as_list, carry_setting, drop_empty, expand_inputs, no_usable_article
-from pipeline.prediction.outputs import ErrorLog
+from pipeline.prediction.outputs import ErrorLog, sibling_path
 from pipeline.prediction.spark_articles import predict_articles, read_articles
 from pipeline.prediction.spark_session import spark_session
 from pipeline.core.write_guard import output_lock, refuse_clashes
 
 log = logging.getLogger(__name__)
-
-
-def _sibling(output: str, configured, tail: str) -> str:
-    return str(configured) if configured else output.rstrip("/") + tail
 
 
 def _local(path: str) -> Path | None:
@@ -90,8 +86,8 @@ def spark_predict(cfg: DictConfig) -> dict:
     if not output:
         raise PipelineError("give where to write predictions: output=<directory> (parquet)")
     source, output = inputs[0], str(output)
-    summary_out = _sibling(output, scfg.summary, ".articles")
-    errors_out = _sibling(output, scfg.errors, ".errors")
+    summary_out = sibling_path(output, scfg.summary, ".articles", replace_suffix=False)
+    errors_out = sibling_path(output, scfg.errors, ".errors", replace_suffix=False)
     written = {"output": output, "spark.summary": summary_out, "spark.errors": errors_out}
     run_dir = Path(cfg.paths.run_dir)
     # When no article is usable nothing is written to the outputs (no _SUCCESS); the reasons go to this CSV.

@@ -13,16 +13,13 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core import distributed
-
-from pipeline.models import serving as registry
-
+from pipeline.models import serving
 from pipeline.core import tracking
-
 from pipeline.training import state as train_state
 from pipeline.core.errors import PipelineError
 from pipeline.models import kinds
 from pipeline.models.trainer import CHECKPOINT_SUBDIR
-from pipeline.training.fitting import MODEL_SUBDIR, fit_model, preflight, refit_on_all, stance_kind
+from pipeline.training.fitting import MODEL_SUBDIR, fit_model, preflight, refit_on_all
 from pipeline.models.metrics import interval_text
 from pipeline.models.loading import from_scratch
 from pipeline.training.scoring import comparison_table, log_data, log_scored, score_split
@@ -80,7 +77,7 @@ def resolve_resume(cfg: DictConfig, data=None, split=None) -> tuple[Path, str | 
 def run_description(cfg: DictConfig, scored, n_test: int, calibration) -> str:
     """The run's description in the MLflow UI: its headline numbers."""
     m = scored.metrics
-    lines = [f"**{cfg.model.name}** ({stance_kind(cfg)}): test macro-F1 **{m['macro_f1']:.3f}** "
+    lines = [f"**{cfg.model.name}** ({kinds.fit_method(cfg)}): test macro-F1 **{m['macro_f1']:.3f}** "
              f"{interval_text(m)} on {n_test} gold sentences"]
     if scored.baselines:
         lines.append("baselines (macro-F1): " + ", ".join(f"{n} {b['macro_f1']:.3f}" for n, b in scored.baselines.items()))
@@ -110,7 +107,7 @@ def train(cfg: DictConfig) -> dict:
     from pipeline.models.metrics import prefixed
     from pipeline.core.io import CsvStyle, write_table_atomic
 
-    kind = stance_kind(cfg)
+    kind = kinds.fit_method(cfg)
     preflight(cfg)
     data = load_labelled(cfg)
     split = holdout_split(data, cfg)
@@ -127,7 +124,7 @@ def train(cfg: DictConfig) -> dict:
     smoke = from_scratch(cfg)
     tags = {"stage": "train", "model_kind": kind, "model_name": str(cfg.model.name), **tracking.recipe_tags(cfg),
             "processes": str(distributed.world_size()),
-            registry.SMOKE_TAG: str(smoke).lower()}
+            serving.SMOKE_TAG: str(smoke).lower()}
     reopen = None
     if resume_from:
         tags["resumed_from"] = str(resume_from)
@@ -150,11 +147,11 @@ def train(cfg: DictConfig) -> dict:
             calibrate_served(calibration, served_dir)
             mlflow.set_tag("served_model", "refit on all labelled rows; test_* metrics are the first fit's")
         info = log_stance_model(served_dir, name="model",
-                                registered_model_name=None if smoke else registry.model_name(cfg),
+                                registered_model_name=None if smoke else serving.model_name(cfg),
                                 input_example=split.test["text"].head(3).tolist())
         mlflow.set_tags({"has_model": "true", "model_uri": info.model_uri,
                          "mlflow.note.content": run_description(cfg, scored, len(split.test), calibration)})
-        outcome = registry.after_train(cfg, run.info.run_id, smoke=smoke)
+        outcome = serving.after_train(cfg, run.info.run_id, smoke=smoke)
         log.info("train: test macro-F1 %.3f %s on %d gold sentences; %s",
                  scored.metrics["macro_f1"], interval_text(scored.metrics), len(split.test),
                  ", ".join(f"{n} {m['macro_f1']:.3f}" for n, m in scored.baselines.items()) or "no baselines")
@@ -176,13 +173,13 @@ def outcome_lines(cfg: DictConfig, result: dict) -> str:
         lines += [f"  model {run_uri}: a smoke model (built from scratch), not registered and never served by default",
                   f"  predict with it: {predict} model_uri={run_uri}"]
     elif result.get("served_as"):
-        lines += [f"  model {run_uri}, registered as {registry.model_name(cfg)} version {result['registered_version']},"
+        lines += [f"  model {run_uri}, registered as {serving.model_name(cfg)} version {result['registered_version']},"
                   f" now served as {result['served_as']}", f"  predict: {predict}"]
     elif result.get("registered_version"):
         version = result["registered_version"]
-        lines += [f"  model {run_uri}, registered as {registry.model_name(cfg)} version {version}, not served "
+        lines += [f"  model {run_uri}, registered as {serving.model_name(cfg)} version {version}, not served "
                   f"(tracking.promote=false or a sweep job); serve it: python -m pipeline promote {version}",
-                  f"  predict with it: {predict} model_uri=models:/{registry.model_name(cfg)}/{version}"]
+                  f"  predict with it: {predict} model_uri=models:/{serving.model_name(cfg)}/{version}"]
     else:
         lines += [f"  model {run_uri} (tracking.register=null: not registered)",
                   f"  predict with it: {predict} model_uri={run_uri}"]

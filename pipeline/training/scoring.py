@@ -17,7 +17,6 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from pipeline import LABELS
-
 from pipeline.core import tracking
 from pipeline.core.errors import PipelineError
 from pipeline.core import io

@@ -190,11 +190,15 @@ def test_articles_to_label_make_the_tables_stale_and_join_them(tmp_path, make_cf
     assert "lists other files" in STAGES["segment"].stale_reason(with_new)
     ensure_inputs(STAGES["train"], with_new)
     assert set(pd.read_parquet(with_new.paths.labelled)["article_id"]) >= {"n1", "n2"}
-    # Reading the table through predict.* keys: those keys are recorded because they were read.
+    # Issue 19: the inputs are read through data.unlabelled_table's keys (recorded: they were read), never predict's,
+    # so a predict setting does not make the sentences stale.
     fingerprint = json.loads(Path(f"{sentences}.fingerprint.json").read_text(encoding="utf-8"))
     assert fingerprint["config"]["data.unlabelled"] == f"{new}/*.txt"
-    assert any(key.startswith("predict.") for key in fingerprint["config"])
+    assert "data.unlabelled_table.text_column" in fingerprint["config"]
+    assert not any(key.startswith("predict.") for key in fingerprint["config"])
     assert not STAGES["segment"].is_stale(with_new) and not STAGES["label"].is_stale(with_new)
+    assert not STAGES["segment"].is_stale(make_cfg("train", quiet, f"data.unlabelled={new}/*.txt",
+                                                   "predict.text_column=body"))
 
 
 def test_every_file_a_stage_opens_is_in_its_fingerprint(tmp_path, make_cfg):

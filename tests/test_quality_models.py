@@ -346,6 +346,20 @@ def test_unlabelled_articles_get_rule_labels_and_join_training(make_cfg, tmp_pat
     assert in_training["sentence_id"].isin(rows["sentence_id"]).sum() >= 2
 
 
+def test_an_unlabelled_table_is_read_by_its_own_keys_not_predicts(make_cfg, tmp_path):
+    """Issue 19: data.unlabelled_table says how a table of articles to label is read; predict.* is predict's."""
+    from pipeline.core.errors import PipelineError
+    from pipeline.stages.segment import segment
+
+    table = tmp_path / "body.csv"
+    pd.DataFrame({"article_id": ["b1"], "body": ["نرحب بالتقدم الملموس في المحادثات."]}).to_csv(table, index=False)
+    sentences = segment(make_cfg("segment", f"data.unlabelled={table}", "data.unlabelled_table.text_column=body",
+                                 "predict.text_column=nowhere"))
+    assert list(sentences.loc[sentences["origin"] == "unlabelled", "article_id"]) == ["b1"]
+    with pytest.raises(PipelineError, match="set data.unlabelled_table.text_column"):
+        segment(make_cfg("segment", f"data.unlabelled={table}", "predict.text_column=body"))
+
+
 def test_unlabelled_article_with_a_corpus_article_id_is_refused(make_cfg, tmp_path):
     from pipeline.core.errors import PipelineError
     from pipeline.stages.segment import segment

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import pandas as pd
 
@@ -33,9 +33,10 @@ RESERVED = {"article_id", "sentence_id", "idx", "text", "label", "truncated", "c
             "decided_by", "rules_fired", "top_words", "sentences", "net_stance", "dominant_label"}
 
 
-def carry_setting(cfg: DictConfig) -> list[str] | None:
-    """predict.carry_columns: None = every column but the text (`all`), else the list ([] for none / false)."""
-    carry = cfg.predict.get("carry_columns", "all")
+def carry_setting(cfg: DictConfig, section: str = "predict") -> list[str] | None:
+    """<section>.carry_columns (predict's by default): None = every column but the text (`all`), else the list
+    ([] for none / false)."""
+    carry = OmegaConf.select(cfg, f"{section}.carry_columns", default="all")
     if carry is None or (isinstance(carry, str) and carry == "all"):
         return None
     return [] if carry in (False, "none") else [str(c) for c in as_list(carry)]
@@ -156,19 +157,23 @@ def segment_article(article_id: str, text: str, source: str, rules: SegmentRules
 class ArticleReader:
     """Yields the articles of all inputs one at a time; unusable ones become error rows."""
 
-    def __init__(self, cfg: DictConfig, rules: SegmentRules, errors: ErrorLog):
+    def __init__(self, cfg: DictConfig, rules: SegmentRules, errors: ErrorLog, section: str = "predict"):
+        """`section`: the config section saying how tables are read (text_column, table_rows, chunk_sentences,
+        carry_columns, date_column): predict's for predict, `data.unlabelled_table` for segment's data.unlabelled."""
         self.rules = rules
         self.errors = errors
-        self.text_column = str(cfg.predict.text_column)
-        self.table_rows = str(cfg.predict.table_rows)
-        self.chunk_rows = int(cfg.predict.chunk_sentences)
+        self.section = section
+        keys = OmegaConf.select(cfg, section)
+        self.text_column = str(keys.text_column)
+        self.table_rows = str(keys.table_rows)
+        self.chunk_rows = int(keys.chunk_sentences)
         if self.table_rows not in ("auto", "articles", "sentences"):
-            raise PipelineError(f"predict.table_rows={self.table_rows!r}: choose auto, articles or sentences")
+            raise PipelineError(f"{section}.table_rows={self.table_rows!r}: choose auto, articles or sentences")
         self.owners: dict[str, str] = {}
-        carry = carry_setting(cfg)
+        carry = carry_setting(cfg, section)
         self.carry_all = carry is None
         self.carry = carry or []
-        self.date_column = str(cfg.predict.get("date_column", "date") or "")
+        self.date_column = str(keys.get("date_column", "date") or "")
         self._warned: set[str] = set()
         self._occurrences: Counter = Counter()  # the current sentence-table article's texts, over all its pieces
 
@@ -221,7 +226,7 @@ class ArticleReader:
         for chunk in iter_table_chunks(path, self.chunk_rows, as_text=True):
             if self.text_column not in chunk.columns:
                 raise BadInputFile(path, "bad_table", f"has no {self.text_column!r} column (columns: "
-                                   f"{', '.join(map(str, chunk.columns))}); set predict.text_column")
+                                   f"{', '.join(map(str, chunk.columns))}); set {self.section}.text_column")
             if sentences_mode is None:
                 sentences_mode = (self.table_rows == "sentences"
                                   or (self.table_rows == "auto" and "sentence_id" in chunk.columns))

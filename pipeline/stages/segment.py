@@ -91,7 +91,7 @@ def segment_files(paths: Sequence[Path], rules: SegmentRules) -> tuple[pd.DataFr
 
 
 def unlabelled_sentences(cfg, rules: SegmentRules, corpus_ids: set[str]) -> pd.DataFrame:
-    """`data.unlabelled` (files, directories, globs, or tables read as predict reads its inputs): the sentences of
+    """`data.unlabelled` (files, directories, globs, or tables read as `data.unlabelled_table` says): the sentences of
     the articles a user wants labelled, without gold. The label stage gives them rule labels, training uses them
     as weak labels (`train.source_weights.rules`). Offsets are -1 where the input was a table of sentences."""
     from pipeline.prediction.inputs import ArticleReader, as_list, expand_inputs
@@ -100,7 +100,8 @@ def unlabelled_sentences(cfg, rules: SegmentRules, corpus_ids: set[str]) -> pd.D
     inputs = as_list(OmegaConf.select(cfg, "data.unlabelled", default=None))
     errors = ErrorLog()
     rows = []
-    for article in ArticleReader(cfg, rules, errors).read(expand_inputs(inputs, errors)):
+    reader = ArticleReader(cfg, rules, errors, section="data.unlabelled_table")
+    for article in reader.read(expand_inputs(inputs, errors)):
         if article.article_id in corpus_ids:
             raise PipelineError(f"{article.source}: article id {article.article_id!r} of data.unlabelled is also an "
                                 "article of data.articles_glob; rename one of them")

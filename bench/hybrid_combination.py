@@ -31,7 +31,7 @@ def embeddings(model_dir: str, texts: list[str]):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from pipeline.encoder_head import pool
+    from pipeline.models.encoder import pool
 
     tokenizer, model = AutoTokenizer.from_pretrained(model_dir), AutoModel.from_pretrained(model_dir).eval()
     chunks = []
@@ -56,8 +56,8 @@ def main() -> int:
     from sklearn.metrics import f1_score
 
     from pipeline import LABELS
-    from pipeline.gold import load_gold
-    from pipeline.rules import load_lexicon
+    from pipeline.labeling.gold import load_gold
+    from pipeline.labeling.rules import load_lexicon
 
     gold = load_gold(REPO / "labels" / "gold.csv")
     rules = load_lexicon(REPO / "labels" / "lexicon.yaml").label_texts(gold["text"].tolist())

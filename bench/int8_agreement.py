@@ -9,7 +9,7 @@ says little about a model whose probabilities are decisions. Sentences: the seed
 on — those of the test articles in its `split.json` (the first fit, `<run>/model`; a refit `<run>/final/model` has
 trained on every seed sentence and is refused: agreement on its own training sentences flatters int8) — plus, with
 --data, up to --n other Arabic sentences. Both predictors run the stage's own
-code (`pipeline.inference.load_predictor`, `predict.quantize=int8` = dynamic int8 Linear layers); the rounds are
+code (`pipeline.models.base.load_predictor`, `predict.quantize=int8` = dynamic int8 Linear layers); the rounds are
 interleaved (fp32, int8, fp32, int8, …) and the speed-up is reported per round as median and min–max.
 """
 
@@ -30,9 +30,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def unseen_seed_sentences(model_dir: str) -> tuple[list[str], list[str]]:
     """(sentences, article ids) of the seed articles the model was tested on, never trained on (its split.json)."""
-    from pipeline import train_state
-    from pipeline.io import read_text_strict
-    from pipeline.segmentation import SEEDS_DIR, article_id_for, split_sentences
+    from pipeline.training import state as train_state
+    from pipeline.core.io import read_text_strict
+    from pipeline.text.segmentation import SEEDS_DIR, article_id_for, split_sentences
 
     record = train_state.read_split(Path(model_dir))
     if record is None or record.get("by") != "group":
@@ -51,7 +51,7 @@ def sentences(model_dir: str, data: str | None, column: str, n: int) -> tuple[li
     seeds, articles = unseen_seed_sentences(model_dir)
     extra: list[str] = []
     if data:
-        from pipeline.io import read_table
+        from pipeline.core.io import read_table
 
         frame = read_table(Path(data))
         if column not in frame.columns:
@@ -73,7 +73,7 @@ def main() -> int:
     import numpy as np
 
     from pipeline import LABELS
-    from pipeline.inference import load_predictor
+    from pipeline.models.base import load_predictor
 
     texts, n_seed, articles = sentences(args.model, args.data, args.column, args.n)
     predictors = {"fp32": load_predictor(args.model), "int8": load_predictor(args.model, quantize="int8")}

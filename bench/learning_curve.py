@@ -9,7 +9,7 @@ From `--k` gold sentences an analyst labels `--batch` more at a time, picked by 
 after every batch. seeds: leave-one-article-out (the pool: the training articles' gold; macro-F1 pooled over the
 held-out articles). ArSarcasm-v2 (`--arsarcasm`, ../shared; tweets, not news): `--arsarcasm-rows` sampled tweets from
 each CSV, labels mapped as `data=arsarcasm` maps them. `--model frozen`: embeddings computed once by the frozen kind's
-feature code (pipeline/frozen.py), its head (`encoder_head.fit_logistic`) refitted per step; `--model tfidf`: the
+feature code (pipeline/models/frozen.py), its head (`head.fit_logistic`) refitted per step; `--model tfidf`: the
 TF-IDF kind. A repeat redraws the first k (shared by every order) and the random order; bands: 2.5–97.5 percentile
 of the repeats. Writes learning_curve.csv, learning_curve_summary.csv, learning_curve_gain.csv (order minus random,
 same repeat) and learning_curve.png under --out. Results and reading: docs/train.md "How many sentences should I label?".
@@ -37,9 +37,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pipeline import LABELS  # noqa: E402
-from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.labelstudio import UNCERTAINTY_METHODS, uncertainty  # noqa: E402
-from pipeline.metrics import macro_f1  # noqa: E402
+from pipeline.core.errors import PipelineError  # noqa: E402
+from pipeline.labeling.labelstudio import UNCERTAINTY_METHODS, uncertainty  # noqa: E402
+from pipeline.models.metrics import macro_f1  # noqa: E402
 
 log = logging.getLogger("learning_curve")
 
@@ -70,7 +70,7 @@ class Learner(Protocol):
 
 
 class HeadLearner:
-    """`model=frozen`: the kind's logistic-regression head on features computed once (as `frozen.fit_frozen` fits
+    """`model=frozen`: the kind's logistic-regression head on features computed once (as `frozen.fit` fits
     it), probabilities through the served `LinearHead`."""
 
     def __init__(self, features: np.ndarray, labels: np.ndarray, settings: dict, *, pooling: str, normalize: bool):
@@ -78,13 +78,14 @@ class HeadLearner:
         self.pooling, self.normalize = pooling, normalize
 
     def fit(self, rows: np.ndarray):
-        from pipeline.encoder_head import LinearHead, fit_logistic
+        from pipeline.models.encoder import LinearHead
+        from pipeline.models.head import fit_logistic
 
         weight, bias = fit_logistic(self.features[rows], self.labels[rows].tolist(), LABELS, **self.settings)
         return LinearHead(weight, bias, pooling=self.pooling, normalize=self.normalize)
 
     def proba(self, model, rows: np.ndarray) -> np.ndarray:
-        from pipeline.calibration import softmax
+        from pipeline.models.calibration import softmax
 
         return softmax(model.logits(self.features[rows]))
 
@@ -96,12 +97,12 @@ class TfidfLearner:
         self.texts, self.labels, self.params, self.seed = texts, labels, params, seed
 
     def fit(self, rows: np.ndarray):
-        from pipeline.baselines import fit_tfidf
+        from pipeline.models.tfidf import fit_tfidf
 
         return fit_tfidf(self.texts[rows].tolist(), self.labels[rows].tolist(), self.params, self.seed)
 
     def proba(self, model, rows: np.ndarray) -> np.ndarray:
-        from pipeline.baselines import tfidf_proba
+        from pipeline.models.tfidf import tfidf_proba
 
         return tfidf_proba(model, self.texts[rows].tolist())
 
@@ -204,7 +205,7 @@ def gains(points: pd.DataFrame) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------ data and model
 
 def seed_data(cfg) -> tuple[pd.DataFrame, list[Task]]:
-    from pipeline.gold import load_gold
+    from pipeline.labeling.gold import load_gold
 
     gold = load_gold(Path(str(cfg.paths.gold))).reset_index(drop=True)
     return gold[["text", "label"]].assign(group=gold["article_id"].astype(str)), loao_tasks(gold["article_id"])
@@ -212,8 +213,8 @@ def seed_data(cfg) -> tuple[pd.DataFrame, list[Task]]:
 
 def arsarcasm_data(train_csv: Path, test_csv: Path, rows: int, seed: int) -> tuple[pd.DataFrame, list[Task]]:
     """The pool and test samples, labels mapped by `data=arsarcasm` (its label_map), sampled by `data.max_rows`."""
-    from pipeline.config import compose_config
-    from pipeline.splits import load_labelled
+    from pipeline.core.config import compose_config
+    from pipeline.labeling.splits import load_labelled
 
     cfg = compose_config("train", ["data=arsarcasm", f"data.path={train_csv}", f"data.test_path={test_csv}",
                                    f"data.max_rows={rows}", f"seed={seed}"])
@@ -225,7 +226,7 @@ def arsarcasm_data(train_csv: Path, test_csv: Path, rows: int, seed: int) -> tup
 
 def learners(cfg, model: str, frames: dict[str, pd.DataFrame], work: Path, batch_size: int) -> dict[str, Learner]:
     """One learner per dataset; the frozen encoder's embeddings are computed here, once per sentence."""
-    from pipeline.preprocess import TextPreprocessor
+    from pipeline.text.preprocess import TextPreprocessor
 
     preprocess = TextPreprocessor.from_cfg(cfg)
     out = {}
@@ -234,8 +235,8 @@ def learners(cfg, model: str, frames: dict[str, pd.DataFrame], work: Path, batch
             texts = np.asarray(preprocess(frame["text"]), dtype=object)
             out[name] = TfidfLearner(texts, frame["label"].to_numpy(), cfg.model.tfidf, int(cfg.seed))
         return out
-    from pipeline.fitting import head_settings
-    from pipeline.frozen import frozen_encoder, sentence_features
+    from pipeline.models.head import head_settings
+    from pipeline.models.frozen import frozen_encoder, sentence_features
 
     first = next(iter(frames.values()))
     predictor, pooling, normalize, _ = frozen_encoder(cfg, first["text"], work, work / "encoder", preprocess)
@@ -262,7 +263,7 @@ def plot(summary: pd.DataFrame, path: Path, *, model: str, repeats: int, sizes: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.io import atomic_path
+    from pipeline.core.io import atomic_path
 
     datasets = list(dict.fromkeys(summary["dataset"]))
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.6 * len(datasets), 4.2), squeeze=False)
@@ -336,8 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args) -> int:
-    from pipeline.config import compose_config
-    from pipeline.io import CsvStyle, write_table_atomic
+    from pipeline.core.config import compose_config
+    from pipeline.core.io import CsvStyle, write_table_atomic
 
     orders = [o.strip() for o in args.orders.split(",") if o.strip()]
     unknown = sorted(set(orders) - set(ORDERS))

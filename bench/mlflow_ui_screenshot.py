@@ -24,7 +24,7 @@ Four pages, each in a fresh browser profile (what a first-time visitor sees):
      `mlflow.experimentKind` tag: it opens every experiment in the view of its global "GenAI | Model training"
      switch, which starts on GenAI and is remembered per browser (localStorage `mlflow.workflowType_v1`), or is set
      by the URL's `?workflowType=machine_learning`. Saved to --landing-png.
-  2. runs: the experiment's runs table through the link the stages print (the headline view pipeline/tracking.py
+  2. runs: the experiment's runs table through the link the stages print (the headline view pipeline/core/tracking.py
      stores in the experiment, `?viewStateShareKey=pipeline-headline&workflowType=machine_learning`), sweep
      parents (`*-sweep`) expanded so that their child runs show with their names (`train-tiny lr=1e-4`).
   3. compare: the run comparison (`#/compare-runs?runs=[...]&experiments=[...]`) of the newest finished train runs
@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chromium_driver import Browser, find_chromium, screenshot_problems, shrink_png  # noqa: E402
-from pipeline.tracking import HEADLINE_SECTION, VIEW_KEY  # noqa: E402
+from pipeline.core.tracking import HEADLINE_SECTION, VIEW_KEY  # noqa: E402
 
 log = logging.getLogger("mlflow_ui_screenshot")
 
@@ -235,7 +235,7 @@ def runs_page(browser: Browser, url: str, experiment_id: str, runs: list[tuple[s
 
 
 def headline_url(url: str, experiment_id: str, *, charts: bool = False) -> str:
-    """The runs page in the view pipeline/tracking.py stores in the experiment (the link train and evaluate print)."""
+    """The runs page in the view pipeline/core/tracking.py stores in the experiment (the link train and evaluate print)."""
     return (f"{url.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}&{TRAINING_VIEW}"
             + ("&compareRunsMode=CHART" if charts else ""))
 

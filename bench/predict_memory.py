@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from pipeline.segmentation import seed_sentences  # noqa: E402
+from pipeline.text.segmentation import seed_sentences  # noqa: E402
 
 SENTENCES_PER_ARTICLE = 20
 
@@ -75,9 +75,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from pipeline import LABELS
-    from pipeline.inference import write_model_metadata
-    from pipeline.preprocess import TextPreprocessor
-    from pipeline.tiny_model import build_tiny_bert
+    from pipeline.models.base import write_model_metadata
+    from pipeline.text.preprocess import TextPreprocessor
+    from pipeline.models.tiny import build_tiny_bert
 
     pool = seed_sentences()
     rows = []

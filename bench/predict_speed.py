@@ -7,7 +7,7 @@ segmenting the articles, the rule pass and the analyst columns, and writing the 
     .venv/bin/python bench/predict_speed.py --data ../shared/data/arsarcasm_v2/testing_data.csv --column tweet
 
 Everything is measured side by side in one run, on the same model and the same sentences:
-  * predictor   pipeline.inference.StancePredictor.predict (length-sorted batches padded per batch,
+  * predictor   pipeline.models.base.StancePredictor.predict (length-sorted batches padded per batch,
                 one tokenizer pass, torch.inference_mode, threads from the machine)
   * pipe        transformers.pipeline("text-classification") with default settings (one sentence at a time)
   * pipe bs64   the same with batch_size=64 (padding every batch to its longest sentence, unsorted)
@@ -47,8 +47,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline import LABELS  # noqa: E402
-from pipeline.arabic import has_arabic  # noqa: E402
-from pipeline.segmentation import seed_sentences  # noqa: E402
+from pipeline.text.arabic import has_arabic  # noqa: E402
+from pipeline.text.segmentation import seed_sentences  # noqa: E402
 
 BERT_BASE = dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072)
 
@@ -63,7 +63,7 @@ def arsarcasm_label_map() -> dict[str, str]:
 def load_corpus(args) -> tuple[list[str], list[str] | None]:
     """All usable sentences (texts, labels or None) of --data, else the seed sentences."""
     if args.data:
-        from pipeline.io import read_table
+        from pipeline.core.io import read_table
 
         frame = read_table(args.data)
         frame = frame[frame[args.column].map(lambda t: bool(t.strip()) and has_arabic(t))]
@@ -101,9 +101,9 @@ def train_small_model(model_dir: Path, corpus: list[str], texts: list[str], labe
     decisions, for measuring int8 agreement; random weights only give near-ties."""
     from transformers import AutoModelForSequenceClassification
 
-    from pipeline.inference import load_predictor, write_model_metadata
-    from pipeline.preprocess import TextPreprocessor
-    from pipeline.tiny_model import build_tiny_bert
+    from pipeline.models.base import load_predictor, write_model_metadata
+    from pipeline.text.preprocess import TextPreprocessor
+    from pipeline.models.tiny import build_tiny_bert
 
     build_tiny_bert(corpus, model_dir, LABELS, vocab_size=16000, hidden_size=256, num_layers=4, num_heads=4,
                     intermediate_size=1024)
@@ -136,7 +136,7 @@ def train_small_model(model_dir: Path, corpus: list[str], texts: list[str], labe
 
 
 def agreement(model_dir: Path, texts: list[str], labels: list[str] | None, batch_size: int) -> dict:
-    from pipeline.inference import load_predictor
+    from pipeline.models.base import load_predictor
 
     fp32 = load_predictor(model_dir).predict(texts, batch_size=batch_size)
     int8 = load_predictor(model_dir, quantize="int8").predict(texts, batch_size=batch_size)
@@ -158,7 +158,7 @@ def bench_model(name: str, model_dir: Path, texts: list[str], args) -> dict:
     """
     from transformers import pipeline as hf_pipeline
 
-    from pipeline.inference import load_predictor
+    from pipeline.models.base import load_predictor
 
     predictor = load_predictor(model_dir)
     int8 = load_predictor(model_dir, quantize="int8")
@@ -219,9 +219,10 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
 
-    from pipeline.inference import set_threads, write_model_metadata
-    from pipeline.preprocess import TextPreprocessor
-    from pipeline.tiny_model import build_tiny_bert
+    from pipeline.models.base import write_model_metadata
+    from pipeline.models.batching import set_threads
+    from pipeline.text.preprocess import TextPreprocessor
+    from pipeline.models.tiny import build_tiny_bert
 
     threads = set_threads(args.threads or len(os.sched_getaffinity(0)))
     corpus, labels = load_corpus(args)

@@ -46,8 +46,8 @@ def main() -> int:
 
     import pandas as pd
 
-    from pipeline.cli import run_stage
-    from pipeline.config import compose_config
+    from pipeline.cli.main import run_stage
+    from pipeline.core.config import compose_config
 
     os.chdir(REPO)
     rows = []

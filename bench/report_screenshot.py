@@ -45,8 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline import LABELS  # noqa: E402
-from pipeline.analytics import by_outlet, timeline  # noqa: E402
-from pipeline.report import render_html  # noqa: E402
+from pipeline.prediction.analytics import by_outlet, timeline  # noqa: E402
+from pipeline.prediction.report import render_html  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from chromium_driver import Browser, find_chromium, screenshot_problems, shrink_png  # noqa: E402
@@ -57,7 +57,7 @@ DEMO_OUTLETS = ("وكالة سبوتنيك", "روسيا اليوم", "الجز�
 DEMO_DATES = ("2022-01-26", "2022-01-27", "2022-01-27", "2022-01-28", "2022-01-31")
 DEMO_MIN_CONFIDENCE = 0.6  # predict.min_confidence's default
 MIN_CHART_TEXT_PX = 9.0   # the smallest chart text a reader can still make out on a phone
-PHONE_WIDTH = 700         # below this width the page is emulated as a phone (pipeline.report's breakpoint)
+PHONE_WIDTH = 700         # below this width the page is emulated as a phone (pipeline.prediction.report's breakpoint)
 SECTIONS = ("summary", "timeline", "outlets", "extremes", "articles")
 
 # Measures the loaded page at a screen `vw` px wide; returns a JSON-able object (Runtime.evaluate, returnByValue).
@@ -111,8 +111,8 @@ PROBE = """((vw) => {
 
 def demo_frames(seeds_glob: str = "seeds/*.txt") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Seed sentences with DEMO probabilities: the weak-labelling rules' label and confidence, softened."""
-    from pipeline.rules import load_lexicon
-    from pipeline.segment import SegmentRules, find_articles, segment_files
+    from pipeline.labeling.rules import load_lexicon
+    from pipeline.stages.segment import SegmentRules, find_articles, segment_files
 
     sentences, _ = segment_files(find_articles(str(ROOT / seeds_glob)), SegmentRules())
     lexicon = load_lexicon(ROOT / "labels" / "lexicon.yaml")
@@ -141,14 +141,14 @@ def article_summary(sentences: pd.DataFrame) -> pd.DataFrame:
 
 
 def add_reasons(sentences: pd.DataFrame, model_dir: Path | None, k: int = 3) -> pd.DataFrame:
-    from pipeline.rules import load_lexicon
+    from pipeline.labeling.rules import load_lexicon
 
     lexicon = load_lexicon(ROOT / "labels" / "lexicon.yaml")
     sentences = sentences.copy()
     sentences["rules_fired"] = [lexicon.apply(t).fired for t in sentences["text"]]
     if model_dir is not None:
-        from pipeline.explain import top_words
-        from pipeline.inference import load_predictor
+        from pipeline.models.explain import top_words
+        from pipeline.models.base import load_predictor
 
         predictor = load_predictor(model_dir)
         sentences["top_words"] = top_words(lambda texts: predictor.predict_proba(texts), list(sentences["text"]),
@@ -169,7 +169,7 @@ def add_demo_metadata(sentences: pd.DataFrame, articles: pd.DataFrame) -> tuple[
 def demo_table(path: Path, seeds_glob: str = "seeds/*.txt") -> Path:
     """The seed articles as an article table (article_id, text) with illustrative dates and outlets: the input of
     the predict stage for the documentation's report screenshots."""
-    from pipeline.segmentation import find_articles
+    from pipeline.text.segmentation import find_articles
 
     files = find_articles(str(ROOT / seeds_glob))
     table = pd.DataFrame({"article_id": [f.stem for f in files],
@@ -183,7 +183,7 @@ def demo_table(path: Path, seeds_glob: str = "seeds/*.txt") -> Path:
 
 def build_report(predictions: Path | None, model_dir: Path | None, html_path: Path, *, n_boot: int = 1000) -> Path:
     """The seed sentences with demo probabilities (the rules', softened) as a report: no model needed."""
-    from pipeline.rules import load_lexicon
+    from pipeline.labeling.rules import load_lexicon
 
     sentences, articles = demo_frames()
     title = "تقرير الموقف — بيانات توضيحية (demo data)"

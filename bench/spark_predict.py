@@ -33,7 +33,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from predict_memory import write_articles  # noqa: E402
 
-from pipeline.segmentation import seed_sentences  # noqa: E402
+from pipeline.text.segmentation import seed_sentences  # noqa: E402
 
 
 def tree_rss(pid: int) -> int:
@@ -102,9 +102,9 @@ def main(argv=None) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
 
     from pipeline import LABELS
-    from pipeline.inference import write_model_metadata
-    from pipeline.preprocess import TextPreprocessor
-    from pipeline.tiny_model import build_tiny_bert
+    from pipeline.models.base import write_model_metadata
+    from pipeline.text.preprocess import TextPreprocessor
+    from pipeline.models.tiny import build_tiny_bert
 
     pool = seed_sentences()
     results: dict[tuple[str, int], list[tuple[float, float]]] = {}

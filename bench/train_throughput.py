@@ -1,6 +1,6 @@
 """Training throughput of the train stage against run_classification.py's padding, side by side.
 
-All setups run the stage's own Trainer (pipeline.trainer.build_trainer) on the same model and sentences;
+All setups run the stage's own Trainer (pipeline.models.trainer.build_trainer) on the same model and sentences;
 only the padding and batch order differ:
   pad to 128:                     every batch padded to max_length 128, random batches: transformers' examples/
                                   pytorch/text-classification/run_classification.py defaults
@@ -46,14 +46,14 @@ TINY = dict(vocab_size=3000, hidden_size=64, num_layers=2, num_heads=2, intermed
 
 def load_texts(args) -> list[str]:
     if args.data:
-        from pipeline.io import read_table
+        from pipeline.core.io import read_table
 
         table = read_table(args.data)
         column = args.text_column if args.text_column in table.columns else table.columns[0]
         texts = [str(t) for t in table[column] if str(t).strip()]
     else:
-        from pipeline.config import compose_config
-        from pipeline.segmentation import SegmentRules, seed_sentences
+        from pipeline.core.config import compose_config
+        from pipeline.text.segmentation import SegmentRules, seed_sentences
 
         texts = seed_sentences(SegmentRules.from_cfg(compose_config("segment").segment))
     rng = np.random.default_rng(0)
@@ -90,10 +90,10 @@ class StepTimer:
 
 def run_setup(model_dir: Path, texts, labels, *, pad_to_max: bool, group: bool, batch_size: int, steps: int,
               out_dir: Path, pretrained: bool) -> dict:
-    from pipeline.config import compose_config
-    from pipeline.fitting import frozen_parameters
-    from pipeline.modeling import load_tokenizer_and_model
-    from pipeline.trainer import build_trainer
+    from pipeline.core.config import compose_config
+    from pipeline.models.transformer import frozen_parameters
+    from pipeline.models.loading import load_tokenizer_and_model
+    from pipeline.models.trainer import build_trainer
 
     # The stage's recipe for this kind of model: a pretrained one (arabert) or one built from scratch (tiny).
     recipe = ["model=arabert", f"model.name_or_path={model_dir}", "model.preprocess_as=null"] if pretrained else \
@@ -167,8 +167,8 @@ def main() -> None:
     logging.getLogger("pipeline").setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from pipeline.preprocess import TextPreprocessor
-    from pipeline.tiny_model import build_tiny_bert
+    from pipeline.text.preprocess import TextPreprocessor
+    from pipeline.models.tiny import build_tiny_bert
 
     default_threads = torch.get_num_threads()
     texts = TextPreprocessor("bert-base-arabertv02")(load_texts(args))

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/mlflow_link.py [key=value ...]     # the same overrides as the stages (tracking.*)
 
-The view (score columns and charts first) is stored in the experiment by every run (pipeline/tracking.py).
+The view (score columns and charts first) is stored in the experiment by every run (pipeline/core/tracking.py).
 """
 
 import sys
@@ -10,8 +10,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import tracking  # noqa: E402
-from pipeline.config import compose_config  # noqa: E402
+from pipeline.core import tracking  # noqa: E402
+from pipeline.core.config import compose_config  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

@@ -38,7 +38,7 @@ def make_cfg(tmp_path):
     `make_cfg("segment", "data.articles_glob=/x/*.txt")` → DictConfig, like lightning-hydra-template's
     tests that compose configs pointed at a temporary directory.
     """
-    from pipeline.config import compose_config
+    from pipeline.core.config import compose_config
 
     counter = itertools.count()
 
@@ -61,8 +61,8 @@ def small_encoder(tmp_path_factory) -> Path:
     """A small BERT directory standing in for a pretrained encoder (config, tokenizer, safetensors weights), where
     the README points at ~/models/multilingual-e5-small: built here, no ../shared and no hub."""
     from pipeline import LABELS
-    from pipeline.segmentation import seed_sentences
-    from pipeline.tiny_model import build_tiny_bert
+    from pipeline.text.segmentation import seed_sentences
+    from pipeline.models.tiny import build_tiny_bert
 
     target = tmp_path_factory.mktemp("encoder") / "e5-standin"
     build_tiny_bert(seed_sentences(), target, LABELS, seed=0, hidden_size=32, num_layers=1, num_heads=2,

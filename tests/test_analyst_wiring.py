@@ -40,7 +40,7 @@ class Collect(HTMLParser):
 
 
 def test_predict_writes_metadata_timeline_outlets_reasons_and_report(run_predict, tmp_path):
-    from pipeline.analytics import timeline
+    from pipeline.prediction.analytics import timeline
 
     table = dated_table(tmp_path / "news.csv")
     out = tmp_path / "out" / "pred.csv"
@@ -104,9 +104,9 @@ def skewed_tfidf_model(out_dir: Path) -> tuple[Path, pd.DataFrame]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    from pipeline.inference import write_model_metadata
-    from pipeline.model_trust import save_sklearn
-    from pipeline.preprocess import TextPreprocessor
+    from pipeline.models.base import write_model_metadata
+    from pipeline.models.trust import save_sklearn
+    from pipeline.text.preprocess import TextPreprocessor
 
     rng = np.random.default_rng(0)
     texts = [f"جملة رقم {i} كلمة{i} نص{i % 7}" for i in range(90)]
@@ -121,9 +121,9 @@ def skewed_tfidf_model(out_dir: Path) -> tuple[Path, pd.DataFrame]:
 
 
 def test_calibration_fitted_at_train_time_is_applied_when_serving(make_cfg, tmp_path):
-    from pipeline.calibration import Calibration, expected_calibration_error
-    from pipeline.inference import load_predictor
-    from pipeline.train_calibration import calibrate_model
+    from pipeline.models.calibration import Calibration, expected_calibration_error
+    from pipeline.models.base import load_predictor
+    from pipeline.training.calibrate import calibrate_model
 
     model_dir, rows = skewed_tfidf_model(tmp_path / "model")
     held_out, test = rows.iloc[:60].reset_index(drop=True), rows.iloc[60:].reset_index(drop=True)
@@ -150,7 +150,7 @@ def test_calibration_fitted_at_train_time_is_applied_when_serving(make_cfg, tmp_
 def test_experiment_is_marked_for_model_development(make_cfg):
     import mlflow
 
-    from pipeline import tracking
+    from pipeline.core import tracking
 
     cfg = make_cfg("train")
     tracking.setup(cfg)
@@ -162,7 +162,8 @@ def test_experiment_is_marked_for_model_development(make_cfg):
 def test_sweep_child_runs_are_named_by_their_swept_values(tmp_path, monkeypatch):
     import mlflow
 
-    from pipeline import cli, tracking
+    from pipeline.cli import main as cli
+    from pipeline.core import tracking
 
     def fake_stage(stage_name, cfg):  # what train does with its run, without the training
         with tracking.start_run(cfg, f"train-{cfg.model.name}", log_params=False) as run:

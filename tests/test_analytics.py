@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.analytics import by_outlet, grouped_summary, parse_dates, period_start, timeline
-from pipeline.errors import PipelineError
+from pipeline.prediction.analytics import by_outlet, grouped_summary, parse_dates, period_start, timeline
+from pipeline.core.errors import PipelineError
 
 
 def _rows():

@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.calibration import (CALIBRATION_FILE, Calibration, apply_temperature, expected_calibration_error,
+from pipeline.models.calibration import (CALIBRATION_FILE, Calibration, apply_temperature, expected_calibration_error,
                                   fit_temperature, reliability_diagram)
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 
 def _softmax(z):

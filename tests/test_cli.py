@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import expand_sweep, main, parse_args
-from pipeline.stages import STAGES, ensure_inputs
+from pipeline.cli.main import expand_sweep, main, parse_args
+from pipeline.cli.registry import STAGES, ensure_inputs
 
 from conftest import REPO
 
@@ -58,7 +58,7 @@ def test_stage_help_leads_with_its_own_keys_and_what_they_mean(capsys):
 
 
 def test_comments_in_conf_files_become_one_line_meanings(tmp_path):
-    from pipeline.config_help import file_comments
+    from pipeline.cli.help import file_comments
 
     path = tmp_path / "x.yaml"
     path.write_text("# header of the file\n\n"
@@ -144,7 +144,7 @@ def test_segment_from_the_shell_writes_sentences_in_its_own_run_dir(tmp_path):
 
 
 def test_run_dirs_never_collide(tmp_path, make_cfg):
-    from pipeline.config import new_run_dir
+    from pipeline.core.config import new_run_dir
 
     cfg = make_cfg("segment", f"paths.output_root={tmp_path}/o")
     dirs = {new_run_dir(cfg, "segment") for _ in range(20)}  # same second, all distinct
@@ -190,11 +190,15 @@ def test_articles_to_label_make_the_tables_stale_and_join_them(tmp_path, make_cf
     assert "lists other files" in STAGES["segment"].stale_reason(with_new)
     ensure_inputs(STAGES["train"], with_new)
     assert set(pd.read_parquet(with_new.paths.labelled)["article_id"]) >= {"n1", "n2"}
-    # Reading the table through predict.* keys: those keys are recorded because they were read.
+    # Issue 19: the inputs are read through data.unlabelled_table's keys (recorded: they were read), never predict's,
+    # so a predict setting does not make the sentences stale.
     fingerprint = json.loads(Path(f"{sentences}.fingerprint.json").read_text(encoding="utf-8"))
     assert fingerprint["config"]["data.unlabelled"] == f"{new}/*.txt"
-    assert any(key.startswith("predict.") for key in fingerprint["config"])
+    assert "data.unlabelled_table.text_column" in fingerprint["config"]
+    assert not any(key.startswith("predict.") for key in fingerprint["config"])
     assert not STAGES["segment"].is_stale(with_new) and not STAGES["label"].is_stale(with_new)
+    assert not STAGES["segment"].is_stale(make_cfg("train", quiet, f"data.unlabelled={new}/*.txt",
+                                                   "predict.text_column=body"))
 
 
 def test_every_file_a_stage_opens_is_in_its_fingerprint(tmp_path, make_cfg):
@@ -270,7 +274,7 @@ def test_a_home_directory_in_a_value_is_expanded_as_a_shell_would(monkeypatch):
     monkeypatch.setenv("HOME", "/home/analyst")
     _, overrides, _, _ = parse_args(["train", "model.name_or_path=~/models/x", "~train.lr", "data.unlabelled=a~b"])
     assert overrides == ["model.name_or_path=/home/analyst/models/x", "~train.lr", "data.unlabelled=a~b"]
-    from pipeline.config import compose_config
+    from pipeline.core.config import compose_config
 
     assert compose_config("train", overrides[:1]).model.name_or_path == "/home/analyst/models/x"
 

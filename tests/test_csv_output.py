@@ -13,10 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import compose_config
-from pipeline.errors import PipelineError
-from pipeline.io import (CsvStyle, neutralise_cell, read_table, restore_cell, write_table_atomic)
-from pipeline.predict_outputs import TableWriter
+from pipeline.core.config import compose_config
+from pipeline.core.errors import PipelineError
+from pipeline.core.io import (CsvStyle, neutralise_cell, read_table, restore_cell, write_table_atomic)
+from pipeline.prediction.outputs import TableWriter
 from test_predict import run_predict, store  # noqa: F401 (fixtures)
 
 BOM = b"\xef\xbb\xbf"
@@ -142,7 +142,7 @@ def test_predict_parquet_outputs_type_dates(run_predict, tmp_path):
 
 
 def test_annotations_store_round_trips_guarded_cells(tmp_path):
-    from pipeline.labelstudio import ANNOTATION_COLUMNS, read_annotations, write_annotations
+    from pipeline.labeling.labelstudio import ANNOTATION_COLUMNS, read_annotations, write_annotations
 
     row = {"sentence_id": "-a1:0123456789ab", "article_id": "-a1", "text": "=1+2 روسيا", "label": "negative",
            "annotator": "@bob", "annotated_at": "2024-01-01", "source_task": "export.json#task1"}
@@ -156,7 +156,7 @@ def test_annotations_store_round_trips_guarded_cells(tmp_path):
 
 def test_spark_predicts_csv_is_guarded_too(make_cfg, tmp_path):
     """Issue 17 item 9: spark_predict's CSV (why no article was usable) is written in the one CsvStyle."""
-    from pipeline.spark_predict import spark_predict
+    from pipeline.stages.spark_predict import spark_predict
 
     attack = '=HYPERLINK("evil.example/x";"x")'
     with pytest.raises(PipelineError, match="no usable article"):
@@ -183,6 +183,6 @@ def test_no_module_writes_a_csv_but_through_pipeline_io():
         return node.attr == "csv" and "write" in ast.unparse(node.value)  # Spark's DataFrame.write.csv
 
     package = Path(__file__).resolve().parent.parent / "pipeline"
-    offenders = [f"{path.name}:{node.lineno}" for path in sorted(package.glob("*.py")) if path.name != "io.py"
+    offenders = [f"{path.name}:{node.lineno}" for path in sorted(package.rglob("*.py")) if path.name != "io.py"
                  for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))) if writes_csv(node)]
     assert offenders == []

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from test_train_data import make_labelled
 
 # Both runs learn the separable task; the test metrics of the 2-process run may differ from the 1-process run's by
@@ -32,7 +32,7 @@ LAUNCH_TIMEOUT_S = 1200
 
 
 def test_precision_auto_follows_the_device():
-    from pipeline.trainer import resolve_precision
+    from pipeline.models.trainer import resolve_precision
 
     assert resolve_precision("auto", cuda=False, bf16_supported=False) == "fp32"
     assert resolve_precision("auto", cuda=True, bf16_supported=True) == "bf16"     # Ampere and later
@@ -50,7 +50,7 @@ def test_precision_auto_follows_the_device():
 def test_precision_reaches_the_trainer_with_a_mocked_gpu(make_cfg, monkeypatch, tmp_path):
     import torch
 
-    from pipeline import trainer
+    from pipeline.models import trainer
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     args = trainer.training_arguments(make_cfg("train", "model=tiny"), tmp_path / "ckpt", has_val=False)
@@ -64,7 +64,7 @@ def test_precision_reaches_the_trainer_with_a_mocked_gpu(make_cfg, monkeypatch, 
 
 
 def test_batch_size_is_split_over_the_processes(monkeypatch):
-    from pipeline.trainer import per_device_batch
+    from pipeline.models.trainer import per_device_batch
 
     assert per_device_batch(16) == 16
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -74,7 +74,7 @@ def test_batch_size_is_split_over_the_processes(monkeypatch):
 
 
 def test_other_stages_refuse_several_processes(make_cfg, monkeypatch):
-    from pipeline.cli import run_stage
+    from pipeline.cli.main import run_stage
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(PipelineError, match="predict runs in one process; only train runs under torchrun"):
@@ -91,7 +91,7 @@ def test_the_launchers_sigterm_cannot_leave_a_failed_run_running(make_cfg, monke
     import mlflow.tracking.fluent as fluent
     from mlflow import MlflowClient
 
-    from pipeline import distributed, tracking
+    from pipeline.core import distributed, tracking
 
     assert not issubclass(distributed.Terminated, Exception)
     monkeypatch.setattr(distributed, "_DEFERRED", False)
@@ -118,7 +118,7 @@ def test_the_launchers_sigterm_cannot_leave_a_failed_run_running(make_cfg, monke
 CRASH_ON_RANK = """
 import os, sys
 from transformers import TrainerCallback
-import pipeline.fitting as fitting
+import pipeline.models.transformer as transformer
 
 CRASH_RANK = sys.argv.pop(1)
 
@@ -127,8 +127,8 @@ class Crash(TrainerCallback):
         if os.environ.get("RANK") == CRASH_RANK and state.epoch >= 2:
             raise RuntimeError(f"injected crash on rank {CRASH_RANK}")
 
-fitting.extra_callbacks = lambda: [Crash()]
-from pipeline.cli import main
+transformer.extra_callbacks = lambda: [Crash()]
+from pipeline.cli.main import main
 raise SystemExit(main(sys.argv[1:]))
 """
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def _runs(cfg):
     import mlflow
 
-    from pipeline import tracking
+    from pipeline.core import tracking
 
     tracking.setup(cfg)
     exp = mlflow.get_experiment_by_name(str(cfg.tracking.experiment))
@@ -26,7 +26,7 @@ def _runs(cfg):
 def test_loao_cv_logs_folds_as_children_of_one_parent(make_cfg, labelled, tmp_path, capsys):
     import mlflow
 
-    from pipeline.evaluate import evaluate
+    from pipeline.stages.evaluate import evaluate
 
     cfg = make_cfg("evaluate", "model=tiny", "train.epochs=2", f"paths.labelled={labelled}", "evaluate.bootstrap=100")
     result = evaluate(cfg)
@@ -71,7 +71,7 @@ def test_loao_cv_logs_folds_as_children_of_one_parent(make_cfg, labelled, tmp_pa
 def test_kfold_on_a_table_without_groups(make_cfg, tmp_path):
     from test_train_data import write_table
 
-    from pipeline.evaluate import evaluate
+    from pipeline.stages.evaluate import evaluate
 
     path = write_table(tmp_path / "t.csv", n=60)
     cfg = make_cfg("evaluate", "model=tfidf", "data=table", f"data.path={path}", "data.text_column=tweet",
@@ -86,7 +86,7 @@ def test_kfold_on_a_table_without_groups(make_cfg, tmp_path):
 def test_loao_without_articles_falls_back_to_stratified_folds(make_cfg, tmp_path):
     from test_train_data import write_table
 
-    from pipeline.splits import cv_splits, load_labelled
+    from pipeline.labeling.splits import cv_splits, load_labelled
 
     path = write_table(tmp_path / "t.csv", n=30)
     cfg = make_cfg("evaluate", "model=tfidf", "data=table", f"data.path={path}", "data.text_column=tweet",
@@ -98,8 +98,8 @@ def test_loao_without_articles_falls_back_to_stratified_folds(make_cfg, tmp_path
 
 
 def test_evaluate_a_trained_model_dir(make_cfg, labelled):
-    from pipeline.evaluate import evaluate
-    from pipeline.train import train
+    from pipeline.stages.evaluate import evaluate
+    from pipeline.stages.train import train
 
     trained = train(make_cfg("train", "model=tfidf", "train.refit=all", f"paths.labelled={labelled}",
                              "train.baselines=[majority]"))
@@ -109,7 +109,7 @@ def test_evaluate_a_trained_model_dir(make_cfg, labelled):
     # Same split, same model, same predictions: the same numbers as the end of train.
     assert result["metrics"]["eval_macro_f1"] == pytest.approx(trained["metrics"]["test_macro_f1"])
     # The served model was refit on every gold article: scoring it on "test" articles is refused.
-    from pipeline.errors import PipelineError
+    from pipeline.core.errors import PipelineError
 
     with pytest.raises(PipelineError, match="refit on every labelled row"):
         evaluate(make_cfg("evaluate", "evaluate.cv=none", f"evaluate.model_dir={trained['model_dir']}",
@@ -120,10 +120,10 @@ def test_evaluate_model_dir_scores_the_stored_split_not_the_seed(make_cfg, label
     """Issue 9 item 3: the test articles come from the model dir's split.json, whatever the seed or the data now."""
     import json
 
-    from pipeline.errors import PipelineError
-    from pipeline.evaluate import evaluate
-    from pipeline.splits import holdout_split, load_labelled
-    from pipeline.train import train
+    from pipeline.core.errors import PipelineError
+    from pipeline.stages.evaluate import evaluate
+    from pipeline.labeling.splits import holdout_split, load_labelled
+    from pipeline.stages.train import train
 
     base = [f"paths.labelled={labelled}", "train.baselines=[majority]"]
     trained = train(make_cfg("train", "model=tfidf", "train.refit=none", *base))
@@ -153,7 +153,7 @@ def test_evaluate_model_dir_scores_the_stored_split_not_the_seed(make_cfg, label
 def test_multirun_sweep_makes_child_runs_under_one_parent(make_cfg, labelled, tmp_path):
     import mlflow
 
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     db = f"sqlite:///{tmp_path}/sweep/mlflow.db"
     args = ["train", "-m", "model=tfidf", "model.tfidf.C=1.0,8.0", f"paths.labelled={labelled}",
@@ -177,9 +177,9 @@ def test_nested_selection_chooses_inside_each_fold_and_never_sees_its_test_artic
     training articles; the outer fold fits and scores that choice."""
     import mlflow
 
-    from pipeline import inner_cv
-    from pipeline.evaluate import evaluate
-    from pipeline.model_trust import load_sklearn
+    from pipeline.training import inner_cv
+    from pipeline.stages.evaluate import evaluate
+    from pipeline.models.trust import load_sklearn
 
     inner_fits = []
     real_fit = inner_cv.fit_model
@@ -216,8 +216,8 @@ def test_nested_selection_chooses_inside_each_fold_and_never_sees_its_test_artic
 
 
 def test_a_selection_varies_only_existing_model_and_train_keys(make_cfg):
-    from pipeline.errors import PipelineError
-    from pipeline.selection import candidates
+    from pipeline.core.errors import PipelineError
+    from pipeline.training.selection import candidates
 
     assert candidates(make_cfg("evaluate")) == []
     both = candidates(make_cfg("evaluate", "evaluate.select={train.head.C: [0.5, 2], train.lr: [1e-5]}"))

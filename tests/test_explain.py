@@ -6,8 +6,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
-from pipeline.errors import PipelineError
-from pipeline.explain import format_reasons, top_words, word_weights
+from pipeline.core.errors import PipelineError
+from pipeline.models.explain import format_reasons, top_words, word_weights
 
 SUBJECTS = ["المحادثات", "المفاوضات", "الحوار", "المباحثات"]
 PLACES = ["في جنيف", "في بروكسل", "في فيينا", "اليوم", "هذا الأسبوع"]

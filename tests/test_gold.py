@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from pipeline import LABELS
-from pipeline.gold import GOLD_COLUMNS, GoldLabelError, label_distribution, load_gold
+from pipeline.labeling.gold import GOLD_COLUMNS, GoldLabelError, label_distribution, load_gold
 
 from conftest import REPO
 

@@ -1,4 +1,4 @@
-"""pipeline.inference: the stance model directory contract, the fast predictor, the MLflow pyfunc model."""
+"""pipeline.models.base: the stance model directory contract, the fast predictor, the MLflow pyfunc model."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 from pipeline import LABELS
-from pipeline.errors import PipelineError
-from pipeline.inference import load_predictor, read_model_metadata, write_model_metadata
-from pipeline.model_store import log_stance_model
-from pipeline.preprocess import TextPreprocessor
-from pipeline.segmentation import seed_sentences
+from pipeline.core.errors import PipelineError
+from pipeline.models.base import load_predictor, read_model_metadata, write_model_metadata
+from pipeline.models.store import log_stance_model
+from pipeline.text.preprocess import TextPreprocessor
+from pipeline.text.segmentation import seed_sentences
 
 MAX_LENGTH = 24  # short on purpose: several seed sentences are longer, so truncation is exercised
 
@@ -24,7 +24,7 @@ MAX_LENGTH = 24  # short on purpose: several seed sentences are longer, so trunc
 def make_stance_model(out_dir: Path, *, max_length: int = MAX_LENGTH, preprocess_as: str | None = None,
                       seed: int = 3) -> Path:
     """A tiny random-weight BERT stance model directory, as the train stage would write it (`seed`: its weights)."""
-    from pipeline.tiny_model import build_tiny_bert
+    from pipeline.models.tiny import build_tiny_bert
 
     build_tiny_bert(seed_sentences(), out_dir, LABELS, seed=seed)
     write_model_metadata(out_dir, kind="transformer", labels=LABELS, max_length=max_length,
@@ -114,7 +114,7 @@ def test_tfidf_model_directory(tmp_path, stored_as):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    from pipeline.model_trust import save_sklearn
+    from pipeline.models.trust import save_sklearn
 
     texts = seed_sentences()
     y = [LABELS[i % 3] for i in range(len(texts))]
@@ -135,7 +135,7 @@ def test_tfidf_model_directory(tmp_path, stored_as):
 def test_logged_pyfunc_model_gives_the_same_answer_in_a_fresh_process(model_dir, make_cfg, tmp_path):
     import mlflow
 
-    from pipeline import tracking
+    from pipeline.core import tracking
 
     cfg = make_cfg("train")
     texts = seed_sentences()[:20]
@@ -175,7 +175,7 @@ def test_log_stance_model_needs_an_active_run(model_dir):
 
 
 def test_device_choice_with_mocked_gpu():
-    from pipeline.inference import GPU_BATCH_TOKENS, batch_token_budget, resolve_device
+    from pipeline.models.batching import GPU_BATCH_TOKENS, batch_token_budget, resolve_device
 
     assert resolve_device("auto", cuda=False) == "cpu"
     assert resolve_device("auto", cuda=True) == "cuda"

@@ -4,7 +4,7 @@ catch what only the sequence shows (new articles left out of training by a stale
 model over the one just trained).
 
 The "pretrained" encoder is a small BERT built here (conftest's `small_encoder`: no ../shared, no hub): it stands
-in for ~/models/multilingual-e5-small in the README's commands. Commands run in-process through `pipeline.cli.main`.
+in for ~/models/multilingual-e5-small in the README's commands. Commands run in-process through `pipeline.cli.main.main`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.cli import main
+from pipeline.cli.main import main
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 
 from pipeline import LABELS
-from pipeline.cli import main as cli_main
-from pipeline.errors import PipelineError
-from pipeline.gold import GOLD_COLUMNS, GoldLabelError
-from pipeline.label import LABELLED_COLUMNS, label
-from pipeline.labelstudio import ANNOTATION_COLUMNS, LabelStudioImportError, build_tasks, uncertainty
-from pipeline.segment import segment
+from pipeline.cli.main import main as cli_main
+from pipeline.core.errors import PipelineError
+from pipeline.labeling.gold import GOLD_COLUMNS, GoldLabelError
+from pipeline.stages.label import LABELLED_COLUMNS, label
+from pipeline.labeling.labelstudio import ANNOTATION_COLUMNS, LabelStudioImportError, build_tasks, uncertainty
+from pipeline.stages.segment import segment
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "labelstudio"
 # Sentences of seeds/003 and 004 that the real Label Studio export (fixtures/labelstudio/export.json) annotates.
@@ -238,14 +238,14 @@ def test_context_stays_within_the_article_when_file_order_is_not_sorted_order():
 
 
 def test_export_with_a_stance_model_dir(seeds, tmp_path):
-    """Pre-annotations and order from a (tf-idf) stance model directory, through pipeline.model_store."""
+    """Pre-annotations and order from a (tf-idf) stance model directory, through pipeline.models.store."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    from pipeline.inference import write_model_metadata
-    from pipeline.model_trust import save_sklearn
-    from pipeline.preprocess import TextPreprocessor
+    from pipeline.models.base import write_model_metadata
+    from pipeline.models.trust import save_sklearn
+    from pipeline.text.preprocess import TextPreprocessor
 
     cfg, sentences = seeds
     write_gold(tmp_path / "gold.csv", gold_from_articles(sentences, ("000",)), sentences)
@@ -390,8 +390,8 @@ def test_import_write_is_atomic(seeds, tmp_path, monkeypatch):
 
 
 def test_rules_quality_numbers_on_a_hand_made_case():
-    from pipeline.label import rules_quality
-    from pipeline.rules import Lexicon
+    from pipeline.stages.label import rules_quality
+    from pipeline.labeling.rules import Lexicon
 
     lexicon = Lexicon.from_dict({"cues": {"positive": [{"id": "p", "phrases": ["x"]}],
                                           "negative": [{"id": "n", "phrases": ["y"]}]}})
@@ -416,7 +416,7 @@ def test_rules_quality_numbers_on_a_hand_made_case():
 
 
 def test_cli_flags_of_the_label_stage():
-    from pipeline.cli import parse_args
+    from pipeline.cli.main import parse_args
 
     stage, overrides, _, _ = parse_args(["label", "--export", "labeling.export_size=5"])
     assert stage == "label" and overrides == ["labeling.export=true", "labeling.export_size=5"]

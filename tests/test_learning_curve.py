@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline import LABELS
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "learning_curve.py"
 CUES = {"negative": "رفض تصعيد", "neutral": "اجتماع موعد", "positive": "اتفاق تقدم"}

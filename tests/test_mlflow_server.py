@@ -75,7 +75,7 @@ def mlflow_server(tmp_path):
 
 
 def test_tiny_training_against_a_real_server(make_cfg, labelled, mlflow_server, monkeypatch):
-    from pipeline.train import train
+    from pipeline.stages.train import train
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # the environment wins over tracking.uri
     cfg = make_cfg("train", "model=tiny", "train.epochs=2", f"paths.labelled={labelled}",

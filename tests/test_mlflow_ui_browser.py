@@ -1,7 +1,7 @@
 """The experiment in the MLflow UI, in a real browser: bench/mlflow_ui_screenshot.py against a real `mlflow server`.
 
 Runs are logged straight through the client (no training: the UI is under test, not the models), in an
-experiment tagged as pipeline/tracking.py tags it. Skipped where no Chromium binary is on PATH."""
+experiment tagged as pipeline/core/tracking.py tags it. Skipped where no Chromium binary is on PATH."""
 
 import importlib.util
 from pathlib import Path
@@ -24,7 +24,7 @@ def _log_runs(url: str, experiment: str) -> dict[str, str]:
     """Two train runs and a two-child sweep, as the train stage names and tags them; returns name -> run id."""
     from mlflow import MlflowClient
 
-    from pipeline.tracking import mark_experiment
+    from pipeline.core.tracking import mark_experiment
 
     client = MlflowClient(tracking_uri=url)
     experiment_id = client.create_experiment(experiment)

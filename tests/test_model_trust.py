@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from pipeline import LABELS
-from pipeline.cli import main
-from pipeline.inference import load_predictor, write_model_metadata
-from pipeline.preprocess import TextPreprocessor
+from pipeline.cli.main import main
+from pipeline.models.base import load_predictor, write_model_metadata
+from pipeline.text.preprocess import TextPreprocessor
 from test_inference import make_stance_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -182,10 +182,11 @@ def test_tfidf_model_round_trips_through_skops_without_a_pickle(make_cfg, tmp_pa
     fitted pipeline itself (what the pickle gave), and a legacy model.joblib of it still loads the same."""
     import joblib
 
-    from pipeline.baselines import fit_tfidf, tfidf_proba
-    from pipeline.fitting import fit_model, sample_weights
-    from pipeline.model_trust import load_sklearn
-    from pipeline.splits import holdout_split, load_labelled
+    from pipeline.models.tfidf import fit_tfidf, tfidf_proba
+    from pipeline.models.head import sample_weights
+    from pipeline.training.fitting import fit_model
+    from pipeline.models.trust import load_sklearn
+    from pipeline.labeling.splits import holdout_split, load_labelled
     from test_train_data import make_labelled
 
     labelled = make_labelled(make_cfg, tmp_path / "work" / "labelled.parquet", separable=True)
@@ -211,8 +212,8 @@ def test_skops_file_with_other_types_is_refused_unloaded(tmp_path):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import FunctionTransformer
 
-    from pipeline.errors import PipelineError
-    from pipeline.model_trust import save_sklearn
+    from pipeline.core.errors import PipelineError
+    from pipeline.models.trust import save_sklearn
 
     save_sklearn(make_pipeline(FunctionTransformer(np.log1p)), tmp_path)
     write_model_metadata(tmp_path, kind="tfidf", labels=LABELS, max_length=64, base_model="tfidf",

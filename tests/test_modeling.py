@@ -7,7 +7,7 @@ import time
 import pytest
 
 from pipeline import LABELS
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from test_train_data import labelled  # noqa: F401 (fixture)
 
 REMEDIES = ("hf download aubmindlab/bert-base-arabertv02", "model.name_or_path=", "model=tiny")
@@ -15,7 +15,7 @@ REMEDIES = ("hf download aubmindlab/bert-base-arabertv02", "model.name_or_path="
 
 def test_hub_model_offline_fails_fast_with_remedies(make_cfg, labelled, monkeypatch):
     """The real default model through the real stage: no hub here, so a fast, actionable failure."""
-    from pipeline.train import train
+    from pipeline.stages.train import train
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = make_cfg("train", f"paths.labelled={labelled}")  # model=arabert, the default
@@ -30,7 +30,7 @@ def test_hub_model_offline_fails_fast_with_remedies(make_cfg, labelled, monkeypa
 
 def test_unreachable_hub_fails_fast_without_offline_flag(monkeypatch):
     """Not flagged offline, but nothing listens at the endpoint: a short connect check, not minutes of retries."""
-    from pipeline.modeling import ModelUnavailable, resolve_source
+    from pipeline.models.loading import ModelUnavailable, resolve_source
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
@@ -42,8 +42,8 @@ def test_unreachable_hub_fails_fast_without_offline_flag(monkeypatch):
 
 
 def test_local_directory_and_bad_paths(tmp_path):
-    from pipeline.modeling import load_tokenizer_and_model, resolve_source
-    from pipeline.tiny_model import build_tiny_bert
+    from pipeline.models.loading import load_tokenizer_and_model, resolve_source
+    from pipeline.models.tiny import build_tiny_bert
 
     model_dir = build_tiny_bert(["اتفاق بين الجانبين", "رفض المقترح"], tmp_path / "m", LABELS)
     tokenizer, model = load_tokenizer_and_model(str(model_dir), LABELS)
@@ -56,7 +56,7 @@ def test_local_directory_and_bad_paths(tmp_path):
 
 
 def test_farasa_model_is_refused_before_training(make_cfg, labelled):
-    from pipeline.train import train
+    from pipeline.stages.train import train
 
     cfg = make_cfg("train", "model=tiny", f"paths.labelled={labelled}", "model.preprocess_as=bert-base-arabert")
     with pytest.raises(PipelineError, match="Farasa"):
@@ -64,7 +64,7 @@ def test_farasa_model_is_refused_before_training(make_cfg, labelled):
 
 
 def test_farasa_model_name_is_refused_too(make_cfg, labelled):
-    from pipeline.train import train
+    from pipeline.stages.train import train
 
     cfg = make_cfg("train", f"paths.labelled={labelled}", "model.name_or_path=aubmindlab/bert-base-arabertv2")
     with pytest.raises(PipelineError, match="Farasa"):

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from pipeline import LABELS
-from pipeline.config import compose_config
-from pipeline.errors import PipelineError
-from pipeline.io import read_table
-from pipeline.predict import predict
+from pipeline.core.config import compose_config
+from pipeline.core.errors import PipelineError
+from pipeline.core.io import read_table
+from pipeline.stages.predict import predict
 from test_inference import make_stance_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,8 +31,8 @@ def store(tmp_path_factory):
     segments as the model's run did)."""
     import mlflow
 
-    from pipeline import tracking
-    from pipeline.model_store import log_stance_model
+    from pipeline.core import tracking
+    from pipeline.models.store import log_stance_model
 
     root = tmp_path_factory.mktemp("store")
     overrides = [f"tracking.uri=sqlite:///{root}/mlflow.db", f"tracking.artifact_root={root}/artifacts",
@@ -95,8 +95,8 @@ def test_directory_with_bad_files_default_model_and_summary(run_predict, store, 
     assert table["sentence_id"].is_unique and report["sentences"] == len(table)
 
     # Segmented with the training run's rules (blank_line), not today's config (line).
-    from pipeline.io import read_text_strict
-    from pipeline.segmentation import SegmentRules, article_rows
+    from pipeline.core.io import read_text_strict
+    from pipeline.text.segmentation import SegmentRules, article_rows
 
     trained = SegmentRules.from_cfg(compose_config("predict", ["segment.paragraph_break=blank_line"]).segment)
     expected_ids = [r["sentence_id"] for p in [*SEEDS, folder / "wrapped.txt"]
@@ -201,7 +201,7 @@ def test_unknown_model_uri_and_missing_input(run_predict, tmp_path):
 
 
 def test_table_inputs(run_predict, tmp_path):
-    from pipeline.io import read_text_strict
+    from pipeline.core.io import read_text_strict
 
     articles = pd.DataFrame({"article_id": [p.stem for p in SEEDS[:2]], "text": [read_text_strict(p) for p in SEEDS[:2]]})
     articles.to_csv(tmp_path / "articles.csv", index=False)
@@ -226,15 +226,15 @@ def test_table_inputs(run_predict, tmp_path):
 
 def served_rows(path: Path) -> list[dict]:
     """The sentence rows of an article as the served model (trained with blank-line paragraphs) segments it."""
-    from pipeline.io import read_text_strict
-    from pipeline.segmentation import SegmentRules, article_rows
+    from pipeline.core.io import read_text_strict
+    from pipeline.text.segmentation import SegmentRules, article_rows
 
     rules = SegmentRules.from_cfg(compose_config("predict", ["segment.paragraph_break=blank_line"]).segment)
     return article_rows(path.stem, read_text_strict(path), rules)[0]
 
 
 def test_interrupted_run_leaves_no_output_and_resume_skips_done_articles(run_predict, tmp_path, monkeypatch):
-    from pipeline.inference import TransformerPredictor
+    from pipeline.models.batching import TransformerPredictor
 
     out = tmp_path / "p.csv"
     calls = {"n": 0}
@@ -306,7 +306,7 @@ def test_cli_command_as_written(store, tmp_path):
 
 def test_resume_after_kill_between_rename_and_cleanup_does_not_duplicate(run_predict, tmp_path, monkeypatch):
     """Issue 9 item 5: killed after the output's rename but before its parts were removed, a resume merged both."""
-    from pipeline import predict_parts
+    from pipeline.prediction import parts as predict_parts
 
     out = tmp_path / "p.csv"
     inputs = f"input=[{SEEDS[0]},{SEEDS[1]}]"
@@ -328,7 +328,8 @@ def test_resume_after_kill_between_rename_and_cleanup_does_not_duplicate(run_pre
 
 def test_resume_keeps_the_interrupted_runs_errors_and_refuses_another_model(run_predict, store, tmp_path, monkeypatch):
     """Issue 9 item 5: the errors of the killed run survive the resume; another model cannot resume its parts."""
-    from pipeline.inference import TransformerPredictor, read_model_metadata
+    from pipeline.models.base import read_model_metadata
+    from pipeline.models.batching import TransformerPredictor
 
     out = tmp_path / "p.csv"
     # A sentence table with one overlong sentence (truncated: an error row written with its part).
@@ -381,7 +382,7 @@ def test_output_equal_to_input_is_refused_before_anything_is_written(run_predict
 
 def test_missing_input_is_told_before_the_model_is_fetched(run_predict, tmp_path, monkeypatch):
     """Issue 9 item 11(f)."""
-    from pipeline import predict as predict_module
+    from pipeline.stages import predict as predict_module
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was resolved before the inputs were checked")
@@ -393,7 +394,7 @@ def test_missing_input_is_told_before_the_model_is_fetched(run_predict, tmp_path
 
 def test_sentence_table_without_article_id_is_predicted_in_row_chunks(run_predict, tmp_path, monkeypatch):
     """Issue 9 item 5: one long article (no article_id) is flushed every predict.chunk_sentences rows."""
-    from pipeline.inference import TransformerPredictor
+    from pipeline.models.batching import TransformerPredictor
 
     texts = [f"روسيا ترفض العرض رقم {i}" for i in range(7)]
     pd.DataFrame({"sentence_id": [f"s{i}" for i in range(7)], "text": texts}).to_csv(tmp_path / "one.csv", index=False)
@@ -430,8 +431,8 @@ def test_pickled_model_dir_outside_the_store_is_refused_unless_trusted(run_predi
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    from pipeline.inference import write_model_metadata
-    from pipeline.preprocess import TextPreprocessor
+    from pipeline.models.base import write_model_metadata
+    from pipeline.text.preprocess import TextPreprocessor
 
     evil = tmp_path / "downloads" / "evil-model"
     evil.mkdir(parents=True)
@@ -472,9 +473,9 @@ def test_predict_ends_with_a_summary_line(run_predict, tmp_path, capsys):
 def test_report_and_summary_show_the_models_quality_and_warn_of_a_smoke_model(run_predict, store, tmp_path, capsys):
     import mlflow
 
-    from pipeline import tracking
-    from pipeline.model_store import log_stance_model
-    from pipeline.registry import SMOKE_TAG
+    from pipeline.core import tracking
+    from pipeline.models.store import log_stance_model
+    from pipeline.models.serving import SMOKE_TAG
 
     cfg = compose_config("train", store["overrides"])
     with tracking.start_run(cfg, "train-tiny", tags={"has_model": "true", SMOKE_TAG: "true", "data_name": "seeds",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.io import read_table
+from pipeline.core.io import read_table
 from test_predict import REPO, SEEDS, run_predict, served_rows, store  # noqa: F401 (fixtures)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -26,7 +26,7 @@ WAIT_S = 300  # generous: the machine may be loaded; nothing here asserts on tim
 PAUSED_RUN = r"""
 import sys, time
 from pathlib import Path
-from pipeline.inference import TransformerPredictor
+from pipeline.models.batching import TransformerPredictor
 started, release = Path(sys.argv[1]), Path(sys.argv[2])
 real, calls = TransformerPredictor.predict, {"n": 0}
 def paused(self, texts, batch_size=64):
@@ -38,7 +38,7 @@ def paused(self, texts, batch_size=64):
             time.sleep(0.05)
     return real(self, texts, batch_size)
 TransformerPredictor.predict = paused
-from pipeline.cli import main
+from pipeline.cli.main import main
 raise SystemExit(main(sys.argv[3:]))
 """
 
@@ -114,7 +114,7 @@ def test_a_live_runs_output_is_refused_and_a_dead_runs_parts_are_resumed(store, 
 @pytest.fixture
 def no_model(monkeypatch):
     """Fails the test if a model is fetched or loaded: the check under test must come first."""
-    from pipeline import predict as predict_module
+    from pipeline.stages import predict as predict_module
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was fetched or loaded before the check")
@@ -152,8 +152,8 @@ def test_an_empty_input_alone_or_another_models_parts_fail_before_the_model_load
     """Item 11: both were found only after the model had loaded (~10 s)."""
     import json
 
-    from pipeline import predict as predict_module
-    from pipeline.model_store import resolve_model
+    from pipeline.stages import predict as predict_module
+    from pipeline.models.store import resolve_model
 
     (tmp_path / "empty.txt").write_bytes(b"")
     err = run_predict(f"input={tmp_path}/empty.txt", f"output={tmp_path}/p.csv", expect_error=True)
@@ -171,7 +171,7 @@ def test_an_empty_input_alone_or_another_models_parts_fail_before_the_model_load
 
 def test_a_full_disk_during_the_merge_is_one_error_and_the_parts_are_resumed(run_predict, tmp_path, monkeypatch):
     """Item 10: ENOSPC in the final merge gave two chained tracebacks (the parts were kept, which is right)."""
-    from pipeline.predict_outputs import TableWriter
+    from pipeline.prediction.outputs import TableWriter
 
     def disk_full(self, df):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
@@ -202,7 +202,7 @@ def long_article(path: Path, sentences: int) -> Path:
 def test_a_long_article_is_predicted_in_bounded_chunks_with_the_same_output(run_predict, store, tmp_path,
                                                                             monkeypatch):
     """Item 14: one very long article was held and predicted whole (1.38 GiB for 75k sentences)."""
-    from pipeline.inference import TransformerPredictor
+    from pipeline.models.batching import TransformerPredictor
 
     article = long_article(tmp_path / "long.txt", 60)
     inputs = f"input=[{SEEDS[2]},{article},{SEEDS[3]}]"

@@ -1,4 +1,4 @@
-"""predict's table inputs read into articles (pipeline.predict_inputs) without a model: missing cells mean the same
+"""predict's table inputs read into articles (pipeline.prediction.inputs) without a model: missing cells mean the same
 in every format, and sentence ids are unique per article however the table is read in pieces (issue 18 item 5)."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.predict_inputs import ArticleReader
-from pipeline.predict_outputs import ErrorLog
-from pipeline.segmentation import SegmentRules
+from pipeline.prediction.inputs import ArticleReader
+from pipeline.prediction.outputs import ErrorLog
+from pipeline.text.segmentation import SegmentRules
 
 ARTICLE = "رحبت موسكو بالتقدم في المحادثات. وقال المتحدث إن الطرفين اتفقا على مواصلة الحوار."
 OTHER = "رفضت روسيا المقترح الأمريكي."

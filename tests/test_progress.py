@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from pipeline import LABELS, progress
+from pipeline import LABELS
+from pipeline.core import progress
 
 
 class Terminal(io.StringIO):
@@ -48,8 +49,8 @@ def test_trainer_prints_no_log_dicts_and_draws_a_bar_on_a_terminal_only(terminal
                                                                        monkeypatch, capsys):
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from pipeline.modeling import load_tokenizer_and_model
-    from pipeline.trainer import build_trainer
+    from pipeline.models.loading import load_tokenizer_and_model
+    from pipeline.models.trainer import build_trainer
 
     monkeypatch.setattr(progress, "interactive", lambda: terminal)
     cfg = make_cfg("train", f"model.name_or_path={small_encoder}", "train.batch_size=4")

@@ -26,7 +26,7 @@ def uncalibrated(model_dir: Path, tmp_path: Path):
     """The predictor of a copy of `model_dir` without its calibration.json: the raw probabilities."""
     import shutil
 
-    from pipeline.inference import load_predictor
+    from pipeline.models.base import load_predictor
 
     copy = tmp_path / "uncalibrated"
     shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns("calibration.json"))
@@ -40,7 +40,7 @@ FROZEN_TINY = ["model=frozen", "model.name_or_path=null", TINY_SETTINGS, "model.
 def test_linear_head_from_logistic_regression_matches_sklearn():
     from sklearn.linear_model import LogisticRegression
 
-    from pipeline.encoder_head import LinearHead, softmax
+    from pipeline.models.encoder import LinearHead, softmax
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 5))
@@ -55,7 +55,7 @@ def test_linear_head_from_logistic_regression_matches_sklearn():
 def test_linear_head_gives_an_unseen_class_no_probability():
     from sklearn.linear_model import LogisticRegression
 
-    from pipeline.encoder_head import LinearHead, softmax
+    from pipeline.models.encoder import LinearHead, softmax
 
     x = np.array([[0.0, 1.0], [1.0, 0.0], [0.1, 0.9], [0.9, 0.1]])
     clf = LogisticRegression().fit(x, ["negative", "positive", "negative", "positive"])
@@ -65,7 +65,7 @@ def test_linear_head_gives_an_unseen_class_no_probability():
 
 
 def test_training_rows_weigh_sources_and_drop_weak_labels_below_the_floor(make_cfg):
-    from pipeline.splits import training_rows
+    from pipeline.labeling.splits import training_rows
 
     rows = pd.DataFrame({
         "sentence_id": list("abcde"), "group": "g", "text": list("abcde"),
@@ -84,7 +84,7 @@ def test_training_rows_weigh_sources_and_drop_weak_labels_below_the_floor(make_c
 
 
 def test_transductive_folds_train_on_the_held_out_articles_rule_labels_not_their_gold(make_cfg, tmp_path):
-    from pipeline.splits import cv_splits, load_labelled
+    from pipeline.labeling.splits import cv_splits, load_labelled
 
     labelled = make_labelled(make_cfg, tmp_path / "l.parquet", gold_every=1)  # every row gold
     cfg = make_cfg("evaluate", f"paths.labelled={labelled}", "train.transductive=true")
@@ -99,7 +99,7 @@ def test_transductive_folds_train_on_the_held_out_articles_rule_labels_not_their
 
 
 def test_step_floor_raises_epochs_only_when_needed(make_cfg):
-    from pipeline.fitting import epochs_for
+    from pipeline.models.transformer import epochs_for
 
     cfg = make_cfg("train", "model=tiny", "train.epochs=2", "train.batch_size=8", "train.min_steps=40")
     assert epochs_for(cfg, 40) == 8.0       # 5 steps per epoch: 2 epochs = 10 steps < 40
@@ -108,7 +108,7 @@ def test_step_floor_raises_epochs_only_when_needed(make_cfg):
 
 
 def test_many_short_epochs_are_validated_and_saved_at_most_max_evaluations_times(make_cfg):
-    from pipeline.trainer import evaluation_interval, training_arguments
+    from pipeline.models.trainer import evaluation_interval, training_arguments
 
     cfg = make_cfg("train", "model=tiny", "train.batch_size=16", "train.max_evaluations=10")
     assert evaluation_interval(cfg, 8.0, 45) is None             # few epochs: once per epoch
@@ -122,8 +122,8 @@ def test_many_short_epochs_are_validated_and_saved_at_most_max_evaluations_times
 def test_frozen_encoder_model_trains_serves_and_logs_like_the_others(make_cfg, tmp_path):
     import mlflow
 
-    from pipeline.inference import load_predictor, read_model_metadata
-    from pipeline.train import train
+    from pipeline.models.base import load_predictor, read_model_metadata
+    from pipeline.stages.train import train
 
     labelled = make_labelled(make_cfg, tmp_path / "work" / "labelled.parquet", separable=True)
     cfg = make_cfg("train", *FROZEN_TINY, f"paths.labelled={labelled}")
@@ -141,7 +141,7 @@ def test_frozen_encoder_model_trains_serves_and_logs_like_the_others(make_cfg, t
     assert np.abs(np.array(head["weight"])).max() > 0 and head["pooling"] == "mean" and head["normalize"] is True
     assert "test_macro_f1" in result["metrics"]
     # Calibrated at train time; the encoder predictor applies calibration.json like every StancePredictor.
-    from pipeline.calibration import Calibration
+    from pipeline.models.calibration import Calibration
 
     calibration = Calibration.load(model_dir)
     assert (model_dir / "calibration.json").exists()
@@ -155,9 +155,9 @@ def test_frozen_encoder_model_trains_serves_and_logs_like_the_others(make_cfg, t
 def test_train_max_length_is_the_one_limit_of_frozen_and_tfidf_models(make_cfg, tmp_path, small_encoder):
     """Issue 18 item 4: the frozen and TF-IDF kinds once read model.max_length; train.max_length is the one
     source (model.max_length is only its default), so an override of it reaches the served model."""
-    from pipeline.fitting import fit_model
-    from pipeline.inference import load_predictor, read_model_metadata
-    from pipeline.splits import holdout_split, load_labelled
+    from pipeline.training.fitting import fit_model
+    from pipeline.models.base import load_predictor, read_model_metadata
+    from pipeline.labeling.splits import holdout_split, load_labelled
 
     labelled = make_labelled(make_cfg, tmp_path / "work" / "labelled.parquet", separable=True)
     long_text = " ".join(["اتفاق مثمر وبناء"] * 40)
@@ -178,9 +178,9 @@ def test_calibration_never_sees_the_test_rows_and_the_served_refit_gets_its_own(
     fitted on every prediction of a row by a model that had not seen it."""
     import mlflow
 
-    from pipeline.calibration import Calibration
-    from pipeline.splits import holdout_split, load_labelled
-    from pipeline.train import train
+    from pipeline.models.calibration import Calibration
+    from pipeline.labeling.splits import holdout_split, load_labelled
+    from pipeline.stages.train import train
 
     cfg = make_cfg("train", "model=tfidf", "train.baselines=[majority]", f"paths.labelled={labelled_weak}",
                    "train.refit=all")
@@ -207,12 +207,12 @@ def test_calibration_never_sees_the_test_rows_and_the_served_refit_gets_its_own(
 
 
 def test_inner_fits_log_nothing_to_the_run(make_cfg):
-    """The inner fits of calibration and nested selection (pipeline.inner_cv) run inside the train or evaluate run;
+    """The inner fits of calibration and nested selection (pipeline.training.inner_cv) run inside the train or evaluate run;
     their curves must not land in it."""
     import mlflow
 
-    from pipeline import tracking
-    from pipeline.trainer import log_metrics, log_tags, run_logging_off
+    from pipeline.core import tracking
+    from pipeline.models.trainer import log_metrics, log_tags, run_logging_off
 
     cfg = make_cfg("train")
     with tracking.start_run(cfg, "quiet") as run:
@@ -228,7 +228,7 @@ def test_inner_fits_log_nothing_to_the_run(make_cfg):
 def test_hybrid_lets_confident_rules_decide_and_says_so(make_cfg, tmp_path):
     import mlflow
 
-    from pipeline.train import train
+    from pipeline.stages.train import train
 
     labelled = make_labelled(make_cfg, tmp_path / "work" / "labelled.parquet", separable=True)
     cfg = make_cfg("train", "model=tfidf", "train.baselines=[majority]", "train.hybrid.enabled=true",
@@ -245,7 +245,7 @@ def test_hybrid_lets_confident_rules_decide_and_says_so(make_cfg, tmp_path):
     assert (Path(result["model_dir"]) / "lexicon.yaml").exists()
     # The calibration lives with the inner model: where the model decides, the served probabilities are its
     # calibrated ones.
-    from pipeline.calibration import Calibration
+    from pipeline.models.calibration import Calibration
 
     inner = Path(result["model_dir"]) / "inner"
     assert (inner / "calibration.json").exists() and not (Path(result["model_dir"]) / "calibration.json").exists()
@@ -259,11 +259,11 @@ def test_linear_probe_head_starts_fine_tuning_where_the_frozen_model_ends(make_c
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from pipeline.encoder_head import pooled_classifier
-    from pipeline.fitting import initialise_head
-    from pipeline.modeling import load_tokenizer_and_model
-    from pipeline.segmentation import seed_sentences
-    from pipeline.tiny_model import build_tiny_bert
+    from pipeline.models.encoder import pooled_classifier
+    from pipeline.models.transformer import initialise_head
+    from pipeline.models.loading import load_tokenizer_and_model
+    from pipeline.text.segmentation import seed_sentences
+    from pipeline.models.tiny import build_tiny_bert
 
     texts = seed_sentences()[:40]
     labels = [LABELS[i % 3] for i in range(len(texts))]
@@ -292,8 +292,8 @@ def test_linear_probe_head_starts_fine_tuning_where_the_frozen_model_ends(make_c
 def test_mean_pooled_fine_tuning_saves_an_encoder_model_and_the_refit_is_served(make_cfg, tmp_path):
     import mlflow
 
-    from pipeline.inference import load_predictor, read_model_metadata
-    from pipeline.train import train
+    from pipeline.models.base import load_predictor, read_model_metadata
+    from pipeline.stages.train import train
 
     labelled = make_labelled(make_cfg, tmp_path / "work" / "labelled.parquet", separable=True)
     cfg = make_cfg("train", "model=tiny", "model.pooling=mean", "model.normalize=true", "train.epochs=12",
@@ -323,9 +323,9 @@ def test_mean_pooled_fine_tuning_saves_an_encoder_model_and_the_refit_is_served(
 
 @pytest.mark.slow
 def test_unlabelled_articles_get_rule_labels_and_join_training(make_cfg, tmp_path):
-    from pipeline.label import label
-    from pipeline.segment import segment
-    from pipeline.splits import holdout_split, load_labelled
+    from pipeline.stages.label import label
+    from pipeline.stages.segment import segment
+    from pipeline.labeling.splits import holdout_split, load_labelled
 
     new = tmp_path / "new"
     new.mkdir()
@@ -346,9 +346,23 @@ def test_unlabelled_articles_get_rule_labels_and_join_training(make_cfg, tmp_pat
     assert in_training["sentence_id"].isin(rows["sentence_id"]).sum() >= 2
 
 
+def test_an_unlabelled_table_is_read_by_its_own_keys_not_predicts(make_cfg, tmp_path):
+    """Issue 19: data.unlabelled_table says how a table of articles to label is read; predict.* is predict's."""
+    from pipeline.core.errors import PipelineError
+    from pipeline.stages.segment import segment
+
+    table = tmp_path / "body.csv"
+    pd.DataFrame({"article_id": ["b1"], "body": ["نرحب بالتقدم الملموس في المحادثات."]}).to_csv(table, index=False)
+    sentences = segment(make_cfg("segment", f"data.unlabelled={table}", "data.unlabelled_table.text_column=body",
+                                 "predict.text_column=nowhere"))
+    assert list(sentences.loc[sentences["origin"] == "unlabelled", "article_id"]) == ["b1"]
+    with pytest.raises(PipelineError, match="set data.unlabelled_table.text_column"):
+        segment(make_cfg("segment", f"data.unlabelled={table}", "predict.text_column=body"))
+
+
 def test_unlabelled_article_with_a_corpus_article_id_is_refused(make_cfg, tmp_path):
-    from pipeline.errors import PipelineError
-    from pipeline.segment import segment
+    from pipeline.core.errors import PipelineError
+    from pipeline.stages.segment import segment
 
     clash = tmp_path / "000_3a8a87f023ec5a5b.txt"
     clash.write_text("نص عربي قصير عن المحادثات.", encoding="utf-8")
@@ -357,9 +371,9 @@ def test_unlabelled_article_with_a_corpus_article_id_is_refused(make_cfg, tmp_pa
 
 
 def test_broken_model_json_files_are_one_error_naming_the_file(tmp_path):
-    from pipeline.encoder_head import LinearHead
-    from pipeline.errors import PipelineError
-    from pipeline.preprocess import TextPreprocessor
+    from pipeline.models.encoder import LinearHead
+    from pipeline.core.errors import PipelineError
+    from pipeline.text.preprocess import TextPreprocessor
 
     (tmp_path / "head.json").write_text('{"weight": [[1.0', encoding="utf-8")   # cut off mid-write by hand
     with pytest.raises(PipelineError, match=r"head\.json: not valid JSON"):
@@ -379,9 +393,9 @@ def test_predict_without_model_uri_serves_the_champion_of_its_own_data_set(make_
     from conftest import ARSARCASM_LABEL_MAP_OVERRIDE
     from test_train_data import MARKERS, write_table
 
-    from pipeline.errors import PipelineError
-    from pipeline.predict import predict
-    from pipeline.train import train
+    from pipeline.core.errors import PipelineError
+    from pipeline.stages.predict import predict
+    from pipeline.stages.train import train
 
     alpha = write_table(tmp_path / "alpha.csv", n=60)
     rotated = pd.read_csv(alpha)

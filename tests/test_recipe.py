@@ -52,8 +52,9 @@ def test_arabert_with_e5_settings_trains_exactly_as_e5_small(make_cfg, small_enc
     """Same optimiser steps, same head initialisation, same frozen weights: the same fitted model."""
     from transformers import TrainerCallback
 
-    from pipeline import fitting
-    from pipeline.splits import holdout_split, load_labelled
+    from pipeline.models import transformer
+    from pipeline.training import fitting
+    from pipeline.labeling.splits import holdout_split, load_labelled
     from test_train_data import make_labelled
 
     seen: list[dict] = []
@@ -66,7 +67,7 @@ def test_arabert_with_e5_settings_trains_exactly_as_e5_small(make_cfg, small_enc
         def on_train_end(self, args, state, control, **kwargs):
             seen[-1]["steps"] = state.global_step
 
-    monkeypatch.setattr(fitting, "extra_callbacks", lambda: [Record()])
+    monkeypatch.setattr(transformer, "extra_callbacks", lambda: [Record()])
     labelled = make_labelled(make_cfg, tmp_path / "work" / "labelled.parquet", separable=True)
     common = [f"model.name_or_path={small_encoder}", f"paths.labelled={labelled}", "train.min_steps=12"]
     heads = []
@@ -84,8 +85,8 @@ def test_arabert_with_e5_settings_trains_exactly_as_e5_small(make_cfg, small_enc
 
 
 def test_a_model_built_from_scratch_never_has_frozen_embeddings(make_cfg, small_encoder):
-    from pipeline.fitting import frozen_parameters
-    from pipeline.modeling import load_tokenizer_and_model
+    from pipeline.models.transformer import frozen_parameters
+    from pipeline.models.loading import load_tokenizer_and_model
 
     _, model = load_tokenizer_and_model(str(small_encoder), LABELS, hub_timeout_s=1)
     scratch = make_cfg("train", "model=tiny", "train.freeze_embeddings=true")
@@ -101,9 +102,9 @@ def test_linear_probe_without_pooling_starts_the_checkpoints_own_head(make_cfg, 
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from pipeline.fitting import initialise_head
-    from pipeline.modeling import load_tokenizer_and_model
-    from pipeline.segmentation import seed_sentences
+    from pipeline.models.transformer import initialise_head
+    from pipeline.models.loading import load_tokenizer_and_model
+    from pipeline.text.segmentation import seed_sentences
     import pandas as pd
 
     texts = seed_sentences()[:40]
@@ -124,8 +125,8 @@ def test_linear_probe_without_pooling_starts_the_checkpoints_own_head(make_cfg, 
 
 
 def test_an_unknown_head_init_is_refused(make_cfg, small_encoder):
-    from pipeline.errors import PipelineError
-    from pipeline.fitting import initialise_head
+    from pipeline.core.errors import PipelineError
+    from pipeline.models.transformer import initialise_head
 
     cfg = make_cfg("train", f"model.name_or_path={small_encoder}", "train.head_init=probe")
     with pytest.raises(PipelineError, match="train.head_init='probe'"):

@@ -4,8 +4,8 @@ from html.parser import HTMLParser
 import pandas as pd
 import pytest
 
-from pipeline.analytics import by_outlet, timeline
-from pipeline.report import render_html, write_html_report
+from pipeline.prediction.analytics import by_outlet, timeline
+from pipeline.prediction.report import render_html, write_html_report
 
 VOID = {"meta", "br", "img", "hr", "link", "input", "source", "col", "wbr", "area", "base", "embed", "param",
         "track"}
@@ -189,7 +189,7 @@ def test_reasons_rendered_when_present_and_absent_columns_are_fine(report):
 
 def test_missing_columns_refused():
     s, a = _frames()
-    from pipeline.errors import PipelineError
+    from pipeline.core.errors import PipelineError
 
     with pytest.raises(PipelineError, match="p_positive"):
         render_html(s.drop(columns="p_positive"), a)
@@ -198,8 +198,8 @@ def test_missing_columns_refused():
 
 # ---------------------------------------------------------------- what the reader is told (issue 20)
 
-from pipeline.report import ModelQuality  # noqa: E402
-from pipeline.report_chart import NARROW, WIDE, nice_ticks, tick_label, timeline_svg  # noqa: E402
+from pipeline.prediction.report import ModelQuality  # noqa: E402
+from pipeline.prediction.report_chart import NARROW, WIDE, nice_ticks, tick_label, timeline_svg  # noqa: E402
 
 
 def item_text(tree, sentence_id, cls=None):
@@ -216,7 +216,7 @@ def _texts_in(tree, cls):
 
 
 def test_cues_shown_once_each_in_arabic_words_with_direction():
-    from pipeline.rules import load_lexicon
+    from pipeline.labeling.rules import load_lexicon
 
     lexicon = load_lexicon("labels/lexicon.yaml")
     text = "روسيا ترفض العرض الأمريكي وترفض الضمانات ولم تحقق تقدما"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.rules import Lexicon, LexiconError, load_lexicon
+from pipeline.labeling.rules import Lexicon, LexiconError, load_lexicon
 
 REPO = Path(__file__).resolve().parent.parent
 

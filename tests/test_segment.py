@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.errors import PipelineError
-from pipeline.segment import segment
-from pipeline.segmentation import SegmentRules, split_sentences
+from pipeline.core.errors import PipelineError
+from pipeline.stages.segment import segment
+from pipeline.text.segmentation import SegmentRules, split_sentences
 
 from conftest import REPO, SEEDS
 

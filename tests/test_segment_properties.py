@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hypothesis import given, settings, strategies as st
 
-from pipeline.segmentation import SegmentRules, sentence_ids, split_sentences
+from pipeline.text.segmentation import SegmentRules, sentence_ids, split_sentences
 
 ARABIC = "ابتثجحخدذرزسشصضطظعغفقكلمنهويءأإآةى"
 ALPHABET = ARABIC + "0123456789" + " \t\n\r" + ".!?؟…،؛:\"'”“«»()[]-" + "abc"
@@ -70,13 +70,13 @@ def test_ids_ignore_diacritics_and_spacing_but_not_the_article():
 
 # ---------------------------------------------------------------- invisible format characters (issue 17 item 15)
 
-# Zero-width and bidi controls as scraped text carries them (pipeline.arabic.INVISIBLE lists every one removed).
+# Zero-width and bidi controls as scraped text carries them (pipeline.text.arabic.INVISIBLE lists every one removed).
 INVISIBLE_CHARS = ["\u200b", "\u200c", "\u200d", "\u200e", "\u200f", "\u202a", "\u202b", "\u202c", "\u202d",
                    "\u202e", "\u2066", "\u2067", "\u2068", "\u2069", "\ufeff", "\u061c", "\u00ad", "\u2060"]
 
 
 def _seed_sentences() -> list[str]:
-    from pipeline.segmentation import seed_sentences
+    from pipeline.text.segmentation import seed_sentences
 
     return seed_sentences(RULES)
 
@@ -85,7 +85,7 @@ SEED_SENTENCES = _seed_sentences()
 
 
 def _lexicon():
-    from pipeline.rules import load_lexicon
+    from pipeline.labeling.rules import load_lexicon
 
     return load_lexicon(Path(__file__).resolve().parent.parent / "labels" / "lexicon.yaml")
 
@@ -129,7 +129,7 @@ def test_an_article_with_invisible_characters_gives_the_same_sentences(sentences
 def test_invisible_characters_in_the_cues_of_a_sentence():
     """The scraped forms that changed rules_fired before: a zero-width space inside a cue word, a bidi mark at a
     word's start, a BOM between words."""
-    from pipeline.arabic import normalise_for_matching
+    from pipeline.text.arabic import normalise_for_matching
 
     sentence = next(s for s in SEED_SENTENCES if LEXICON.apply(s).fired)
     words = sentence.split()

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.predict import predict
+from pipeline.stages.predict import predict
 from test_inference import make_stance_model, seed_sentences
 
 PROBS = ["p_negative", "p_neutral", "p_positive"]
@@ -39,8 +39,8 @@ def post(url: str, payload: dict) -> dict:
 
 @pytest.mark.server
 def test_rest_answers_match_the_stage(make_cfg, tmp_path):
-    from pipeline import tracking
-    from pipeline.model_store import log_stance_model
+    from pipeline.core import tracking
+    from pipeline.models.store import log_stance_model
 
     model_dir = make_stance_model(tmp_path / "model")
     cfg = make_cfg("train")

@@ -16,7 +16,7 @@ pytest.importorskip("pyspark", reason="pyspark is not installed: `pip install -e
 if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
     pytest.skip("Spark needs a Java runtime (java on PATH or JAVA_HOME)", allow_module_level=True)
 
-from pipeline.predict import predict  # noqa: E402
+from pipeline.stages.predict import predict  # noqa: E402
 from test_inference import make_stance_model, seed_sentences  # noqa: E402
 
 PROBS = ["p_negative", "p_neutral", "p_positive"]
@@ -37,8 +37,8 @@ def many_sentences(n: int) -> list[str]:
 def test_spark_udf_matches_the_predict_stage(spark, make_cfg, tmp_path):
     import mlflow
 
-    from pipeline import tracking
-    from pipeline.model_store import log_stance_model
+    from pipeline.core import tracking
+    from pipeline.models.store import log_stance_model
 
     model_dir = make_stance_model(tmp_path / "model")
     cfg = make_cfg("train")

@@ -1,4 +1,4 @@
-"""Whole-article prediction on Spark (pipeline.spark_articles, the spark_predict stage) on local[2] = the local
+"""Whole-article prediction on Spark (pipeline.prediction.spark_articles, the spark_predict stage) on local[2] = the local
 predict stage, row for row: sentence rows, per-article summary and error rows, for the seed articles and edge cases.
 
 Needs the `spark` extra (`pip install -e ".[spark]"`) and a Java runtime; skipped with the reason otherwise.
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import SEEDS
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from test_inference import make_stance_model
 
 pytestmark = pytest.mark.slow
@@ -25,9 +25,9 @@ BOILERPLATE_ONLY = "نهاية الرسالة\nجميع الحقوق محفوظ�
 @pytest.fixture(scope="module")
 def logged_model(tmp_path_factory):
     """A tiny stance model logged under a train run (whose config.yaml gives the segmentation rules)."""
-    from pipeline import tracking
-    from pipeline.config import compose_config
-    from pipeline.model_store import log_stance_model
+    from pipeline.core import tracking
+    from pipeline.core.config import compose_config
+    from pipeline.models.store import log_stance_model
 
     root = tmp_path_factory.mktemp("spark-model")
     store = [f"tracking.uri=sqlite:///{root}/mlruns/mlflow.db", f"tracking.artifact_root={root}/mlruns/artifacts",
@@ -75,8 +75,8 @@ def errors_set(frame: pd.DataFrame) -> set[tuple]:
 
 
 def test_spark_job_equals_the_local_predict_stage_row_for_row(spark, make_cfg, logged_model, tmp_path, capsys):
-    from pipeline.predict import predict
-    from pipeline.spark_predict import spark_predict
+    from pipeline.stages.predict import predict
+    from pipeline.stages.spark_predict import spark_predict
 
     uri, store = logged_model
     folder = articles_dir(tmp_path)
@@ -110,8 +110,8 @@ def test_spark_job_equals_the_local_predict_stage_row_for_row(spark, make_cfg, l
 
 
 def test_table_of_articles_keeps_metadata_and_partitions(spark, make_cfg, logged_model, tmp_path):
-    from pipeline.predict import predict
-    from pipeline.spark_predict import spark_predict
+    from pipeline.stages.predict import predict
+    from pipeline.stages.spark_predict import spark_predict
 
     uri, store = logged_model
     seeds = sorted(SEEDS.glob("*.txt"))
@@ -145,7 +145,7 @@ def test_table_of_articles_keeps_metadata_and_partitions(spark, make_cfg, logged
 
 
 def test_bad_requests_are_one_clear_error(spark, make_cfg, logged_model, tmp_path):
-    from pipeline.spark_predict import spark_predict
+    from pipeline.stages.spark_predict import spark_predict
 
     uri, store = logged_model
     pd.DataFrame({"article_id": ["x", "x"], "text": ["نص", "نص آخر"]}).to_parquet(tmp_path / "dup.parquet")
@@ -164,8 +164,8 @@ def test_bad_requests_are_one_clear_error(spark, make_cfg, logged_model, tmp_pat
 
 def test_no_usable_article_is_the_same_error_in_both_stages(spark, make_cfg, logged_model, tmp_path):
     """Issue 17 item 7: spark_predict on an empty directory or on one binary file exited 0 and wrote `_SUCCESS`."""
-    from pipeline.predict import predict
-    from pipeline.spark_predict import spark_predict
+    from pipeline.stages.predict import predict
+    from pipeline.stages.spark_predict import spark_predict
 
     uri, store = logged_model
     (tmp_path / "empty").mkdir()

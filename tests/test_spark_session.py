@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 # on, read from /proc. Prints one JSON line per session: the config overrides, the UI URL, the addresses.
 LISTENING = r"""
 import json, os, sys
-from pipeline.config import compose_config
-from pipeline.spark_session import spark_session
+from pipeline.core.config import compose_config
+from pipeline.prediction.spark_session import spark_session
 
 def listening(pid):
     inodes = set()

@@ -21,8 +21,8 @@ from test_train_data import labelled  # noqa: F401 (a fixture)
 # they open the store at the same moment, not one import time apart), then sets up tracking and logs a run.
 CHILD = r"""
 import sys, time
-from pipeline.config import compose_config
-from pipeline import tracking
+from pipeline.core.config import compose_config
+from pipeline.core import tracking
 import mlflow
 store, start_at = sys.argv[1], float(sys.argv[2])
 cfg = compose_config("train", [f"tracking.uri=sqlite:///{store}/mlflow.db", f"tracking.artifact_root={store}/artifacts",
@@ -88,7 +88,7 @@ def test_the_experiment_stores_its_headline_view_and_links_it(make_cfg):
 
     from mlflow import MlflowClient
 
-    from pipeline import tracking
+    from pipeline.core import tracking
 
     cfg = make_cfg("train")
     mlflow = tracking.setup(cfg)
@@ -159,7 +159,7 @@ def cli_args(tmp_path: Path) -> list[str]:
 
 def served_tfidf(make_cfg, labelled) -> dict:  # noqa: F811 (labelled is the fixture's value)
     """A TF-IDF model trained into the test's store and served (models:/stance-seeds@champion)."""
-    from pipeline.train import train
+    from pipeline.stages.train import train
 
     return train(make_cfg("train", "model=tfidf", f"paths.labelled={labelled}", "train.baselines=[majority]"))
 
@@ -194,14 +194,14 @@ def test_a_read_only_store_serves_predictions_and_refuses_train_in_one_line(make
 HANG_BEFORE_CHECKPOINT = """
 import sys, time
 from pathlib import Path
-import pipeline.train as train_module
+import pipeline.stages.train as train_module
 
 def hang(*args, **kwargs):
     Path(sys.argv[1]).write_text("run open", encoding="utf-8")
     time.sleep(600)  # killed here with SIGKILL: the run is open, no checkpoint exists
 
 train_module.fit_model = hang
-from pipeline.cli import main
+from pipeline.cli.main import main
 raise SystemExit(main(sys.argv[2:]))
 """
 
@@ -246,7 +246,7 @@ def test_a_run_belongs_to_its_process_not_to_its_pid(monkeypatch):
     host's run and a run without owner tags are left alone."""
     import psutil
 
-    from pipeline import run_owners
+    from pipeline.core import run_owners
 
     mine = run_owners.process_tags()
     assert mine["pid"] == str(os.getpid()) and not run_owners.owner_is_dead(mine)

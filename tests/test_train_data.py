@@ -14,14 +14,14 @@ import pytest
 
 from conftest import ARSARCASM_LABEL_MAP, ARSARCASM_LABEL_MAP_OVERRIDE
 from pipeline import LABELS
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 # Marker phrases that make the synthetic task separable: the label is readable from the text.
 MARKERS = {"negative": "رفض قاطع للمقترح", "neutral": "ذكرت الوكالة اليوم", "positive": "اتفاق مثمر وبناء"}
 
 
 def seed_sentences(make_cfg) -> pd.DataFrame:
-    from pipeline.segment import segment
+    from pipeline.stages.segment import segment
 
     return segment(make_cfg("segment"))
 
@@ -60,7 +60,7 @@ def labelled(make_cfg, tmp_path):
 
 
 def test_holdout_split_is_grouped_by_article_and_tests_on_gold_only(make_cfg, labelled):
-    from pipeline.splits import holdout_split, load_labelled, overlap_groups
+    from pipeline.labeling.splits import holdout_split, load_labelled, overlap_groups
 
     for seed in (0, 1, 2, 42):
         cfg = make_cfg("train", f"paths.labelled={labelled}", f"seed={seed}")
@@ -80,7 +80,7 @@ def test_holdout_split_is_grouped_by_article_and_tests_on_gold_only(make_cfg, la
 
 def test_no_validation_split_trains_on_every_non_test_article(make_cfg, labelled):
     """train.val_size=0 (e5-small: the step count is chosen by CV, not by early stopping on one small article)."""
-    from pipeline.splits import holdout_split, load_labelled
+    from pipeline.labeling.splits import holdout_split, load_labelled
 
     cfg = make_cfg("train", f"paths.labelled={labelled}", "train.val_size=0")
     data = load_labelled(cfg)
@@ -92,7 +92,7 @@ def test_no_validation_split_trains_on_every_non_test_article(make_cfg, labelled
 
 
 def test_train_sources_are_configurable(make_cfg, labelled):
-    from pipeline.splits import holdout_split, load_labelled
+    from pipeline.labeling.splits import holdout_split, load_labelled
 
     cfg = make_cfg("train", f"paths.labelled={labelled}", "train.sources=[gold]")
     split = holdout_split(load_labelled(cfg), cfg)
@@ -100,7 +100,7 @@ def test_train_sources_are_configurable(make_cfg, labelled):
 
 
 def test_loao_folds_hold_out_one_article_each(make_cfg, labelled):
-    from pipeline.splits import cv_splits, load_labelled, overlap_groups
+    from pipeline.labeling.splits import cv_splits, load_labelled, overlap_groups
 
     cfg = make_cfg("evaluate", f"paths.labelled={labelled}", "evaluate.cv=loao")
     data = load_labelled(cfg)
@@ -116,7 +116,7 @@ def test_loao_folds_hold_out_one_article_each(make_cfg, labelled):
 
 
 def test_grouped_kfold(make_cfg, labelled):
-    from pipeline.splits import cv_splits, load_labelled, overlap_groups
+    from pipeline.labeling.splits import cv_splits, load_labelled, overlap_groups
 
     cfg = make_cfg("evaluate", f"paths.labelled={labelled}", "evaluate.cv=kfold", "evaluate.folds=3")
     folds = cv_splits(load_labelled(cfg), cfg)
@@ -125,7 +125,7 @@ def test_grouped_kfold(make_cfg, labelled):
 
 
 def test_no_gold_is_a_clear_error(make_cfg, tmp_path):
-    from pipeline.splits import holdout_split, load_labelled
+    from pipeline.labeling.splits import holdout_split, load_labelled
 
     path = make_labelled(make_cfg, tmp_path / "l.parquet")
     df = pd.read_parquet(path)
@@ -137,7 +137,7 @@ def test_no_gold_is_a_clear_error(make_cfg, tmp_path):
 
 
 def test_missing_labelled_file_says_run_label(make_cfg, tmp_path):
-    from pipeline.splits import load_labelled
+    from pipeline.labeling.splits import load_labelled
 
     with pytest.raises(PipelineError, match="pipeline label"):
         load_labelled(make_cfg("train", f"paths.labelled={tmp_path}/nope.parquet"))
@@ -156,7 +156,7 @@ def write_table(path: Path, n: int = 60, seed: int = 0) -> Path:
 
 
 def test_table_data_with_label_map(make_cfg, tmp_path):
-    from pipeline.splits import holdout_split, load_labelled
+    from pipeline.labeling.splits import holdout_split, load_labelled
 
     path = write_table(tmp_path / "t.csv")
     cfg = make_cfg("train", "data=table", f"data.path={path}", "data.text_column=tweet", "data.label_column=sentiment",
@@ -169,7 +169,7 @@ def test_table_data_with_label_map(make_cfg, tmp_path):
 
 
 def test_label_string_none_is_a_label_and_a_plain_label_map_override_works(make_cfg, tmp_path):
-    from pipeline.splits import load_labelled
+    from pipeline.labeling.splits import load_labelled
 
     path = tmp_path / "mawqif.csv"
     pd.DataFrame({"text": [f"جملة {i}" for i in range(6)],
@@ -188,7 +188,7 @@ def test_label_string_none_is_a_label_and_a_plain_label_map_override_works(make_
 
 
 def test_table_data_unknown_label_is_explained(make_cfg, tmp_path):
-    from pipeline.splits import load_labelled
+    from pipeline.labeling.splits import load_labelled
 
     path = write_table(tmp_path / "t.csv")
     cfg = make_cfg("train", "data=table", f"data.path={path}", "data.text_column=tweet", "data.label_column=sentiment")
@@ -200,7 +200,7 @@ def test_table_data_unknown_label_is_explained(make_cfg, tmp_path):
 
 
 def test_class_weights_balance_the_classes():
-    from pipeline.splits import class_weights
+    from pipeline.labeling.splits import class_weights
 
     labels = pd.Series(["neutral"] * 6 + ["positive"] * 3 + ["negative"] * 1)
     w = class_weights(labels, "balanced")
@@ -211,7 +211,7 @@ def test_class_weights_balance_the_classes():
 
 
 def test_metrics_and_bootstrap_interval():
-    from pipeline.metrics import bootstrap_macro_f1, classification_metrics, confusion
+    from pipeline.models.metrics import bootstrap_macro_f1, classification_metrics, confusion
 
     y_true = ["negative", "neutral", "positive", "positive", "neutral", "negative"] * 5
     y_pred = ["negative", "neutral", "positive", "neutral", "neutral", "positive"] * 5
@@ -226,7 +226,7 @@ def test_metrics_and_bootstrap_interval():
 
 
 def test_fold_without_positives_scores_over_the_labels_it_has():
-    from pipeline.metrics import bootstrap_macro_f1, classification_metrics, macro_f1
+    from pipeline.models.metrics import bootstrap_macro_f1, classification_metrics, macro_f1
 
     y_true = ["negative", "neutral", "neutral", "negative", "neutral"]
     m = classification_metrics(y_true, y_true)
@@ -236,7 +236,7 @@ def test_fold_without_positives_scores_over_the_labels_it_has():
 
 
 def test_cluster_bootstrap_resamples_groups():
-    from pipeline.metrics import bootstrap_macro_f1
+    from pipeline.models.metrics import bootstrap_macro_f1
 
     # Article "a" is predicted perfectly, article "b" all wrong: drawing whole articles gives resamples of
     # only a (1.0), only b (0.0) or both; drawing sentences mixes them in every resample.
@@ -256,11 +256,11 @@ def test_one_article_gets_no_interval_not_a_sentence_bootstrap(tmp_path, caplog)
     import logging
     import math
 
-    from pipeline.metrics import bootstrap_macro_f1, interval_text, write_report
+    from pipeline.models.metrics import bootstrap_macro_f1, interval_text, write_report
 
     y_true = ["negative", "neutral", "positive"] * 6
     y_pred = ["negative", "neutral", "neutral"] * 6
-    with caplog.at_level(logging.INFO, logger="pipeline.metrics"):
+    with caplog.at_level(logging.INFO, logger="pipeline.models.metrics"):
         low, high = bootstrap_macro_f1(y_true, y_pred, n_resamples=200, seed=0, groups=["a"] * 18)
     assert math.isnan(low) and math.isnan(high)
     assert "one article" in caplog.text
@@ -274,7 +274,7 @@ def test_one_article_gets_no_interval_not_a_sentence_bootstrap(tmp_path, caplog)
 
 
 def test_write_report_bootstraps_articles(tmp_path):
-    from pipeline.metrics import write_report
+    from pipeline.models.metrics import write_report
 
     labels = ["negative", "neutral", "positive"]
     test = pd.DataFrame({"sentence_id": [f"s{i}" for i in range(24)], "group": ["a"] * 12 + ["b"] * 12,
@@ -286,7 +286,7 @@ def test_write_report_bootstraps_articles(tmp_path):
 
 
 def test_rules_and_majority_baselines(make_cfg, labelled):
-    from pipeline.baselines import majority_proba, rules_proba
+    from pipeline.training.baselines import majority_proba, rules_proba
 
     test = pd.DataFrame({"rule_label": ["positive", None, "negative"], "label": ["positive"] * 3})
     proba = rules_proba(test, "neutral")
@@ -302,7 +302,7 @@ def test_weighted_loss_by_hand_and_split_over_micro_batches_and_processes():
 
     import torch
 
-    from pipeline.trainer import weighted_loss
+    from pipeline.models.trainer import weighted_loss
 
     logits = [[2.0, 0.0, -1.0], [0.5, 1.5, 0.0], [0.0, 0.0, 3.0], [1.0, 1.0, 1.0]]
     labels = [0, 2, 2, 1]
@@ -330,7 +330,7 @@ def test_weighted_loss_by_hand_and_split_over_micro_batches_and_processes():
 def test_weighted_loss_matches_torch_cross_entropy():
     import torch
 
-    from pipeline.trainer import weighted_loss
+    from pipeline.models.trainer import weighted_loss
 
     torch.manual_seed(0)
     logits = torch.randn(6, 3)
@@ -351,8 +351,8 @@ def test_gradient_accumulation_with_sample_weights_gives_the_one_batch_gradient(
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 
-    from pipeline.splits import class_weights
-    from pipeline.trainer import build_trainer
+    from pipeline.labeling.splits import class_weights
+    from pipeline.models.trainer import build_trainer
 
     texts = [f"{MARKERS[LABELS[i % 3]]} جملة رقم {i}" for i in range(8)]
     labels = [LABELS[i % 3] for i in range(8)]

@@ -22,7 +22,7 @@ TINY = ["model=tiny", "train.baselines=[majority,rules]", "evaluate.bootstrap=10
 def runs_of(cfg):
     import mlflow
 
-    from pipeline import tracking
+    from pipeline.core import tracking
 
     tracking.setup(cfg)
     exp = mlflow.get_experiment_by_name(str(cfg.tracking.experiment))
@@ -31,9 +31,9 @@ def runs_of(cfg):
 
 def test_tiny_model_learns_a_separable_task(make_cfg, tmp_path):
     """Fails if the loss is not optimised: the model must fit its training set and beat chance on test."""
-    from pipeline.inference import load_predictor
-    from pipeline.splits import holdout_split, load_labelled
-    from pipeline.train import train
+    from pipeline.models.base import load_predictor
+    from pipeline.labeling.splits import holdout_split, load_labelled
+    from pipeline.stages.train import train
 
     separable = make_labelled(make_cfg, tmp_path / "sep.parquet", separable=True)
     cfg = make_cfg("train", *TINY, f"paths.labelled={separable}", "train.epochs=20", "train.lr=1e-3",
@@ -51,7 +51,7 @@ def test_tiny_model_learns_a_separable_task(make_cfg, tmp_path):
 def test_train_run_is_one_complete_mlflow_run_and_deterministic(make_cfg, labelled, tmp_path):
     import mlflow
 
-    from pipeline.train import train
+    from pipeline.stages.train import train
 
     overrides = [*TINY, f"paths.labelled={labelled}", "train.epochs=3"]
     first = train(make_cfg("train", *overrides))
@@ -93,8 +93,8 @@ def test_train_run_is_one_complete_mlflow_run_and_deterministic(make_cfg, labell
 
 def test_evaluation_counts_gold_rows_only(make_cfg, labelled):
     """The rule labels of test articles disagree with the labels: a leak would change the test set size."""
-    from pipeline.splits import holdout_split, load_labelled
-    from pipeline.train import train
+    from pipeline.labeling.splits import holdout_split, load_labelled
+    from pipeline.stages.train import train
 
     cfg = make_cfg("train", "model=tfidf", f"paths.labelled={labelled}", "train.baselines=[]")
     split = holdout_split(load_labelled(cfg), cfg)
@@ -120,14 +120,14 @@ def test_crash_marks_run_failed_and_resume_continues(make_cfg, labelled, tmp_pat
 
     import mlflow
 
-    from pipeline import fitting
-    from pipeline import train as train_module
-    from pipeline.errors import PipelineError
+    from pipeline.models import transformer
+    from pipeline.stages import train as train_module
+    from pipeline.core.errors import PipelineError
 
     run_dir = tmp_path / "outputs" / "train" / "interrupted"
     overrides = [*TINY, f"paths.labelled={labelled}", "train.epochs=3", "train.early_stopping_patience=0",
                  "train.refit=none", "train.min_steps=0"]
-    monkeypatch.setattr(fitting, "extra_callbacks", lambda: [_CrashAfterFirstSave()])
+    monkeypatch.setattr(transformer, "extra_callbacks", lambda: [_CrashAfterFirstSave()])
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_module.train(make_cfg("train", *overrides, f"paths.run_dir={run_dir}"))
     failed = runs_of(make_cfg("train", *overrides))
@@ -135,7 +135,7 @@ def test_crash_marks_run_failed_and_resume_continues(make_cfg, labelled, tmp_pat
     assert "has_model" not in failed[0].data.tags
     checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint-*"))
     assert len(checkpoints) == 1 and not (run_dir / "model").exists()
-    monkeypatch.setattr(fitting, "extra_callbacks", lambda: [])
+    monkeypatch.setattr(transformer, "extra_callbacks", lambda: [])
 
     # Issue 9 item 2: an evaluate fold's checkpoints (no train_state.json), newer than the train run's, are not
     # resumed; nor is the train run under another config.
@@ -167,16 +167,16 @@ KILLED_TRAIN = """
 import sys, time
 from pathlib import Path
 from transformers import TrainerCallback
-from pipeline import fitting
-from pipeline.config import compose_config
-from pipeline.train import train
+from pipeline.models import transformer
+from pipeline.core.config import compose_config
+from pipeline.stages.train import train
 
 class Hang(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         Path(sys.argv[1]).write_text("saved")
         time.sleep(600)  # killed here with SIGKILL
 
-fitting.extra_callbacks = lambda: [Hang()]
+transformer.extra_callbacks = lambda: [Hang()]
 train(compose_config("train", sys.argv[2:]))
 """
 
@@ -192,8 +192,8 @@ def test_kill_9_then_resume_is_one_finished_run(make_cfg, labelled, tmp_path):
 
     from mlflow import MlflowClient
 
-    from pipeline import tracking
-    from pipeline.train import train
+    from pipeline.core import tracking
+    from pipeline.stages.train import train
 
     run_dir = tmp_path / "outputs" / "train" / "killed"
     overrides = [*TINY, f"paths.labelled={labelled}", "train.epochs=2", "train.early_stopping_patience=0",
@@ -226,8 +226,8 @@ def test_kill_9_then_resume_is_one_finished_run(make_cfg, labelled, tmp_path):
 
 
 def test_nothing_to_resume_is_a_clear_error(make_cfg, labelled):
-    from pipeline.errors import PipelineError
-    from pipeline.train import train
+    from pipeline.core.errors import PipelineError
+    from pipeline.stages.train import train
 
     with pytest.raises(PipelineError, match="no interrupted train run"):
         train(make_cfg("train", *TINY, f"paths.labelled={labelled}", "train.resume=true"))
@@ -238,7 +238,7 @@ def test_tfidf_on_a_table_through_the_cli(make_cfg, tmp_path):
     registered under tracking.register with tracking.alias."""
     import mlflow
 
-    from pipeline.cli import run_stage
+    from pipeline.cli.main import run_stage
 
     path = write_table(tmp_path / "t.csv", n=90)
     cfg = make_cfg("train", "model=tfidf", "data=table", f"data.path={path}", "data.text_column=tweet",
@@ -274,9 +274,9 @@ def test_batches_are_padded_dynamically_and_grouped_by_length(make_cfg, tmp_path
     """The stage pads each batch to its own longest sentence (not to max_length) and groups similar lengths."""
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from pipeline.modeling import load_tokenizer_and_model
-    from pipeline.tiny_model import build_tiny_bert
-    from pipeline.trainer import build_trainer
+    from pipeline.models.loading import load_tokenizer_and_model
+    from pipeline.models.tiny import build_tiny_bert
+    from pipeline.models.trainer import build_trainer
 
     words = ["موسكو", "واشنطن", "الضمانات", "الأمنية", "الحلف", "المحادثات"]
     texts = [" ".join(words[i % 6] for i in range(n)) for n in range(1, 65)] * 4  # 3..66 tokens each

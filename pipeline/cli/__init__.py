@@ -1,0 +1,1 @@
+"""The command line: arguments, sweeps, exit codes, `--help`, the stage registry."""

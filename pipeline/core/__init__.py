@@ -1,0 +1,1 @@
+"""The base: errors, files, config, provenance, tracking, processes. Imports nothing above it."""

@@ -1,0 +1,1 @@
+"""Labels: gold, the cue lexicon, the Label Studio round trip, the labelled set and its splits."""

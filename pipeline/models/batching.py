@@ -1,0 +1,237 @@
+"""The transformer predictor's fast path, shared by every kind that runs an encoder (transformer, encoder): it
+tokenises once, sorts by length and pads each batch only to its own longest sentence, under
+`torch.inference_mode`: on CPU that is what gets close to the machine's matmul limit (bench/predict_speed.py).
+Also the device (`predict.device`), the token budget of a batch, int8 and the intra-op threads."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.core.errors import PipelineError
+from pipeline.models.base import METADATA_FILE, StancePredictor
+from pipeline.models.trust import load_error, weights_errors
+
+log = logging.getLogger(__name__)
+
+# Batching: a batch is cut where the next (shorter) sentence would be padded by more than PAD_TOLERANCE
+# of the batch's width, once the batch holds MIN_BATCH_TOKENS tokens (enough rows for the matrix
+# multiplications to run at full speed); never more than batch_size sentences.
+PAD_TOLERANCE = 0.08
+MIN_BATCH_TOKENS = 768
+
+# glibc allocator thresholds for keep_freed_memory: freed blocks up to 512 MiB stay in the heap (above the largest
+# batch's activation buffers), and the heap is given back to the kernel only when 1 GiB of it is free at the top.
+MMAP_THRESHOLD_BYTES = 512 << 20
+TRIM_THRESHOLD_BYTES = 1 << 30
+
+
+class TransformerPredictor(StancePredictor):
+    kind = "transformer"
+
+    def __init__(self, model_dir: Path, meta: dict, *, quantize: str | None = None, device: str = "auto",
+                 max_batch_tokens: int | None = None):
+        super().__init__(model_dir, meta)
+        from transformers import AutoTokenizer
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+            model = self.load_model(Path(model_dir))
+        except weights_errors() as exc:  # a pickled .bin torch refused, a truncated safetensors file, ...
+            raise load_error(model_dir, exc) from None
+        model.eval()
+        positions = getattr(model.config, "max_position_embeddings", None)
+        if positions and self.max_length > positions:
+            log.warning("%s: max_length %d exceeds the model's %d positions; using %d",
+                        model_dir, self.max_length, positions, positions)
+            self.max_length = int(positions)
+        self.quantize = quantize
+        self.device = resolve_device(device, quantize)
+        if quantize == "int8":
+            model = quantize_encoder(model)
+        elif quantize not in (None, "", "none"):
+            raise PipelineError(f"predict.quantize={quantize!r}: choose null or int8")
+        self.model = model.to(self.device)
+        self.max_batch_tokens = batch_token_budget(max_batch_tokens, self.device)
+        keep_freed_memory()
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self._backend = None
+        if getattr(self.tokenizer, "backend_tokenizer", None) is not None:
+            from tokenizers import Tokenizer
+
+            # A private copy of the Rust tokenizer, set to truncate only (padding is done per batch).
+            self._backend = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+            self._backend.no_padding()
+            self._backend.enable_truncation(self.max_length)
+
+    def load_model(self, model_dir: Path):
+        """The sequence-classification model, checked against the labels of stance_model.json."""
+        from transformers import AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+        if model.config.num_labels != len(self.labels):
+            raise PipelineError(f"{model_dir}: the model has {model.config.num_labels} outputs but "
+                                f"{METADATA_FILE} lists {len(self.labels)} labels; the directory is inconsistent")
+        id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
+        if id2label and [id2label.get(i) for i in range(len(self.labels))] != self.labels \
+                and not all(v.startswith("LABEL_") for v in id2label.values()):
+            raise PipelineError(f"{model_dir}: config.id2label {id2label} disagrees with the labels "
+                                f"{self.labels} of {METADATA_FILE}")
+        return model
+
+    def logits(self, input_ids, attention_mask):
+        """Class logits of one padded batch (torch tensors)."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def encode(self, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
+        """Token ids with special tokens, cut to max_length: the ids of tokenizer(truncation=True), with
+        per-sentence truncation flags, from one pass of the Rust tokenizer."""
+        if self._backend is not None:
+            encodings = self._backend.encode_batch(texts)
+            return [e.ids for e in encodings], np.fromiter((bool(e.overflowing) for e in encodings), bool, len(encodings))
+        full = self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+        cut = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        return cut, np.fromiter((len(f) > self.max_length for f in full), bool, len(full))
+
+    def _scores(self, texts: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        ids, truncated = self.encode(texts)
+        return self.scores_from_ids(ids, batch_size), truncated
+
+    def batches(self, lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+        """Row indices per batch: longest first, each batch of similar lengths, at most `batch_size` sentences and
+        (with a token budget) at most `max_batch_tokens` padded tokens."""
+        order = np.argsort(-lengths, kind="stable")
+        out, start, n = [], 0, len(order)
+        budget = getattr(self, "max_batch_tokens", None)
+        while start < n:
+            width = int(lengths[order[start]])
+            end = start + 1
+            cap = batch_size if not budget else max(1, min(batch_size, budget // max(width, 1)))
+            while end < n and end - start < cap:
+                if lengths[order[end]] < width * (1 - PAD_TOLERANCE) and (end - start) * width >= MIN_BATCH_TOKENS:
+                    break
+                end += 1
+            out.append(order[start:end])
+            start = end
+        return out
+
+    def scores_from_ids(self, ids: list[list[int]], batch_size: int) -> np.ndarray:
+        import torch
+
+        return self.outputs_from_ids(ids, batch_size, len(self.labels),
+                                     lambda i, a: torch.softmax(self.logits(i, a).double(), dim=-1))
+
+    def outputs_from_ids(self, ids: list[list[int]], batch_size: int, width: int, forward) -> np.ndarray:
+        """(n, width) float64: `forward(input_ids, attention_mask)` over length-sorted, tightly padded batches."""
+        import torch
+
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        probs = np.empty((len(ids), width), dtype=np.float64)
+        with torch.inference_mode():
+            # Longest first: padding stays small, and a batch too big for memory fails at once.
+            for rows in self.batches(lengths, batch_size):
+                width = int(lengths[rows].max())
+                batch = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+                mask = np.zeros((len(rows), width), dtype=np.int64)
+                for i, r in enumerate(rows):
+                    batch[i, :lengths[r]] = ids[r]
+                    mask[i, :lengths[r]] = 1
+                # No padding in the batch: no mask, so attention can take its unmasked fast path.
+                attention = None if mask.all() else torch.from_numpy(mask).to(self.device)
+                probs[rows] = forward(torch.from_numpy(batch).to(self.device), attention).double().cpu().numpy()
+        return probs
+
+
+# A batch on a GPU holds up to this many padded tokens (rows x width) unless predict.max_batch_tokens says
+# otherwise: BERT-base activations for 65,536 tokens take well under 2 GiB in fp32.
+GPU_BATCH_TOKENS = 65536
+
+
+def resolve_device(requested: str | None, quantize: str | None = None, *, cuda: bool | None = None) -> str:
+    """`predict.device`: auto = the GPU when torch sees one (the CPU for an int8 model: dynamic int8 is a CPU
+    kernel), else the CPU; cpu / cuda / cuda:<n> as asked (cuda without a GPU is refused)."""
+    import torch
+
+    requested = str(requested or "auto")
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    if requested == "auto":
+        return "cuda" if cuda and quantize != "int8" else "cpu"
+    if requested.startswith("cuda"):
+        if not cuda:
+            raise PipelineError(f"predict.device={requested}: no GPU is visible to torch; use auto or cpu")
+        if quantize == "int8":
+            raise PipelineError("predict.quantize=int8 runs on the CPU; drop it, or set predict.device=cpu")
+        return requested
+    if requested != "cpu":
+        raise PipelineError(f"predict.device={requested!r}: choose auto, cpu, cuda or cuda:<n>")
+    return "cpu"
+
+
+def batch_token_budget(configured: int | None, device: str) -> int | None:
+    """Padded tokens per batch: `predict.max_batch_tokens` when set; else none on the CPU (batch_size and the
+    length sorting decide) and GPU_BATCH_TOKENS on a GPU."""
+    if configured:
+        if int(configured) < 1:
+            raise PipelineError(f"predict.max_batch_tokens={configured} must be at least 1")
+        return int(configured)
+    return GPU_BATCH_TOKENS if str(device).startswith("cuda") else None
+
+
+def quantize_encoder(model):
+    """Dynamic int8 quantisation of the encoder's Linear layers (CPU): weights in int8, activations quantised on
+    the fly. A classification head stays fp32, where int8 rounding of its few weights would move decision
+    boundaries for nothing in speed."""
+    import torch
+
+    with warnings.catch_warnings():  # torch marks torch.ao as deprecated; it is still the CPU int8 path
+        warnings.simplefilter("ignore")
+        base = getattr(model, model.base_model_prefix, None)
+        if base is None:  # a bare encoder (AutoModel): all of it is the encoder
+            return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        setattr(model, model.base_model_prefix,
+                torch.ao.quantization.quantize_dynamic(base, {torch.nn.Linear}, dtype=torch.qint8))
+        return model
+
+
+_ALLOCATOR_TUNED = False
+
+
+def keep_freed_memory() -> None:
+    """Let glibc reuse freed activation buffers instead of unmapping and re-faulting them every batch.
+
+    By default every activation tensor above the mmap threshold gets fresh pages from the kernel, zeroed and
+    faulted in one by one (about a million page faults per 128 BERT-base sentences, ~10% of the time). Raising
+    the mmap and trim thresholds keeps those buffers in the heap for the next batch. Linux/glibc only; once
+    per process; the memory kept is bounded by the largest batch's activations.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED or not sys.platform.startswith("linux") or os.environ.get("PIPELINE_KEEP_MALLOC") == "0":
+        return
+    _ALLOCATOR_TUNED = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers from <malloc.h>
+        libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD_BYTES)
+        libc.mallopt(m_trim_threshold, TRIM_THRESHOLD_BYTES)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+        pass
+
+
+def set_threads(threads: int | None) -> int:
+    """Use `threads` intra-op threads, or, when unset, every core this process may run on
+    (unless OMP_NUM_THREADS already says otherwise). Returns the number in use."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    elif "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return torch.get_num_threads()

@@ -1,0 +1,1 @@
+"""Prediction: inputs, outputs, analyst extras, the HTML report, Spark."""

@@ -1,0 +1,1 @@
+"""Arabic text: normalisation, sentence segmentation, model preprocessing."""

@@ -1,0 +1,1 @@
+"""Training and evaluation work: fitting through the kind registry, scoring, calibration, selection."""

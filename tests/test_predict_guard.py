@@ -243,3 +243,18 @@ def test_a_long_article_is_predicted_in_bounded_chunks_with_the_same_output(run_
     assert report["skipped_done"] == 1  # the first article, whole in the parts; the long one is continued
     pd.testing.assert_frame_equal(pd.read_parquet(report["output"]), pd.read_parquet(whole["output"]))
     pd.testing.assert_frame_equal(pd.read_parquet(report["summary"]), pd.read_parquet(whole["summary"]))
+
+
+def test_a_long_sentence_table_article_keeps_its_last_piece_and_counts_once(run_predict, store, tmp_path):
+    """A sentence table whose first article is longer than predict.chunk_sentences: its last piece was taken for a
+    second article of the same id and dropped, and every piece was counted as an article."""
+    texts = [f"{r['text'].rstrip('.!?؟…')} {i}." for i, r in enumerate(served_rows(SEEDS[2])[:20])]
+    rows = [{"article_id": "long", "sentence_id": f"s{i}", "text": t} for i, t in enumerate(texts)]
+    rows.append({"article_id": "short", "sentence_id": "x", "text": "رفضت روسيا المقترح."})
+    table = tmp_path / "sentences.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    report = run_predict(f"input={table}", f"output={tmp_path}/p.csv", f"model_uri={store['model_dir']}",
+                         "predict.chunk_sentences=7")
+    out = pd.read_csv(report["output"])
+    assert list(out.loc[out["article_id"] == "long", "sentence_id"]) == [f"s{i}" for i in range(20)]
+    assert report["articles"] == 2 and report["sentences"] == 21

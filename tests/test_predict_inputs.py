@@ -85,3 +85,19 @@ def test_sentence_ids_are_unique_per_article_however_the_table_is_chunked(make_c
         ids[chunk] = [r["sentence_id"] for a in articles for r in a.rows]
         assert len(ids[chunk]) == len(texts) and len(set(ids[chunk])) == len(texts), chunk
     assert ids[2] == ids[3] == ids[1000]
+
+
+def test_a_long_article_followed_by_another_keeps_every_row(make_cfg, tmp_path):
+    """A sentence table whose first article has more rows than predict.chunk_sentences: its last piece, flushed
+    when the next article starts, was taken for a second article of the same id and dropped (8 of 40 rows lost)."""
+    texts = [f"الجملة رقم {i} من المقال الطويل." for i in range(40)]
+    rows = [{"article_id": "long", "sentence_id": f"s{i}", "text": t} for i, t in enumerate(texts)]
+    path = write(rows + [{"article_id": "short", "sentence_id": "x", "text": OTHER}], tmp_path / "t.csv")
+    for chunk in (8, 7, 1000):
+        articles, errors = read(make_cfg, path, f"predict.chunk_sentences={chunk}")
+        assert not errors, chunk
+        long_rows = [r for a in articles if a.article_id == "long" for r in a.rows]
+        assert [r["text"] for r in long_rows] == texts, chunk
+        assert [r["sentence_id"] for r in long_rows] == [f"s{i}" for i in range(40)], chunk
+        assert [r["idx"] for r in long_rows] == list(range(40)), chunk
+        assert [a.article_id for a in articles][-1] == "short"

@@ -240,7 +240,8 @@ class ArticleReader:
                 else:
                     article_id = str(record["article_id"]) if has_ids and record["article_id"] else f"{path.stem}:{row_number}"
                 if pending is not None and pending[0] != article_id:
-                    yield from self._finish_table_article(pending, path, sentences_mode)
+                    # the last piece of a long article is still a piece of it: its id was claimed by piece 0
+                    yield from self._finish_table_article(pending, path, sentences_mode, piece, offset)
                     pending = None
                 if pending is None:
                     pending = (article_id, [], [], self._meta(record, carried, path, row_number, article_id))

@@ -152,12 +152,13 @@ def _predict(cfg: DictConfig, inputs: list[str], files: list[Path], written: dic
     counts = {"articles": 0, "skipped_done": 0}
     progress = tqdm(reader.read(files), desc="predict", unit="article", disable=None)
     for article in progress:
+        first_piece = article.piece == 0  # a long sentence-table article comes in pieces: count it once
         if writer.is_done(article):
-            counts["skipped_done"] += 1
+            counts["skipped_done"] += first_piece
             continue
         if writer.add(article):
             progress.set_postfix(sentences=writer.sentences)
-        counts["articles"] += 1
+        counts["articles"] += first_piece
     writer.flush()
     progress.close()
     counts.update(sentences=writer.sentences, truncated=writer.truncated)

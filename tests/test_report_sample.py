@@ -96,3 +96,11 @@ def test_predict_report_streams_a_bounded_sample(run_predict, tmp_path):
     kept = set(ids) & set(output.loc[output["article_id"] == "long", "sentence_id"])
     net = (output["p_positive"] - output["p_negative"]).where(output["article_id"] == "long")
     assert output.loc[net.idxmax(), "sentence_id"] in kept and output.loc[net.idxmin(), "sentence_id"] in kept
+
+
+def test_bad_bound_is_refused_before_any_work(run_predict, tmp_path):
+    pd.DataFrame({"text": ["رفض الوفد العرض."]}).to_csv(tmp_path / "s.csv", index=False)
+    error = run_predict(f"input={tmp_path}/s.csv", f"output={tmp_path}/p.csv", "predict.report=true",
+                        "predict.report_sentences_per_article=0", expect_error=True)
+    assert "predict.report_sentences_per_article=0" in str(error)
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "p.errors.csv").exists()

@@ -149,17 +149,25 @@ def report_path(cfg: DictConfig, output: Path) -> Path:
     return Path(str(configured)) if configured else output.with_name(output.stem + ".report.html")
 
 
+def report_sample(cfg: DictConfig, labels):
+    """An empty ReportSample sized by predict.report_sentences_per_article and predict.report_top_sentences (a bad
+    value fails here: the stage calls this before any work)."""
+    from pipeline.prediction.report_sample import ReportSample
+
+    return ReportSample(labels, per_article=int(cfg.predict.report_sentences_per_article),
+                        top_n=int(cfg.predict.report_top_sentences))
+
+
 def write_report(cfg: DictConfig, output: Path, articles: pd.DataFrame, summaries: dict[str, pd.DataFrame],
                  labels, model_description: str, *, quality: dict | None = None, lexicon=None) -> Path:
     """The HTML report (predict.report_path, default <output stem>.report.html) from the merged outputs.
     `quality`: registry.model_quality of the model's train run (None: unknown); `lexicon`: the one that made
     rules_fired (Enricher.cue_lexicon), so the report shows the cues' own words."""
-    from pipeline.prediction.report import ModelQuality, ReportSample, write_html_report
+    from pipeline.prediction.report import ModelQuality, write_html_report
 
     pcfg = cfg.predict
     path = report_path(cfg, output)
-    sample = ReportSample(labels, per_article=int(pcfg.report_sentences_per_article),
-                          top_n=int(pcfg.report_top_sentences))
+    sample = report_sample(cfg, labels)
     # read back in chunks, keeping only the per-article sample: memory does not grow with the output
     for chunk in iter_table_chunks(output, int(pcfg.chunk_sentences), restore=True):
         sample.add(_typed(chunk, labels))  # a CSV / JSONL output reads back as text: numbers and flags again

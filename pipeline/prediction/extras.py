@@ -6,7 +6,8 @@
     with predict.explain=true, `top_words` (occlusion, pipeline.models.explain);
   * `write_summaries` writes `<output stem>.timeline<ext>` and `<output stem>.outlets<ext>` from the per-article
     summary (one row per article: memory does not grow with the number of sentences);
-  * `write_report` writes the self-contained HTML report from the merged outputs.
+  * `write_report` writes the self-contained HTML report from the per-article summary and a bounded sample of
+    sentences per article, read from the merged output in chunks (pipeline.prediction.report_sample).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.prediction.analytics import by_outlet, timeline
 from pipeline.core.errors import PipelineError
 from pipeline.models.explain import format_reasons, top_words
-from pipeline.core.io import CsvStyle, read_table, write_table_atomic
+from pipeline.core.io import CsvStyle, iter_table_chunks, write_table_atomic
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,15 @@ def report_path(cfg: DictConfig, output: Path) -> Path:
     return Path(str(configured)) if configured else output.with_name(output.stem + ".report.html")
 
 
+def report_sample(cfg: DictConfig, labels):
+    """An empty ReportSample sized by predict.report_sentences_per_article and predict.report_top_sentences (a bad
+    value fails here: the stage calls this before any work)."""
+    from pipeline.prediction.report_sample import ReportSample
+
+    return ReportSample(labels, per_article=int(cfg.predict.report_sentences_per_article),
+                        top_n=int(cfg.predict.report_top_sentences))
+
+
 def write_report(cfg: DictConfig, output: Path, articles: pd.DataFrame, summaries: dict[str, pd.DataFrame],
                  labels, model_description: str, *, quality: dict | None = None, lexicon=None) -> Path:
     """The HTML report (predict.report_path, default <output stem>.report.html) from the merged outputs.
@@ -157,17 +167,25 @@ def write_report(cfg: DictConfig, output: Path, articles: pd.DataFrame, summarie
 
     pcfg = cfg.predict
     path = report_path(cfg, output)
-    sentences = read_table(output, restore=True)  # a CSV / JSONL output reads back as text: numbers and flags again
+    sample = report_sample(cfg, labels)
+    # read back in chunks, keeping only the per-article sample: memory does not grow with the output
+    for chunk in iter_table_chunks(output, int(pcfg.chunk_sentences), restore=True):
+        sample.add(_typed(chunk, labels))  # a CSV / JSONL output reads back as text: numbers and flags again
+    shown = None if quality is None else ModelQuality(
+        **{k: quality.get(k) for k in ("smoke", "test_macro_f1", "test_ci", "test_n", "cv_macro_f1", "cv_ci", "cv_n",
+                                       "run_id", "rules_in_sample") if quality.get(k) is not None})
+    return write_html_report(path, sample, articles, summaries.get("timeline"), summaries.get("outlets"),
+                             model_description=model_description, quality=shown,
+                             min_confidence=float(pcfg.min_confidence),
+                             cues=lexicon.cue_matches if lexicon is not None else None)
+
+
+def _typed(sentences: pd.DataFrame, labels) -> pd.DataFrame:
+    """A chunk of the output as read back: probabilities, confidence and idx as numbers, flags as bools."""
     for column in [*(f"p_{x}" for x in labels), "confidence", "idx"]:
         if column in sentences.columns:
             sentences[column] = pd.to_numeric(sentences[column])
     for column in ("truncated", "confident"):
         if column in sentences.columns and sentences[column].dtype != bool:
             sentences[column] = sentences[column].astype(str).str.lower().isin(["true", "1"])
-    shown = None if quality is None else ModelQuality(
-        **{k: quality.get(k) for k in ("smoke", "test_macro_f1", "test_ci", "test_n", "cv_macro_f1", "cv_ci", "cv_n",
-                                       "run_id", "rules_in_sample") if quality.get(k) is not None})
-    return write_html_report(path, sentences, articles, summaries.get("timeline"), summaries.get("outlets"),
-                             model_description=model_description, top_n=int(pcfg.report_top_sentences),
-                             labels=labels, quality=shown, min_confidence=float(pcfg.min_confidence),
-                             cues=lexicon.cue_matches if lexicon is not None else None)
+    return sentences

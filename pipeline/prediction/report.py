@@ -1,6 +1,6 @@
 """One self-contained HTML report of a prediction run, for people who read Arabic news, not parquet files.
 
-    write_html_report("out/report.html", sentences, articles, timeline_frame, outlets_frame,
+    write_html_report("out/report.html", sentences_or_sample, articles, timeline_frame, outlets_frame,
                       title="…", model_description="runs:/…/model (tiny, T=1.8)", quality=ModelQuality(...),
                       min_confidence=0.6, cues=lexicon.cue_matches)
 
@@ -22,8 +22,13 @@ intervals, from its MLflow runs: `ModelQuality`) and a warning for a smoke model
 (`confident` false) are marked; the cues that fired are shown once each, in the sentence's own Arabic words with
 the direction they push (the rule ids stay in the data and in a `data-rules` attribute).
 
-Sections (stable ids, used by tests and links): `summary` (with `quality`), `timeline`, `outlets`, `extremes`,
-`articles` (one `<section class="article">` per article).
+Sections (stable ids, used by tests and links): `summary` (with `quality` and `sampling`), `timeline`, `outlets`,
+`extremes`, `articles` (one `<section class="article">` per article, with `data-sentences` (all of its sentences)
+and `data-shown` (those sampled: pipeline.prediction.report_sample), said in words too).
+
+The page is drawn from a `ReportSample` (`render_sample`; predict gathers it chunk by chunk from its output) or from
+sentence rows held whole (`render_html`, which samples them first): its size grows with the number of articles,
+never with their length.
 """
 
 from __future__ import annotations
@@ -36,13 +41,13 @@ from typing import Callable, Sequence
 import pandas as pd
 
 from pipeline import LABELS
-from pipeline.core.errors import PipelineError
 from pipeline.core.io import write_text_atomic
 from pipeline.prediction.report_chart import NARROW, WIDE, timeline_svg
+from pipeline.prediction.report_sample import PER_ARTICLE, TOP_N, ReportSample, low_confidence, sample_of
 from pipeline.prediction.report_format import (LABEL_COLOURS, LABEL_NAMES_AR, ModelQuality, is_missing, reasons_text,
                                     fired_ids, badge, cues_html, esc, num, quality_html, signed)
 
-__all__ = ["ModelQuality", "render_html", "write_html_report"]
+__all__ = ["ModelQuality", "ReportSample", "render_html", "render_sample", "write_html_report"]
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +139,7 @@ class SentenceMarks:
 
 
 def _low_confidence(row: pd.Series) -> bool:
-    value = row.get("confident", None)
-    if is_missing(value):
-        return False
-    return str(value).strip().lower() in ("false", "0")
+    return low_confidence(row.get("confident", None))
 
 
 def _sentence_item(row: pd.Series, marks: SentenceMarks, *, show_article: str | None = None) -> str:
@@ -167,40 +169,35 @@ def _sentence_item(row: pd.Series, marks: SentenceMarks, *, show_article: str | 
 HEADING_WORDS = 10  # an article without a title is headed by the first words of its first sentence
 
 
-def article_heading(article_id: str, row, group: pd.DataFrame) -> str:
+def article_heading(article_id: str, row, first_text: str | None) -> str:
     """The article's title when the input gave one, else the first words of its first sentence."""
-    for source in (row, group.iloc[0] if len(group) else None):
-        if source is not None and "title" in source.index and not is_missing(source["title"]) \
-                and str(source["title"]).strip():
-            return str(source["title"]).strip()
-    words = str(group["text"].iloc[0]).split() if len(group) else []
+    if row is not None and "title" in row.index and not is_missing(row["title"]) and str(row["title"]).strip():
+        return str(row["title"]).strip()
+    words = str(first_text or "").split()
     if not words:
         return article_id
     return " ".join(words[:HEADING_WORDS]) + (" …" if len(words) > HEADING_WORDS else "")
 
 
-def _article_groups(sentences: pd.DataFrame, articles: pd.DataFrame) -> list[tuple[str, object, pd.DataFrame]]:
-    """(article id, its summary row or None, its sentences in order), in the summary's order."""
-    by_article = {k: g for k, g in sentences.groupby(sentences["article_id"].astype(str), sort=False)}
+def _article_groups(sample: ReportSample, articles: pd.DataFrame) -> list[tuple[str, object, pd.DataFrame]]:
+    """(article id, its summary row or None, its sampled sentences in order), in the summary's order."""
+    shown = sample.by_article()
     info = {str(r["article_id"]): r for _, r in articles.iterrows()} if "article_id" in articles.columns else {}
-    order = [a for a in info if a in by_article] + [a for a in by_article if a not in info]
-    out = []
-    for article_id in order:
-        group = by_article[article_id]
-        if "idx" in group.columns:
-            group = group.sort_values("idx", kind="stable")
-        out.append((article_id, info.get(article_id), group))
-    return out
+    order = [a for a in info if a in sample.articles] + [a for a in sample.articles if a not in info]
+    empty = pd.DataFrame(columns=sample.columns)
+    return [(article_id, info.get(article_id), shown.get(article_id, empty)) for article_id in order]
 
 
-def _article_sections(groups, marks: SentenceMarks) -> str:
+def _article_sections(groups, sample: ReportSample, marks: SentenceMarks, headings: dict[str, str]) -> str:
     out = []
     for n, (article_id, row, group) in enumerate(groups, 1):
+        counts = sample.articles[article_id]
         net = row["net_stance"] if row is not None and "net_stance" in row.index else \
-            float((group["p_positive"] - group["p_negative"]).mean())
-        head = [f"<h3>{esc(article_heading(article_id, row, group))}</h3>",
+            counts.net_sum / max(counts.sentences, 1)
+        head = [f"<h3>{esc(headings[article_id])}</h3>",
                 f'<p class="muted">المعرّف: <bdi class="num id" dir="ltr">{esc(article_id)}</bdi> · الجمل: '
-                f'{num(len(group))} · صافي الموقف: {signed(net)}']
+                f'{num(counts.sentences)} · المعروضة: <span class="shown">{num(len(group))} من '
+                f'{num(counts.sentences)}</span> · صافي الموقف: {signed(net)}']
         if row is not None and "dominant_label" in row.index and not is_missing(row["dominant_label"]):
             head[-1] += f" · الغالب: {badge(str(row['dominant_label']))}"
         head[-1] += "</p>"
@@ -209,24 +206,19 @@ def _article_sections(groups, marks: SentenceMarks) -> str:
             if column == "title":
                 continue  # the heading
             value = row[column] if row is not None and column in row.index else \
-                (group[column].iloc[0] if column in group.columns else None)
+                (group[column].iloc[0] if column in group.columns and len(group) else None)
             if not is_missing(value) and str(value).strip():
                 cell = f'<bdi class="num id" dir="ltr">{esc(value)}</bdi>' if ltr else f"<bdi>{esc(value)}</bdi>"
                 meta.append(f"<li>{esc(name)}: {cell}</li>")
         if meta:
             head.append(f'<ul class="counts">{"".join(meta)}</ul>')
         items = "".join(_sentence_item(r, marks) for _, r in group.iterrows())
-        out.append(f'<section class="article" id="article-{n}">{"".join(head)}'
-                   f'<ol class="sentences">{items}</ol></section>')
+        out.append(f'<section class="article" id="article-{n}" data-sentences="{counts.sentences}" '
+                   f'data-shown="{len(group)}">{"".join(head)}<ol class="sentences">{items}</ol></section>')
     return "\n".join(out)
 
 
-def _extremes(sentences: pd.DataFrame, top_n: int, marks: SentenceMarks, headings: dict[str, str]) -> str:
-    net = sentences["p_positive"].astype(float) - sentences["p_negative"].astype(float)
-    ranked = sentences.assign(_net=net.to_numpy())
-    most_pos = ranked[ranked["_net"] > 0].sort_values("_net", ascending=False, kind="stable").head(top_n)
-    most_neg = ranked[ranked["_net"] < 0].sort_values("_net", ascending=True, kind="stable").head(top_n)
-
+def _extremes(sample: ReportSample, marks: SentenceMarks, headings: dict[str, str]) -> str:
     def block(frame: pd.DataFrame, heading: str, cls: str) -> str:
         if frame.empty:
             return f'<h3>{heading}</h3><p class="muted">لا توجد جمل.</p>'
@@ -234,8 +226,8 @@ def _extremes(sentences: pd.DataFrame, top_n: int, marks: SentenceMarks, heading
                         for _, r in frame.iterrows())
         return f'<h3>{heading}</h3><ol class="extremes {cls}">{items}</ol>'
 
-    return (block(most_pos, "الجمل الأكثر إيجابية", "most-positive")
-            + block(most_neg, "الجمل الأكثر سلبية", "most-negative"))
+    return (block(sample.most(1), "الجمل الأكثر إيجابية", "most-positive")
+            + block(sample.most(-1), "الجمل الأكثر سلبية", "most-negative"))
 
 
 CHART_CAPTION = ("الخط: صافي الموقف لكل فترة (فوق الصفر نحو الاتفاق، تحته بعيداً عنه)، والشريط المظلل حوله مجال الثقة "
@@ -243,31 +235,35 @@ CHART_CAPTION = ("الخط: صافي الموقف لكل فترة (فوق الص
 
 
 def render_html(sentences: pd.DataFrame, articles: pd.DataFrame, timeline: pd.DataFrame | None = None,
-                outlets: pd.DataFrame | None = None, *, title: str = "تقرير الموقف من الاتفاق",
-                model_description: str = "", top_n: int = 10, labels: Sequence[str] = LABELS,
-                quality: ModelQuality | None = None, min_confidence: float | None = None,
-                cues: Callable[[str], list] | None = None) -> str:
-    """The report as one HTML string (see `write_html_report`)."""
-    need = {"article_id", "text", "label", "p_negative", "p_positive"}
-    if missing := sorted(need - set(sentences.columns)):
-        raise PipelineError(f"report: sentence rows lack column(s) {missing}; expected the predict stage's output")
-    labels = list(labels)
+                outlets: pd.DataFrame | None = None, *, per_article: int = PER_ARTICLE, top_n: int = TOP_N,
+                labels: Sequence[str] = LABELS, **options) -> str:
+    """The report as one HTML string from sentence rows held whole (see `render_sample` for the options)."""
+    sample = sample_of(sentences, labels, per_article=per_article, top_n=top_n)
+    return render_sample(sample, articles, timeline, outlets, **options)
+
+
+def render_sample(sample: ReportSample, articles: pd.DataFrame, timeline: pd.DataFrame | None = None,
+                  outlets: pd.DataFrame | None = None, *, title: str = "تقرير الموقف من الاتفاق",
+                  model_description: str = "", quality: ModelQuality | None = None,
+                  min_confidence: float | None = None, cues: Callable[[str], list] | None = None) -> str:
+    """The report as one HTML string from a ReportSample (pipeline.prediction.report_sample) and the per-article
+    summary (see `write_html_report`)."""
+    labels = sample.labels
     marks = SentenceMarks(labels, min_confidence, cues)
-    counts = sentences["label"].value_counts()
-    n_articles = sentences["article_id"].astype(str).nunique()
-    overall = float((sentences["p_positive"] - sentences["p_negative"]).mean()) if len(sentences) else float("nan")
-    summary = [f"<li>المقالات: {num(n_articles)}</li>", f"<li>الجمل: {num(len(sentences))}</li>"]
-    summary += [f"<li>{badge(x)} {num(int(counts.get(x, 0)))}</li>" for x in labels]
+    overall = sample.net_sum / sample.n_sentences if sample.n_sentences else float("nan")
+    summary = [f"<li>المقالات: {num(len(sample.articles))}</li>", f"<li>الجمل: {num(sample.n_sentences)}</li>"]
+    summary += [f"<li>{badge(x)} {num(int(sample.label_counts.get(x, 0)))}</li>" for x in labels]
     summary.append(f"<li>صافي الموقف العام: {signed(overall)}</li>")
-    if "confident" in sentences.columns:
-        n_low = int(sum(_low_confidence(r) for _, r in sentences[["confident"]].iterrows()))
-        summary.append(f'<li><span class="low-mark">؟</span> ثقة منخفضة: {num(n_low)}</li>')
+    if sample.has_confident:
+        summary.append(f'<li><span class="low-mark">؟</span> ثقة منخفضة: {num(sample.n_low)}</li>')
     legend = " ".join(f"<span>{badge(x)}</span>" for x in labels)
-    if "confident" in sentences.columns:
+    if sample.has_confident:
         threshold = f" (احتمال التصنيف أقل من {num(min_confidence)})" if min_confidence is not None else ""
         legend += f' <span><span class="low-mark">؟ ثقة منخفضة</span>{threshold}: تحقّق منها بنفسك</span>'
-    groups = _article_groups(sentences, articles)
-    headings = {article_id: article_heading(article_id, row, group) for article_id, row, group in groups}
+    groups = _article_groups(sample, articles)
+    headings = {a: article_heading(a, row, (sample.articles[a].first or (None, None, None))[2])
+                for a, row, _ in groups}
+    n = num(sample.per_article)
     body = [f'<header id="summary"><h1>{esc(title)}</h1>',
             f'<p class="muted">النموذج: <bdi class="num id" dir="ltr">{esc(model_description or "—")}</bdi></p>',
             quality_html(quality),
@@ -275,6 +271,8 @@ def render_html(sentences: pd.DataFrame, articles: pd.DataFrame, timeline: pd.Da
             '<p class="muted">صافي الموقف = متوسط (احتمال الإيجابي − احتمال السلبي) على الجمل، '
             f'من {num(-1.0, "{:+.0f}")} إلى {num(1.0, "{:+.0f}")}. '
             'المجال: فاصل ثقة بإعادة المعاينة على مستوى المقالات.</p>',
+            f'<p class="muted" id="sampling">من كل مقال تُعرض حتى {n} جمل هي الأكثر إيجابية و{n} الأكثر سلبية '
+            f'و{n} الأقل ثقة، بترتيبها في المقال؛ كل الجمل في ملف المخرجات.</p>',
             f'<p class="legend">{legend}</p></header>']
     if timeline is not None and not timeline.empty:
         body.append('<section id="timeline"><h2>الموقف عبر الزمن</h2>'
@@ -285,32 +283,33 @@ def render_html(sentences: pd.DataFrame, articles: pd.DataFrame, timeline: pd.Da
     if outlets is not None and not outlets.empty:
         body.append('<section id="outlets"><h2>حسب المصدر</h2>'
                     f'{_summary_table(outlets, "outlet", "المصدر", labels)}</section>')
-    body.append(f'<section id="extremes"><h2>الجمل الأبرز</h2>{_extremes(sentences, top_n, marks, headings)}</section>')
-    body.append(f'<section id="articles"><h2>المقالات</h2>{_article_sections(groups, marks)}</section>')
+    body.append(f'<section id="extremes"><h2>الجمل الأبرز</h2>{_extremes(sample, marks, headings)}</section>')
+    body.append(f'<section id="articles"><h2>المقالات</h2>{_article_sections(groups, sample, marks, headings)}'
+                '</section>')
     return ('<!DOCTYPE html>\n<html lang="ar" dir="rtl">\n<head>\n<meta charset="utf-8">\n'
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
             + "\n".join(body) + "\n</body>\n</html>\n")
 
 
-def write_html_report(path: Path | str, sentences: pd.DataFrame, articles: pd.DataFrame,
+def write_html_report(path: Path | str, sentences: pd.DataFrame | ReportSample, articles: pd.DataFrame,
                       timeline: pd.DataFrame | None = None, outlets: pd.DataFrame | None = None, *,
-                      title: str = "تقرير الموقف من الاتفاق", model_description: str = "", top_n: int = 10,
-                      labels: Sequence[str] = LABELS, quality: ModelQuality | None = None,
-                      min_confidence: float | None = None, cues: Callable[[str], list] | None = None) -> Path:
+                      per_article: int = PER_ARTICLE, top_n: int = TOP_N, labels: Sequence[str] = LABELS, **options) -> Path:
     """Write the self-contained report (atomically) and return its path.
 
-    `sentences`: predict's sentence rows (article_id, text, label, p_<label>…; optional sentence_id, idx,
-    truncated, confident, rules_fired, top_words). `articles`: predict's per-article summary (optional metadata
-    columns title/outlet/date/url/source are shown; `title` heads the article). `timeline` / `outlets`: from
-    `pipeline.prediction.analytics`; None or empty leaves the section out. `top_n`: how many most positive / most negative
-    sentences to list. `quality`: the model's measured quality (None: said to be unknown). `min_confidence`: the
-    threshold behind `confident`, for the legend. `cues`: text → the cue matches of the lexicon that made
-    `rules_fired` (rules.Lexicon.cue_matches), so cues show as Arabic words.
+    `sentences`: a ReportSample gathered chunk by chunk (predict), or predict's sentence rows held whole (article_id,
+    text, label, p_<label>…; optional sentence_id, idx, truncated, confident, rules_fired, top_words), sampled here
+    with `per_article` and `top_n` (ignored for a ReportSample, which carries its own). `articles`: predict's
+    per-article summary (optional metadata columns title/outlet/date/url/source are shown; `title` heads the
+    article). `timeline` / `outlets`: from `pipeline.prediction.analytics`; None or empty leaves the section out.
+    `options` (render_sample): title, model_description, `quality` (the model's measured quality; None: said to be
+    unknown), `min_confidence` (the threshold behind `confident`, for the legend), `cues` (text → the cue matches of
+    the lexicon that made `rules_fired`, rules.Lexicon.cue_matches, so cues show as Arabic words).
     """
-    text = render_html(sentences, articles, timeline, outlets, title=title, model_description=model_description,
-                       top_n=top_n, labels=labels, quality=quality, min_confidence=min_confidence, cues=cues)
+    sample = sentences if isinstance(sentences, ReportSample) else \
+        sample_of(sentences, labels, per_article=per_article, top_n=top_n)
+    text = render_sample(sample, articles, timeline, outlets, **options)
     path = write_text_atomic(path, text)
-    log.info("report: %s (%d articles, %d sentences, %.0f KiB)", path, sentences["article_id"].nunique(),
-             len(sentences), len(text.encode("utf-8")) / 1024)
+    log.info("report: %s (%d articles, %d of %d sentences shown, %.0f KiB)", path, len(sample.articles),
+             len(sample.kept), sample.n_sentences, len(text.encode("utf-8")) / 1024)
     return path

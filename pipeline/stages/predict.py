@@ -45,8 +45,8 @@ from pipeline.models.base import load_predictor
 from pipeline.models.batching import set_threads
 from pipeline.core.io import TABLE_SUFFIXES, CsvStyle, read_table, write_table_atomic, write_text_atomic
 from pipeline.models.store import model_identity, resolve_model, segment_rules_for
-from pipeline.prediction.extras import (SUMMARY_NAMES, Enricher, report_path, summary_path, timeline_freq, write_report,
-                                     write_summaries)
+from pipeline.prediction.extras import (SUMMARY_NAMES, Enricher, report_path, report_sample, summary_path,
+                                        timeline_freq, write_report, write_summaries)
 from pipeline.prediction.inputs import ArticleReader, as_list, drop_empty, expand_inputs, no_usable_article
 from pipeline.prediction.outputs import ERROR_COLUMNS, ErrorLog, plot_net_stance, sibling_path
 from pipeline.prediction.parts import PartsWriter, check_resume
@@ -93,6 +93,8 @@ def predict(cfg: DictConfig) -> dict:
     if chunk_sentences < 1:
         raise PipelineError(f"predict.chunk_sentences={chunk_sentences} must be at least 1")
     timeline_freq(cfg)  # a bad predict.timeline fails before any work
+    if cfg.predict.report:
+        report_sample(cfg, [])  # so does a bad predict.report_sentences_per_article
     written = written_files(cfg, output)
     errors = ErrorLog()
     # The inputs first: a missing input is told before a model is fetched or loaded; no output over an input.

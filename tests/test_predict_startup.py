@@ -91,3 +91,19 @@ def test_a_local_model_needs_no_tracking_server_but_the_served_model_does(model_
     err = capsys.readouterr().err
     assert "is not reachable" in err and "Traceback" not in err
     assert not (tmp_path / "served.csv").exists()
+
+
+def test_the_shared_rust_tokenizer_gives_the_same_ids_whatever_the_python_tokenizer_did(tmp_path):
+    """The predictor encodes with the tokenizer's own Rust backend (no copy, for start-up): a padded, untruncated
+    call of the Python tokenizer in between must not change its ids or truncation flags."""
+    from pipeline.models.base import load_predictor
+    from pipeline.text.segmentation import seed_sentences
+
+    predictor = load_predictor(make_stance_model(tmp_path / "short", max_length=8))
+    texts = seed_sentences()[:6]
+    ids, truncated = predictor.encode(texts)
+    predictor.tokenizer(texts, padding="longest", truncation=False)
+    again, truncated_again = predictor.encode(texts)
+    assert again == ids and truncated_again.tolist() == truncated.tolist()
+    assert truncated.any() and max(len(i) for i in ids) == 8
+    assert ids == predictor.tokenizer(texts, truncation=True, max_length=8)["input_ids"]

@@ -77,6 +77,7 @@ def main() -> int:
     else:
         bench("prediction speed (tiny model, seed sentences)", [*speed, "--train-n", "0"])
     bench("prediction memory (tiny model)", ["bench/predict_memory.py", "--sizes", "2000,20000"])
+    bench("predict start-up vs a bare transformers.pipeline (tiny model)", ["bench/predict_startup.py", "--rounds", "3"])
     try:
         import pyspark  # noqa: F401
         import shutil

@@ -150,7 +150,7 @@ def run_stage(stage_name: str, cfg: DictConfig):
     if distributed.is_main():
         write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
         log.info("%s: run dir %s", stage_name, run_dir)
-        if stage_name != "segment":  # every other stage (or a stage it needs) logs to or reads from MLflow
+        if stage.uses_tracking(cfg):  # it (or a stage it needs) logs to or reads from MLflow
             from pipeline.core import tracking
 
             tracking.check_reachable(cfg)  # a stopped server fails here in seconds, before any work

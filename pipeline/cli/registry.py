@@ -56,6 +56,9 @@ class Stage:
     positional: str | None = None                # the key a bare argument sets (`promote 3` = `target=3`)
     own: tuple[str, ...] = ()                    # the config keys (or sections) that are this stage's: --help leads with them
     check: str | None = None                     # "module:function" refusing bad settings before any stage runs
+    # False: this run reads and logs nothing in MLflow, so its tracking server need not be up (segment; predict
+    # from a local model directory)
+    uses_tracking: Callable[[DictConfig], bool] = field(default=lambda cfg: True)
 
     def mode_keys(self) -> tuple[str, ...]:
         """The keys behind the stage's CLI flags (`label --stats`, `--export`): they choose what a run does
@@ -143,6 +146,14 @@ def _short(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _local_model(cfg: DictConfig) -> bool:
+    """predict's model_uri is a local directory (a path or a file: URI): nothing is read from MLflow."""
+    from pipeline.models.store import uri_origin
+
+    uri = OmegaConf.select(cfg, "model_uri", default=None)
+    return uri not in (None, "") and uri_origin(str(uri)) == "local"
+
+
 def _modelling_stage(name: str, help: str, own: tuple[str, ...]) -> Stage:
     """train / evaluate: read the labelled set, made by `label` unless the data is a labelled table."""
     return Stage(name, help, f"pipeline.stages.{name}:{name}", needs=("label",), skip_needs=_table_data, own=own)
@@ -157,6 +168,7 @@ STAGES: dict[str, Stage] = {
             "pipeline.stages.segment:segment",
             outputs=lambda cfg: _paths(cfg, "paths.sentences"),
             own=("data.articles_glob", "data.unlabelled", "segment"),
+            uses_tracking=lambda cfg: False,
         ),
         Stage(
             "label",
@@ -177,6 +189,7 @@ STAGES: dict[str, Stage] = {
             "batch-predict new articles with a model from MLflow: per-sentence and per-article stance",
             "pipeline.stages.predict:predict",
             own=("input", "output", "model_uri", "predict", "csv"),
+            uses_tracking=lambda cfg: not _local_model(cfg),
         ),
         Stage(
             "spark_predict",

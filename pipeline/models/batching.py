@@ -60,14 +60,9 @@ class TransformerPredictor(StancePredictor):
         self.max_batch_tokens = batch_token_budget(max_batch_tokens, self.device)
         keep_freed_memory()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self._backend = None
-        if getattr(self.tokenizer, "backend_tokenizer", None) is not None:
-            from tokenizers import Tokenizer
-
-            # A private copy of the Rust tokenizer, set to truncate only (padding is done per batch).
-            self._backend = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
-            self._backend.no_padding()
-            self._backend.enable_truncation(self.max_length)
+        # The Rust tokenizer itself (no copy: re-reading a large vocabulary costs seconds of start-up); `encode`
+        # sets it to truncate only before each use, as the Python tokenizer sets it before each of its calls.
+        self._backend = getattr(self.tokenizer, "backend_tokenizer", None)
 
     def load_model(self, model_dir: Path):
         """The sequence-classification model, checked against the labels of stance_model.json."""
@@ -92,6 +87,8 @@ class TransformerPredictor(StancePredictor):
         """Token ids with special tokens, cut to max_length: the ids of tokenizer(truncation=True), with
         per-sentence truncation flags, from one pass of the Rust tokenizer."""
         if self._backend is not None:
+            self._backend.no_padding()  # padding is done per batch
+            self._backend.enable_truncation(self.max_length)
             encodings = self._backend.encode_batch(texts)
             return [e.ids for e in encodings], np.fromiter((bool(e.overflowing) for e in encodings), bool, len(encodings))
         full = self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]

@@ -5,6 +5,9 @@
 predict stage. `fetch_model_dir` turns a model directory or an MLflow URI into a local stance model directory;
 `resolve_model` adds predict's default (the registry alias, pipeline.models.serving) and the training run behind a URI,
 whose config gives the segmentation rules (`segment_rules_for`).
+
+MLflow is imported where it is used, not with this module: predict from a local model directory never loads it
+(the pyfunc class is built on first use, `StancePyfuncModel` below).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Sequence
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
@@ -57,17 +59,38 @@ def texts_from_model_input(model_input) -> list[str]:
     return [str(v) for v in np.asarray(model_input, dtype=object).ravel().tolist()]
 
 
-class StancePyfuncModel(mlflow.pyfunc.PythonModel):
-    """The MLflow face of a stance model directory: text in, label + p_<label> out."""
+_PYFUNC_CLASS = None
 
-    def load_context(self, context):
-        self.predictor = load_predictor(context.artifacts[ARTIFACT_KEY])
 
-    # The DataFrame hint tells MLflow that the logged signature, not the hint, describes the input.
-    def predict(self, context, model_input: pd.DataFrame, params=None):
-        batch_size = int((params or {}).get("batch_size", 64))
-        out = self.predictor.predict(texts_from_model_input(model_input), batch_size=batch_size)
-        return out[self.predictor.output_columns]
+def _pyfunc_class():
+    """StancePyfuncModel: the MLflow face of a stance model directory, text in, label + p_<label> out.
+
+    Built on first use, so that importing this module does not import MLflow; it lives on as
+    `pipeline.models.store.StancePyfuncModel` (module `__getattr__`), the name a logged model's pickle refers to."""
+    global _PYFUNC_CLASS
+    if _PYFUNC_CLASS is None:
+        import mlflow.pyfunc
+
+        class StancePyfuncModel(mlflow.pyfunc.PythonModel):
+            def load_context(self, context):
+                self.predictor = load_predictor(context.artifacts[ARTIFACT_KEY])
+
+            # The DataFrame hint tells MLflow that the logged signature, not the hint, describes the input.
+            def predict(self, context, model_input: pd.DataFrame, params=None):
+                batch_size = int((params or {}).get("batch_size", 64))
+                out = self.predictor.predict(texts_from_model_input(model_input), batch_size=batch_size)
+                return out[self.predictor.output_columns]
+
+        StancePyfuncModel.__qualname__ = "StancePyfuncModel"  # pickled by reference to this module's attribute
+        StancePyfuncModel.__module__ = __name__
+        _PYFUNC_CLASS = StancePyfuncModel
+    return _PYFUNC_CLASS
+
+
+def __getattr__(name: str):
+    if name == "StancePyfuncModel":
+        return _pyfunc_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def pinned_requirements() -> list[str]:
@@ -88,6 +111,7 @@ def log_stance_model(model_dir, *, name: str = "model", registered_model_name: s
     The pyfunc carries the model directory as an artifact and this package's code (code_paths), so
     `mlflow.pyfunc.load_model(info.model_uri)` works in a fresh process, in Spark and in `mlflow models serve`.
     """
+    import mlflow.pyfunc
     from mlflow.models import infer_signature
     from mlflow.types.schema import ParamSchema, ParamSpec
 
@@ -104,7 +128,7 @@ def log_stance_model(model_dir, *, name: str = "model", registered_model_name: s
     package_dir = Path(__file__).resolve().parents[1]  # the whole pipeline package
     return mlflow.pyfunc.log_model(
         name=name,
-        python_model=StancePyfuncModel(),
+        python_model=_pyfunc_class()(),
         artifacts={ARTIFACT_KEY: str(model_dir)},
         code_paths=[str(package_dir)],
         signature=signature,

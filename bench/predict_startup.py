@@ -1,0 +1,132 @@
+"""Start-up of a one-sentence predict against a bare `transformers.pipeline` cold start on the same model dir.
+
+    .venv/bin/python bench/predict_startup.py [--rounds 5] [--model-dir <stance model dir of kind transformer>
+                                              | --from-encoder <HF encoder dir, e.g. ~/models/multilingual-e5-small>]
+
+Each round runs, in fresh processes and in alternating order (so that a load change hits both sides alike):
+  * pipeline: `python -m pipeline predict input=<one sentence> output=... model_uri=<dir>` (the whole CLI: config,
+    run dir, model, segmentation, outputs);
+  * bare:     `python -c "transformers.pipeline('text-classification', model=<dir>)(sentence)"`;
+  * import:   `python -c "import pipeline.stages.predict"` (what the stage costs before its model).
+Wall-clock seconds per round, the median and spread (min–max) of each, and the ratio pipeline / bare (of the
+medians, and its range over rounds) are printed. Without --model-dir the tiny random-weight model is built as
+bench/predict_memory.py builds it; --from-encoder builds a real-sized one (the encoder's weights, a fresh
+three-label classification head: its labels mean nothing, its start-up is that of a trained model of that size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+SENTENCE = "تم التوصل إلى اتفاق بين الجانبين بعد أسابيع من المفاوضات."
+TIMEOUT_S = 600  # one cold start on a loaded machine stays far below this
+
+
+def tiny_model(target: Path) -> Path:
+    from pipeline import LABELS
+    from pipeline.models.base import write_model_metadata
+    from pipeline.models.tiny import build_tiny_bert
+    from pipeline.text.preprocess import TextPreprocessor
+    from pipeline.text.segmentation import seed_sentences
+
+    model_dir = build_tiny_bert(seed_sentences(), target, LABELS)
+    write_model_metadata(model_dir, kind="transformer", labels=LABELS, max_length=128, base_model="tiny",
+                         preprocessor=TextPreprocessor("bert-base-arabertv02"))
+    return model_dir
+
+
+def model_from_encoder(encoder: Path, target: Path) -> Path:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from pipeline import LABELS
+    from pipeline.models.base import write_model_metadata
+    from pipeline.text.preprocess import TextPreprocessor
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        encoder, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)),
+        label2id={label: i for i, label in enumerate(LABELS)})
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(encoder).save_pretrained(target)
+    write_model_metadata(target, kind="transformer", labels=LABELS, max_length=128, base_model=encoder.name,
+                         preprocessor=TextPreprocessor(None))
+    return target
+
+
+def timed(cmd: list[str], env: dict) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          timeout=TIMEOUT_S)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd[:4])} ...\n{done.stderr[-3000:]}")
+    return seconds
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):6.2f} s (min {min(values):.2f}, max {max(values):.2f})"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="a stance model dir of kind transformer (HF files inside); default: the tiny model")
+    parser.add_argument("--from-encoder", type=Path, default=None,
+                        help="build a stance model dir from this HF encoder dir (random head) and time that")
+    args = parser.parse_args(argv)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if args.model_dir:
+            model_dir = args.model_dir.resolve()
+        elif args.from_encoder:
+            model_dir = model_from_encoder(args.from_encoder.expanduser().resolve(), tmp / "model")
+        else:
+            model_dir = tiny_model(tmp / "model")
+        sentence_file = tmp / "one.txt"
+        sentence_file.write_text(SENTENCE + "\n", encoding="utf-8")
+        bare = [sys.executable, "-c",
+                "import sys, transformers; "
+                "print(transformers.pipeline('text-classification', model=sys.argv[1])(sys.argv[2]))",
+                str(model_dir), SENTENCE]
+        stage_import = [sys.executable, "-c", "import pipeline.stages.predict"]
+        times = {"pipeline": [], "bare": [], "import": []}
+        print(f"model dir {model_dir}; {args.rounds} rounds, OMP_NUM_THREADS={env['OMP_NUM_THREADS']}")
+        for r in range(args.rounds):
+            ours = [sys.executable, "-m", "pipeline", "predict", f"input={sentence_file}",
+                    f"output={tmp}/out_{r}.csv", f"model_uri={model_dir}", f"paths.output_root={tmp}/outputs",
+                    f"tracking.uri=sqlite:///{tmp}/mlruns/mlflow.db", f"tracking.artifact_root={tmp}/mlruns/a",
+                    "log_level=WARNING"]
+            order = [("pipeline", ours), ("bare", bare)]
+            if r % 2:
+                order.reverse()
+            for name, cmd in [*order, ("import", stage_import)]:
+                times[name].append(timed(cmd, env))
+            print(f"round {r + 1}: pipeline {times['pipeline'][-1]:.2f} s, bare {times['bare'][-1]:.2f} s, "
+                  f"ratio {times['pipeline'][-1] / times['bare'][-1]:.2f}; import pipeline.stages.predict "
+                  f"{times['import'][-1]:.2f} s")
+        ratios = [p / b for p, b in zip(times["pipeline"], times["bare"])]
+        print(f"\npipeline predict, one sentence : {spread(times['pipeline'])}")
+        print(f"bare transformers.pipeline    : {spread(times['bare'])}")
+        print(f"import pipeline.stages.predict: {spread(times['import'])}")
+        print(f"ratio pipeline / bare: {statistics.median(times['pipeline']) / statistics.median(times['bare']):.2f} "
+              f"of the medians (per round {min(ratios):.2f}–{max(ratios):.2f}); store created: "
+              f"{(tmp / 'mlruns').exists()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

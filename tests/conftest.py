@@ -97,3 +97,26 @@ def spark():
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+
+
+@pytest.fixture
+def kill_when_marked():
+    """kill_when_marked(cmd, marker, what, **popen) -> the killed Popen: start `cmd`, wait (up to 5 min, a loaded machine) until it
+    writes `marker`, then kill it with SIGKILL — the crash a user's kill -9 or an OOM kill causes."""
+    import signal
+    import subprocess
+    import time
+
+    def run(cmd, marker: Path, what: str, **popen) -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, **popen)
+        try:
+            deadline = time.monotonic() + 300
+            while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert marker.exists(), f"the subprocess never {what}"
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        return proc
+
+    return run

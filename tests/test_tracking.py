@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -208,23 +207,15 @@ raise SystemExit(main(sys.argv[2:]))
 
 @pytest.mark.slow
 def test_a_train_killed_before_its_first_checkpoint_is_marked_killed_by_the_next_predict(make_cfg, labelled,  # noqa: F811
-                                                                                        tmp_path):
+                                                                                        tmp_path, kill_when_marked):
     from mlflow import MlflowClient
 
     first = served_tfidf(make_cfg, labelled)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     marker = tmp_path / "run-open"
-    proc = subprocess.Popen([sys.executable, "-c", HANG_BEFORE_CHECKPOINT, str(marker), "train", "model=tfidf",
-                             f"paths.labelled={labelled}", *cli_args(tmp_path)],
+    proc = kill_when_marked([sys.executable, "-c", HANG_BEFORE_CHECKPOINT, str(marker), "train", "model=tfidf",
+                             f"paths.labelled={labelled}", *cli_args(tmp_path)], marker, "opened its run",
                             cwd=REPO, env={**_child_env(), "OMP_NUM_THREADS": "1"})
-    try:
-        deadline = time.monotonic() + 300
-        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert marker.exists(), "the train subprocess never opened its run"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
     experiment = client.get_experiment_by_name("stance-toward-agreement")
     (killed,) = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_id != first["run_id"]
                  and r.data.tags.get("stage") == "train"]

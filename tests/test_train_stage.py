@@ -181,14 +181,11 @@ train(compose_config("train", sys.argv[2:]))
 """
 
 
-def test_kill_9_then_resume_is_one_finished_run(make_cfg, labelled, tmp_path):
+def test_kill_9_then_resume_is_one_finished_run(make_cfg, labelled, tmp_path, kill_when_marked):
     """Issue 9 item 6: a train killed with SIGKILL leaves its run RUNNING; the next process to open the store marks
     it KILLED and the resume reopens it: one run, FINISHED."""
     import os
-    import signal
-    import subprocess
     import sys
-    import time
 
     from mlflow import MlflowClient
 
@@ -202,17 +199,9 @@ def test_kill_9_then_resume_is_one_finished_run(make_cfg, labelled, tmp_path):
     flat = [f"paths.{k}={v}" for k, v in cfg.paths.items() if k in ("work_dir", "output_root", "run_dir")]
     flat += [f"tracking.uri={cfg.tracking.uri}", f"tracking.artifact_root={cfg.tracking.artifact_root}"]
     marker = tmp_path / "saved"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_TRAIN, str(marker), *flat, *overrides],
-                            env={**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
-                                 "OMP_NUM_THREADS": "1"})
-    try:
-        deadline = time.time() + 300
-        while not marker.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.5)
-        assert marker.exists(), "the train subprocess never saved a checkpoint"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "OMP_NUM_THREADS": "1"}
+    proc = kill_when_marked([sys.executable, "-c", KILLED_TRAIN, str(marker), *flat, *overrides], marker,
+                            "saved a checkpoint", env=env)
     client = MlflowClient(str(cfg.tracking.uri))  # read as it is: tracking.setup would already mark the run
     runs = client.search_runs([client.get_experiment_by_name(str(cfg.tracking.experiment)).experiment_id])
     assert [r.info.status for r in runs] == ["RUNNING"] and runs[0].data.tags["pid"] == str(proc.pid)

@@ -293,23 +293,25 @@ def read_table(path: Path | str, *, restore: bool = False) -> pd.DataFrame:
 
 
 def iter_table_chunks(path: Path | str, rows: int, *, as_text: bool = False,
-                      restore: bool = False) -> Iterator[pd.DataFrame]:
+                      restore: bool = False, columns: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
     """A .parquet / .csv / .jsonl table in chunks of `rows` rows, never held whole.
 
     `as_text=True` (input tables) gives every cell as str, and a missing cell (parquet or JSON null, NaN) as "",
     exactly as CSV gives an empty cell: a null id or text never becomes the string "nan" or "None". `restore=True`:
     a CSV this pipeline wrote, its neutralised cells restored. A file that cannot be read as a table (empty, binary,
-    not UTF-8, malformed) raises BadInputFile with a reason tag and what to do about it.
+    not UTF-8, malformed) raises BadInputFile with a reason tag and what to do about it. `columns`: only these
+    (a parquet file reads no other; CSV and JSON lines parse the rows and keep these).
     """
     path = Path(path)
     provenance.note_file(path)
+    keep = list(columns) if columns is not None else None
     suffix = path.suffix.lower()
     try:
         refuse_empty(path)
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=keep):
                 # integers with nulls stay integers ("7", not "7.0")
                 yield _text_cells(batch.to_pandas(integer_object_nulls=True)) if as_text else batch.to_pandas()
             return
@@ -317,11 +319,13 @@ def iter_table_chunks(path: Path | str, rows: int, *, as_text: bool = False,
             if b"\x00" in fh.read(1 << 16):
                 raise BadInputFile(path, "binary", "looks binary (NUL bytes); give a UTF-8 table")
         if suffix == ".csv":
-            reader = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", chunksize=rows)
+            reader = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", chunksize=rows,
+                                 usecols=keep)
         else:
             reader = pd.read_json(path, lines=True, dtype=str if as_text else False, encoding="utf-8", chunksize=rows)
         with reader:
             for chunk in reader:
+                chunk = chunk[keep] if keep is not None else chunk
                 chunk = _text_cells(chunk) if as_text else chunk
                 yield restore_frame(chunk) if restore and suffix == ".csv" else chunk
     except BadInputFile:

@@ -175,7 +175,10 @@ class TableWriter:
 class Summary:
     """Per-article counts and shares per label, mean(p_positive − p_negative), dominant label.
 
-    Accumulated chunk by chunk as one small table per article, never holding the sentences."""
+    Accumulated chunk by chunk as one row of sums per article, never holding the sentences: a chunk's rows are
+    summed per article (work in proportion to the chunk), then added into the rows of its articles only (an
+    article seen before, e.g. a long one over several chunks, is found by its id), so the work per chunk does not
+    grow with the articles seen so far. `rows_touched` counts the article rows the last `add` updated."""
 
     def __init__(self, labels: Sequence[str], meta: Sequence[str] = ()):
         self.labels = list(labels)
@@ -183,11 +186,13 @@ class Summary:
         self.meta: dict[str, dict] = {}  # article id -> carried values of its first sentence
         self.columns = ["sentences", "truncated", *[f"n_{x}" for x in self.labels], "net_sum",
                         *[f"psum_{x}" for x in self.labels]]
-        self.totals = pd.DataFrame(columns=self.columns, dtype="float64")
-        self.order: dict[str, None] = {}  # articles in first-seen order
+        self.row_of: dict[str, int] = {}  # article id -> its row in `sums`, in first-seen order
+        self.sums = np.zeros((0, len(self.columns)), dtype=np.float64)  # grown by doubling
+        self.rows_touched = 0
 
     def add(self, df: pd.DataFrame) -> None:
         if df.empty:
+            self.rows_touched = 0
             return
         ids = df["article_id"].astype(str)
         part = pd.DataFrame({"sentences": 1.0, "truncated": df["truncated"].astype(float)})
@@ -202,11 +207,24 @@ class Summary:
             firsts = df.assign(article_id=ids).drop_duplicates("article_id")
             for record in firsts[["article_id", *self.meta_columns]].to_dict("records"):
                 self.meta.setdefault(record.pop("article_id"), record)
-        self.order.update(dict.fromkeys(sums.index))
-        self.totals = sums if self.totals.empty else self.totals.add(sums, fill_value=0.0)
+        rows = np.fromiter((self.row_of.setdefault(a, len(self.row_of)) for a in sums.index), dtype=np.int64,
+                           count=len(sums))
+        if len(self.row_of) > len(self.sums):
+            grown = np.zeros((max(len(self.row_of), 2 * len(self.sums)), len(self.columns)), dtype=np.float64)
+            grown[:len(self.sums)] = self.sums
+            self.sums = grown
+        # the ids of a groupby are distinct: one += per row; 0 + x is x, so the sums are those of chunk-by-chunk adds
+        self.sums[rows] += sums[self.columns].to_numpy(dtype=np.float64)
+        self.rows_touched = len(rows)
+
+    @property
+    def totals(self) -> pd.DataFrame:
+        """The sums per article (one row each, first-seen order)."""
+        return pd.DataFrame(self.sums[:len(self.row_of)], index=pd.Index(list(self.row_of), dtype=object),
+                            columns=self.columns)
 
     def frame(self) -> pd.DataFrame:
-        t = self.totals.reindex(list(self.order))
+        t = self.totals
         out = pd.DataFrame({"article_id": t.index.astype(str), "sentences": t["sentences"].astype("int64").to_numpy()})
         for x in self.labels:
             out[f"n_{x}"] = t[f"n_{x}"].astype("int64").to_numpy()

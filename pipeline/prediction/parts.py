@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -43,24 +44,52 @@ def check_resume(output: Path | str, model_id: str) -> None:
             f"{before!r}, not {model_id!r}; resume with that model_uri, or predict.resume=false to start over")
 
 
-def done_keys(paths: Iterable[Path], chunk_rows: int) -> tuple[set[str], set[tuple[str, str]]]:
-    """The article ids and (article id, sentence id) pairs already in earlier outputs or parts."""
-    articles: set[str] = set()
-    sentences: set[tuple[str, str]] = set()
+@dataclass
+class ResumeState:
+    """What an earlier run left done, kept per article, never per sentence: the ids of the articles already in the
+    output or the parts, and the last article of the parts (`tail`: the one a killed run may have left half
+    written) with the count of its rows written. Articles are written in input order, each one's rows contiguous,
+    so every done article but the tail is whole and the tail's written rows are its first `tail_rows`."""
+
+    done: set[str] = field(default_factory=set)
+    tail: str | None = None
+    tail_rows: int = 0
+
+
+def resume_state(paths: Sequence[Path], chunk_rows: int) -> ResumeState:
+    """One pass over the earlier output and the parts (in order), a chunk at a time: the done article ids and the
+    rows of the last article; memory in proportion to the articles, not the sentences."""
+    state = ResumeState()
     for path in paths:
-        for chunk in iter_table_chunks(path, chunk_rows, restore=True):
+        for chunk in iter_table_chunks(path, chunk_rows, restore=True, columns=["article_id"]):
             ids = chunk["article_id"].astype(str)
-            articles.update(ids)
-            sentences.update(zip(ids, chunk["sentence_id"].astype(str)))
-    return articles, sentences
+            if not len(ids):
+                continue
+            state.done.update(ids.unique())
+            last = ids.iloc[-1]
+            run = int((ids.to_numpy()[::-1] != last).argmax()) if (ids != last).any() else len(ids)
+            state.tail_rows = (state.tail_rows if last == state.tail and run == len(ids) else 0) + run
+            state.tail = last
+    return state
 
 
-def last_article(part: Path) -> str | None:
-    """The article of a part's last row: the one a killed run may have left half written."""
+def first_keys(path: Path) -> tuple[str, str] | None:
+    """(article id, sentence id) of a part's first row."""
     import pyarrow.parquet as pq
 
-    ids = pq.read_table(part, columns=["article_id"]).column("article_id")
-    return str(ids[len(ids) - 1]) if len(ids) else None
+    parquet = pq.ParquetFile(path)
+    if not parquet.num_row_groups:
+        return None
+    first = parquet.read_row_group(0, columns=["article_id", "sentence_id"]).slice(0, 1).to_pylist()
+    return (str(first[0]["article_id"]), str(first[0]["sentence_id"])) if first else None
+
+
+def rows_in(path: Path, keys: set[tuple[str, str]], chunk_rows: int) -> set[tuple[str, str]]:
+    """Which of `keys` (article id, sentence id) are rows of `path`, read a chunk at a time."""
+    found: set[tuple[str, str]] = set()
+    for chunk in iter_table_chunks(path, chunk_rows, restore=True, columns=["article_id", "sentence_id"]):
+        found.update(k for k in zip(chunk["article_id"].astype(str), chunk["sentence_id"].astype(str)) if k in keys)
+    return found
 
 
 class PartsWriter:
@@ -101,16 +130,20 @@ class PartsWriter:
         self._buffer: list[dict] = []
         self._sources: dict[str, str] = {}  # article id -> source, for the chunk being buffered
         self._errors_written = len(errors.rows)
-        self.tail: str | None = None  # resume: the article the parts end with (maybe half written)
+        self.tail: str | None = None  # resume: the article the parts end with (maybe half written) ...
+        self.tail_rows = 0  # ... and how many of its rows they hold
+        self._tail_seen = 0  # rows of the tail article met so far in this run's input
         if resume:
             check_resume(self.output, model_id)
             self._drop_merged_parts()
-            self.done, self.done_sentences = done_keys(
-                [p for p in [self.output] if p.exists()] + self._parts(), chunk_sentences)
-            self.tail = last_article(self._parts()[-1]) if self._parts() else None
-            log.info("predict: resume: %d articles already done", len(self.done))
+            state = resume_state([p for p in [self.output] if p.exists()] + self._parts(), chunk_sentences)
+            self.done = state.done
+            if self._parts():  # an output alone is a finished run's: whole articles only
+                self.tail, self.tail_rows = state.tail, state.tail_rows
+            log.info("predict: resume: %d articles already done%s", len(self.done),
+                     f" (the last, {self.tail}, with {self.tail_rows} sentences)" if self.tail else "")
         else:
-            self.done, self.done_sentences = set(), set()
+            self.done = set()
             if self.parts_dir.exists():
                 log.info("predict: removing the parts left by an earlier run that did not finish (no live run "
                          "writes %s) in %s", self.output, self.parts_dir)
@@ -123,25 +156,32 @@ class PartsWriter:
         return sorted(self.parts_dir.glob("part-*.parquet"))
 
     def _drop_merged_parts(self) -> None:
+        """Parts already merged into the output (a run killed after the output's rename, before the parts were
+        removed): each part's first row is looked for in the output, one chunk of it at a time."""
         if not self.output.exists() or not self.parts_dir.exists():
             return
-        _, in_output = done_keys([self.output], self.chunk_sentences)
-        for part in self._parts():
-            _, keys = done_keys([part], self.chunk_sentences)
-            if keys & in_output:
+        firsts = {part: first_keys(part) for part in self._parts()}
+        merged = rows_in(self.output, {k for k in firsts.values() if k}, self.chunk_sentences)
+        for part, key in firsts.items():
+            if key in merged:
                 log.info("predict: resume: %s is already merged into %s; dropped", part.name, self.output)
                 part.unlink()
 
-    def _row_done(self, article_id: str, row: dict) -> bool:
-        return (article_id, str(row["sentence_id"])) in self.done_sentences
+    def _written(self, article) -> int:
+        """How many of this article's (or piece's) rows an earlier run wrote: all of a done article, the first
+        `tail_rows` of the tail article counted over its pieces in input order, none of any other."""
+        if article.article_id not in self.done:
+            return 0
+        if article.article_id != self.tail:
+            return len(article.rows)
+        return max(0, min(len(article.rows), self.tail_rows - self._tail_seen))
 
     def is_done(self, article) -> bool:
-        """An article (or a piece of a long one) that an earlier run already predicted: by its id, or, for the
-        article a killed run may have left half written and for a piece of a long table article, every sentence."""
-        if not article.rows or article.article_id not in self.done:
+        """An article (or a piece of a long one) that an earlier run already predicted, whole."""
+        if not article.rows or self._written(article) < len(article.rows):
             return False
-        if getattr(article, "piece", 0) or article.article_id == self.tail:
-            return all(self._row_done(article.article_id, row) for row in article.rows)
+        if article.article_id == self.tail:
+            self._tail_seen += len(article.rows)
         return True
 
     def previous_errors(self) -> pd.DataFrame:
@@ -153,9 +193,9 @@ class PartsWriter:
     def add(self, article) -> bool:
         """Buffer one article's sentences (those not done yet), predicting and writing each full chunk on the way;
         True when a chunk was written."""
-        rows = article.rows
-        if article.article_id in self.done:  # resume: the half-written article goes on from its first missing row
-            rows = [row for row in rows if not self._row_done(article.article_id, row)]
+        rows = article.rows[self._written(article):]  # resume: the half-written article goes on where it stopped
+        if article.article_id == self.tail:
+            self._tail_seen += len(article.rows)
         self.meta.extend(c for c in article.meta if c not in self.meta)
         flushed = False
         start = 0

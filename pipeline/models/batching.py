@@ -39,9 +39,13 @@ class TransformerPredictor(StancePredictor):
         super().__init__(model_dir, meta)
         from transformers import AutoTokenizer
 
+        from pipeline.models import reuse
+
+        # In a train run, the model a fit just wrote is taken from memory (int8 changes the model: never then).
+        kept = reuse.recall(model_dir) if quantize in (None, "", "none") else None
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-            model = self.load_model(Path(model_dir))
+            self.tokenizer = kept.tokenizer if kept else AutoTokenizer.from_pretrained(str(model_dir))
+            model = self.load_model(Path(model_dir), kept.model if kept else None)
         except weights_errors() as exc:  # a pickled .bin torch refused, a truncated safetensors file, ...
             raise load_error(model_dir, exc) from None
         model.eval()
@@ -64,11 +68,13 @@ class TransformerPredictor(StancePredictor):
         # sets it to truncate only before each use, as the Python tokenizer sets it before each of its calls.
         self._backend = getattr(self.tokenizer, "backend_tokenizer", None)
 
-    def load_model(self, model_dir: Path):
-        """The sequence-classification model, checked against the labels of stance_model.json."""
+    def load_model(self, model_dir: Path, model=None):
+        """The sequence-classification model (`model`: the one a fit wrote there, in memory), checked against the
+        labels of stance_model.json."""
         from transformers import AutoModelForSequenceClassification
 
-        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+        if model is None:
+            model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
         if model.config.num_labels != len(self.labels):
             raise PipelineError(f"{model_dir}: the model has {model.config.num_labels} outputs but "
                                 f"{METADATA_FILE} lists {len(self.labels)} labels; the directory is inconsistent")
@@ -87,9 +93,14 @@ class TransformerPredictor(StancePredictor):
         """Token ids with special tokens, cut to max_length: the ids of tokenizer(truncation=True), with
         per-sentence truncation flags, from one pass of the Rust tokenizer."""
         if self._backend is not None:
+            padding, truncation = self._backend.padding, self._backend.truncation
             self._backend.no_padding()  # padding is done per batch
             self._backend.enable_truncation(self.max_length)
-            encodings = self._backend.encode_batch(texts)
+            try:
+                encodings = self._backend.encode_batch(texts)
+            finally:  # as it was: a tokenizer kept in memory in a train run is saved with later fits
+                self._backend.enable_padding(**padding) if padding else self._backend.no_padding()
+                self._backend.enable_truncation(**truncation) if truncation else self._backend.no_truncation()
             return [e.ids for e in encodings], np.fromiter((bool(e.overflowing) for e in encodings), bool, len(encodings))
         full = self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]
         cut = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]

@@ -200,11 +200,12 @@ class EncoderHeadPredictor(TransformerPredictor):
 
     kind = "encoder"
 
-    def load_model(self, model_dir: Path):
+    def load_model(self, model_dir: Path, model=None):
         from transformers import AutoModel
 
         self.head = LinearHead.load(model_dir)
-        model = AutoModel.from_pretrained(str(model_dir))
+        if model is None:
+            model = AutoModel.from_pretrained(str(model_dir))
         if self.head.weight.shape != (len(self.labels), model.config.hidden_size):
             raise PipelineError(f"{model_dir / HEAD_FILE}: head of shape {self.head.weight.shape} does not fit "
                                 f"{len(self.labels)} labels and hidden size {model.config.hidden_size}")

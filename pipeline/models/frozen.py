@@ -15,6 +15,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import LABELS
+from pipeline.models import reuse
 from pipeline.models.base import load_predictor, write_model_metadata
 from pipeline.models.encoder import LinearHead, check_pooling
 from pipeline.models.head import fit_logistic, head_settings, sample_weights
@@ -37,10 +38,13 @@ def frozen_encoder(cfg: DictConfig, train_texts, work_dir: Path, out: Path, prep
     pooling = check_pooling(str(OmegaConf.select(cfg, "model.pooling", default="mean")))
     normalize = bool(OmegaConf.select(cfg, "model.normalize", default=True))
     base = base_model_dir(cfg, preprocess(train_texts), Path(work_dir) / "base_model", LABELS)
-    tokenizer, encoder = load_tokenizer_and_model(base, LABELS, hub_timeout_s=float(m.hub_timeout_s), encoder_only=True)
+    # shared: in a train run (pipeline.models.reuse) the fit, its calibration folds and the refit read it once
+    tokenizer, encoder = load_tokenizer_and_model(base, LABELS, hub_timeout_s=float(m.hub_timeout_s),
+                                                  encoder_only=True, shared=True)
     out.mkdir(parents=True, exist_ok=True)
     encoder.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    reuse.remember(out, tokenizer, encoder)  # its predictors (features, validation, scoring) take it from memory
     hidden = int(encoder.config.hidden_size)
     LinearHead(np.zeros((len(LABELS), hidden)), np.zeros(len(LABELS)), pooling=pooling, normalize=normalize).save(out)
     base_name = str(m.name_or_path) if m.name_or_path else "tiny-bert (built from the training sentences)"

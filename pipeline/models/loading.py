@@ -100,14 +100,26 @@ def check_preprocessing_matches(name_or_path: str, preprocess_as: str | None) ->
 
 
 def load_tokenizer_and_model(name_or_path: str, labels: Sequence[str], *, hub_timeout_s: float = 3.0,
-                             encoder_only: bool = False):
+                             encoder_only: bool = False, shared: bool = False):
     """Tokenizer and sequence-classification model with our label order as id2label/label2id
-    (`encoder_only`: the bare encoder, for a pooled head of our own)."""
+    (`encoder_only`: the bare encoder, for a pooled head of our own). Inside a train run (pipeline.models.reuse)
+    the weights are read once: a fit gets a copy of them, or with `shared` (it never changes them) the one kept."""
+    from pipeline.models import reuse
+
+    source, local_only = resolve_source(name_or_path, hub_timeout_s=hub_timeout_s)
+
+    def load():
+        return _load_pretrained(name_or_path, source, local_only, labels, encoder_only)
+
+    where = str(Path(source).resolve()) if Path(source).is_dir() else source
+    return reuse.pretrained((where, encoder_only, tuple(labels)), load, shared=shared)
+
+
+def _load_pretrained(name_or_path: str, source: str, local_only: bool, labels: Sequence[str], encoder_only: bool):
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
     from pipeline.models.trust import load_error, unsafe_weights_errors
 
-    source, local_only = resolve_source(name_or_path, hub_timeout_s=hub_timeout_s)
     id2label = dict(enumerate(labels))
     label2id = {label: i for i, label in enumerate(labels)}
     try:

@@ -116,7 +116,9 @@ def log_stance_model(model_dir, *, name: str = "model", registered_model_name: s
     from mlflow.types.schema import ParamSchema, ParamSpec
 
     model_dir = Path(model_dir)
-    predictor = load_predictor(model_dir)  # refuses a broken directory before anything is logged
+    # Refuses a broken directory before anything is logged. In a train run the model the fit left in memory
+    # (pipeline.models.reuse): MLflow's own validation of the input example then loads the logged copy from disk.
+    predictor = load_predictor(model_dir)
     if mlflow.active_run() is None:
         raise PipelineError("log_stance_model needs an active MLflow run (use pipeline.core.tracking.start_run)")
     examples = [str(t) for t in (input_example or ["تم التوصل إلى اتفاق بين الجانبين."])][:5]

@@ -20,6 +20,7 @@ from pipeline import LABELS
 from pipeline.core import distributed
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import write_text_atomic
+from pipeline.models import reuse
 from pipeline.models.base import TRAINING_FILE, write_model_metadata
 from pipeline.models.batching import TransformerPredictor
 from pipeline.models.encoder import (frozen_features, layer_inputs, load_linear, output_layer,
@@ -87,8 +88,11 @@ def fit(cfg: DictConfig, split, work_dir: Path, out: Path, preprocess: TextPrepr
         model.encoder.save_pretrained(out)
         tokenizer.save_pretrained(out)
         model.export_head().save(out)
+        reuse.remember(out, tokenizer, model.encoder)
     else:
         trainer.save_model(str(out))  # model + tokenizer (the processing class); config has our id2label
+        reuse.remember(out, tokenizer, trainer.model)
+    # in a train run (pipeline.models.reuse), scoring and calibration take the fitted model from memory
     write_model_metadata(out, kind=kind, labels=LABELS, max_length=int(cfg.train.max_length),
                          base_model=base_name, preprocessor=preprocess)
     best_epoch = best_epoch_of(trainer.state)

@@ -17,7 +17,7 @@ from pipeline.models import serving
 from pipeline.core import tracking
 from pipeline.training import state as train_state
 from pipeline.core.errors import PipelineError
-from pipeline.models import kinds
+from pipeline.models import kinds, reuse
 from pipeline.models.trainer import CHECKPOINT_SUBDIR
 from pipeline.training.fitting import MODEL_SUBDIR, fit_model, preflight, refit_on_all
 from pipeline.models.metrics import interval_text
@@ -100,7 +100,14 @@ def train_replica(cfg: DictConfig, data, split, work_dir: Path, resume_from: str
 
 
 def train(cfg: DictConfig) -> dict:
-    """Entry point of `python -m pipeline train`; returns the run id, model dir and test metrics."""
+    """Entry point of `python -m pipeline train`; returns the run id, model dir and test metrics. With
+    `train.reuse_models` the pretrained encoder is read once for the run and each fitted model is scored and
+    calibrated from memory (pipeline.models.reuse)."""
+    with reuse.reusing(bool(OmegaConf.select(cfg, "train.reuse_models", default=True))):
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict:
     import mlflow
 
     from pipeline.models.store import log_stance_model

@@ -25,6 +25,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core import distributed
+from pipeline.models import reuse
 from pipeline.models.calibration import (CALIBRATION_FILE, Calibration, expected_calibration_error, fit_temperature,
                                   reliability_diagram)
 
@@ -86,6 +87,7 @@ def held_out_predictions(cfg: DictConfig, data, split, model_dir: Path | str, wo
     oof = out_of_fold(inner_cfg, data, split, inner_dir, folds=int(folds) if folds else None)
     if distributed.is_main():
         shutil.rmtree(inner_dir, ignore_errors=True)
+        reuse.forget(inner_dir)
     if oof is None:
         return None
     over = "the training articles" if data.grouped else "the training rows"

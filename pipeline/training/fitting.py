@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.core import distributed
 from pipeline.core.io import read_json_file
 from pipeline.labeling.splits import Split, training_rows
-from pipeline.models import kinds
+from pipeline.models import kinds, reuse
 from pipeline.models.base import TRAINING_FILE
 from pipeline.models.trainer import log_tags
 from pipeline.text.preprocess import TextPreprocessor
@@ -52,6 +52,7 @@ def fit_model(cfg: DictConfig, split: Split, work_dir: Path, *, resume_from: str
     partial = work_dir / f"{MODEL_SUBDIR}.partial"
     if partial.exists() and distributed.is_main():
         shutil.rmtree(partial)
+        reuse.forget(partial)
     fitter, wrapper = kinds.fitter(cfg), kinds.wrapper(cfg)
     learned = partial / "learned" if wrapper else partial
     fitter.fit(cfg, split, work_dir, learned, preprocess, resume_from=resume_from)
@@ -63,7 +64,9 @@ def fit_model(cfg: DictConfig, split: Split, work_dir: Path, *, resume_from: str
     # The finished model appears in one rename: a directory named `model` is always complete.
     if target.exists():
         shutil.rmtree(target)
+        reuse.forget(target)
     os.replace(partial, target)
+    reuse.moved(partial, target)  # the model the fit left in memory (pipeline.models.reuse) goes with it
     distributed.barrier()
     return target
 

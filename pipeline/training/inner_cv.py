@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from pipeline.core import distributed
 from pipeline.training.fitting import fit_model
 from pipeline.labeling.splits import LabelledSet, Split, make_split
+from pipeline.models import reuse
 from pipeline.models.trainer import run_logging_off
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ def out_of_fold(cfg: DictConfig, data: LabelledSet, outer: Split, work_dir: Path
         probas.append(predictor.predict_proba(split.test["text"].tolist(), batch_size=int(cfg.train.eval_batch_size)))
         frames.append(split.test.assign(fold=split.name))
         shutil.rmtree(fold_dir, ignore_errors=True)  # a model per inner fold: GBs for a transformer
+        reuse.forget(fold_dir)  # and in memory (pipeline.models.reuse)
     if not frames:
         return None
     return OutOfFold(pd.concat(frames, ignore_index=True), np.vstack(probas), len(splits))

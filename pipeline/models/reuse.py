@@ -2,8 +2,8 @@
 
 A train run fits the model, then (train.calibrate) one more model per inner fold, scores the first fit, refits on
 every row and logs the served model: each of those loaded the pretrained encoder from disk, and each fitted model
-was read back from the directory it had just been written to (a frozen-encoder run: 20 loads of the same weights).
-Inside `reusing()`:
+was read back from the directory it had just been written to (a frozen-encoder run: 17 reads of the same weights,
+5 of them of the pretrained directory). Inside `reusing()`:
 
   * `pretrained(...)`: the pretrained model (by source, head and torch's random state before the load) is read once;
     a fine-tuning fit gets a deep copy of it, with torch's random state set to what the load left (the new head is

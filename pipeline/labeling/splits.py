@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import LABELS
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import read_table
+from pipeline.text.context import CONTEXT_COLUMN, check_mode, table_contexts
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,9 @@ def load_labelled(cfg: DictConfig) -> LabelledSet:
         }
     )
     _check_labels(frame, path)
+    context = check_mode(OmegaConf.select(cfg, "model.context", default="none"))
+    if context != "none":  # each sentence's context from its whole article, labelled or not, in idx order
+        frame[CONTEXT_COLUMN] = table_contexts(df, context)
     return LabelledSet(frame.reset_index(drop=True), None, [path], grouped=True, has_rules=True)
 
 
@@ -159,6 +163,8 @@ def _load_table_data(cfg: DictConfig) -> LabelledSet:
     test_frame = _read_label_table(cfg, Path(str(test_path)), sample=True) if test_path else None
     paths = [path, *([Path(str(test_path))] if test_path else [])]
     grouped = bool(OmegaConf.select(cfg, "data.group_column", default=None))
+    if check_mode(OmegaConf.select(cfg, "model.context", default="none")) != "none":
+        log.info("model.context: %s rows are not sentences of ordered articles; each is read alone", path)
     return LabelledSet(frame, test_frame, paths, grouped=grouped)
 
 

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.core import distributed
 from pipeline.models.calibration import (CALIBRATION_FILE, Calibration, expected_calibration_error, fit_temperature,
                                   reliability_diagram)
+from pipeline.text.context import contexts_of
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,8 @@ def held_out_predictions(cfg: DictConfig, data, split, model_dir: Path | str, wo
             return None
         predictor = load_predictor(calibration_target(model_dir))
         return HeldOut(split.val, predictor.predict_proba(split.val["text"].tolist(),
-                                                          batch_size=int(cfg.train.eval_batch_size)), "validation")
+                                                          batch_size=int(cfg.train.eval_batch_size),
+                                                          context=contexts_of(split.val)), "validation")
     inner_cfg = cfg.copy()
     OmegaConf.update(inner_cfg, "train.hybrid.enabled", False, force_add=True)
     folds = OmegaConf.select(cfg, "train.calibration_folds", default=None)
@@ -116,7 +118,8 @@ def calibrate_model(cfg: DictConfig, data, split, model_dir: Path | str, work_di
     calibration = Calibration.from_fit(held.proba, gold, temperature, fitted_on=held.name)
     calibration.save(target)
     test = HeldOut(split.test, predictor.predict_proba(split.test["text"].tolist(),
-                                                       batch_size=int(cfg.train.eval_batch_size)), "test")
+                                                       batch_size=int(cfg.train.eval_batch_size),
+                                                       context=contexts_of(split.test)), "test")
     test_gold = _gold_index(split.test, labels)
     after = calibration.apply(test.proba)
     metrics = {"calibration_temperature": temperature,

@@ -24,6 +24,7 @@ from pipeline.core import distributed
 from pipeline.training.fitting import fit_model
 from pipeline.labeling.splits import LabelledSet, Split, make_split
 from pipeline.models.trainer import run_logging_off
+from pipeline.text.context import contexts_of
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,8 @@ def out_of_fold(cfg: DictConfig, data: LabelledSet, outer: Split, work_dir: Path
         if not distributed.is_main():
             continue
         predictor = load_predictor(model_dir)
-        probas.append(predictor.predict_proba(split.test["text"].tolist(), batch_size=int(cfg.train.eval_batch_size)))
+        probas.append(predictor.predict_proba(split.test["text"].tolist(), batch_size=int(cfg.train.eval_batch_size),
+                                              context=contexts_of(split.test)))
         frames.append(split.test.assign(fold=split.name))
         shutil.rmtree(fold_dir, ignore_errors=True)  # a model per inner fold: GBs for a transformer
     if not frames:

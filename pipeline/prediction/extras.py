@@ -81,8 +81,11 @@ class Enricher:
             frame["rules_fired"] = (self.lexicon.label_texts(texts)["rules_fired"].to_numpy()
                                     if self.lexicon is not None else "")
         if self.explain:
-            words = top_words(lambda t, c=None: self.predictor.predict_proba(t, batch_size=self.batch_size, context=c),
-                              texts, frame["label"].tolist(), k=self.top_k, classes=self.labels,
+            def proba(t, c=None):  # the context only for a model that reads one
+                return self.predictor.predict_proba(t, batch_size=self.batch_size,
+                                                    **({} if c is None else {"context": c}))
+
+            words = top_words(proba, texts, frame["label"].tolist(), k=self.top_k, classes=self.labels,
                               context=contexts_of(frame))
             frame["top_words"] = [format_reasons(w) for w in words]
         return frame

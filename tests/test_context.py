@@ -13,7 +13,7 @@ import pytest
 
 from pipeline import LABELS
 from pipeline.core.errors import PipelineError
-from pipeline.text.context import CONTEXT_COLUMN, article_contexts, table_contexts
+from pipeline.text.context import CONTEXT_COLUMN, article_contexts, context_column, table_contexts
 from pipeline.text.preprocess import PREPROCESS_FILE, TextPreprocessor
 from test_inference import make_stance_model
 from test_train_data import make_labelled
@@ -119,15 +119,14 @@ def test_train_records_the_context_and_every_loader_applies_it(fitted):
     from pipeline.models.hybrid import INNER_DIR
 
     assert "context" not in json.loads((fitted["none"] / PREPROCESS_FILE).read_text())
-    assert CONTEXT_COLUMN not in fitted["none-data"].frame.columns          # default: today's training rows
     assert json.loads((fitted["previous"] / PREPROCESS_FILE).read_text())["context"] == "previous"
     assert json.loads((fitted["hybrid"] / INNER_DIR / PREPROCESS_FILE).read_text())["context"] == "previous"
     assert load_predictor(fitted["previous"]).context == "previous"
     assert load_predictor(fitted["hybrid"]).context == "previous"
-    # the training rows carried the sentence before each one in its article, labelled or not
-    frame = fitted["previous-data"].frame
+    # the labelled rows carry each sentence's context in every mode, from its whole article, labelled or not
     labelled = pd.read_parquet(fitted["labelled"])
-    assert frame[CONTEXT_COLUMN].tolist() == table_contexts(labelled, "previous")
+    for mode in ("previous", "first", "previous+first"):
+        assert fitted["none-data"].frame[context_column(mode)].tolist() == table_contexts(labelled, mode)
 
 
 def test_predictions_change_when_the_model_reads_context(fitted):
@@ -152,6 +151,9 @@ def test_a_cut_context_is_not_a_truncated_sentence(fitted):
     long = " ".join(["اتفاق مثمر وبناء"] * 200)
     out = predictor.predict(["اتفاق مثمر", long], context=[long, ""])
     assert out["truncated"].tolist() == [False, True]
+    # the separator in the joined text is the tokenizer's own special token: [CLS] sentence [SEP] context [SEP]
+    ids = predictor.tokenizer(predictor.preprocessor.inputs(["روسيا"], ["الناتو"], predictor.context_separator))
+    assert ids["input_ids"][0].count(predictor.tokenizer.sep_token_id) == 2
 
 
 def test_the_pyfunc_model_builds_the_context_from_its_input_order(fitted):
@@ -219,7 +221,7 @@ def test_context_is_right_across_predicts_chunk_boundaries(make_cfg, context_mod
         assert [c for _, c in seen] == table_contexts(article, "previous+first")
         outputs[chunk] = read_table(out, restore=True)
     assert outputs[2][[f"p_{x}" for x in LABELS]].equals(outputs[1000][[f"p_{x}" for x in LABELS]])
-    assert CONTEXT_COLUMN not in outputs[2].columns                       # the context is no output column
+    assert context_column("previous+first") not in outputs[2].columns     # the context is no output column
 
 
 def test_a_model_without_context_gets_todays_rows(make_cfg, tmp_path, monkeypatch):
@@ -251,3 +253,39 @@ def test_the_logged_pyfunc_model_reads_article_ids_and_gives_the_stages_answer(m
                                                      context=table_contexts(frame, "previous+first"))
     assert np.allclose(served[[f"p_{x}" for x in LABELS]].to_numpy(),
                        expected[[f"p_{x}" for x in LABELS]].to_numpy())
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("mode", ["none", "previous"])
+def test_the_trainer_reads_todays_texts_without_context_and_sentence_sep_context_with_it(make_cfg, tmp_path,
+                                                                                     monkeypatch, mode):
+    from pipeline.labeling.splits import holdout_split, load_labelled
+    from pipeline.models import transformer
+    from pipeline.training.fitting import fit_model
+
+    """The split is made under model.context=none and fitted under `mode`, as a nested selection over
+    model.context fits its candidates: the fit takes its own mode's contexts from the rows."""
+    labelled = make_labelled(make_cfg, tmp_path / "work" / "labelled.parquet")
+    split_cfg = make_cfg("train", "model=tiny", f"paths.labelled={labelled}")
+    split = holdout_split(load_labelled(split_cfg), split_cfg)
+    cfg = make_cfg("train", "model=tiny", f"paths.labelled={labelled}", f"model.context={mode}")
+    seen = {}
+
+    def capture(cfg, model, tokenizer, train_texts, *args, **kwargs):
+        seen["texts"], seen["sep"] = list(train_texts), tokenizer.sep_token
+        raise _Stop
+
+    monkeypatch.setattr(transformer, "build_trainer", capture)
+    with pytest.raises(_Stop):
+        fit_model(cfg, split, tmp_path / "fit")
+    today = TextPreprocessor("bert-base-arabertv02")(split.train["text"])
+    if mode == "none":
+        assert seen["texts"] == today
+    else:
+        contexts = split.train[context_column(mode)].tolist()
+        prep = TextPreprocessor("bert-base-arabertv02")
+        assert seen["texts"] == [t if not c else f"{t} {seen['sep']} {prep([c])[0]}" for t, c in zip(today, contexts)]
+        assert sum(bool(c) for c in contexts) > len(contexts) / 2

@@ -206,4 +206,4 @@ def test_a_context_model_reads_the_same_contexts_on_spark_as_in_the_local_stage(
                            f"model_uri={uri}", "predict.chunk_sentences=3"))
     local_rows = pd.read_parquet(local["output"])
     assert_same_rows(pd.read_parquet(tmp_path / "spark"), local_rows, ["article_id", "idx"])
-    assert "sentence_context" not in local_rows.columns
+    assert "sentence_context_previous+first" not in local_rows.columns

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import LABELS
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import read_table
-from pipeline.text.context import CONTEXT_COLUMN, check_mode, table_contexts
+from pipeline.text.context import MODES, check_mode, context_column, with_table_contexts
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,9 @@ def load_labelled(cfg: DictConfig) -> LabelledSet:
         }
     )
     _check_labels(frame, path)
-    context = check_mode(OmegaConf.select(cfg, "model.context", default="none"))
-    if context != "none":  # each sentence's context from its whole article, labelled or not, in idx order
-        frame[CONTEXT_COLUMN] = table_contexts(df, context)
+    # Each sentence's context in every mode, from its whole article, labelled or not, in idx order: the model's
+    # `model.context` (a nested selection's candidate too) picks its own at fit and scoring time.
+    frame = frame.join(with_table_contexts(df)[[context_column(m) for m in MODES if m != "none"]])
     return LabelledSet(frame.reset_index(drop=True), None, [path], grouped=True, has_rules=True)
 
 

@@ -77,7 +77,7 @@ def fit(cfg: DictConfig, split, work_dir: Path, out: Path, preprocess: TextPrepr
     predictor, pooling, normalize, base_name = frozen_encoder(cfg, split.train["text"], work_dir, out, preprocess)
     batch_size = int(cfg.train.eval_batch_size)
     features = sentence_features(predictor, split.train["text"].tolist(), batch_size=batch_size, normalize=normalize,
-                                 context=contexts_of(split.train))
+                                 context=contexts_of(split.train, preprocess.context))
     labels = split.train["label"].tolist()
     weight, bias = fit_logistic(features, labels, LABELS, sample_weight=sample_weights(split.train),
                                 **head_settings(cfg))
@@ -85,7 +85,8 @@ def fit(cfg: DictConfig, split, work_dir: Path, out: Path, preprocess: TextPrepr
     log.info("frozen encoder %s: head fitted on %d sentences (%d features)", base_name, len(labels),
              int(predictor.model.config.hidden_size))
     if len(split.val):
-        val_proba = load_predictor(out).predict_proba(split.val["text"].tolist(), batch_size=batch_size,
-                                                      context=contexts_of(split.val))
+        served = load_predictor(out)
+        val_proba = served.predict_proba(split.val["text"].tolist(), batch_size=batch_size,
+                                         context=contexts_of(split.val, served.context))
         val = classification_metrics(split.val["label"], [LABELS[i] for i in val_proba.argmax(axis=1)])
         log_metrics({"val_macro_f1": val["macro_f1"], "val_accuracy": val["accuracy"]}, step=1)

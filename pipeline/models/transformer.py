@@ -60,8 +60,8 @@ def fit(cfg: DictConfig, split, work_dir: Path, out: Path, preprocess: TextPrepr
                                                 encoder_only=bool(pooling))
     # What the model reads: each sentence preprocessed, with its context where the model reads one.
     separator = context_separator(tokenizer)
-    train_texts = preprocess.inputs(split.train["text"].tolist(), contexts_of(split.train), separator)
-    val_texts = preprocess.inputs(split.val["text"].tolist(), contexts_of(split.val), separator)
+    train_texts = preprocess.inputs(split.train["text"].tolist(), contexts_of(split.train, preprocess.context), separator)
+    val_texts = preprocess.inputs(split.val["text"].tolist(), contexts_of(split.val, preprocess.context), separator)
     if pooling:
         model = pooled_classifier(model, len(LABELS), pooling=str(pooling),
                                   dropout=float(getattr(model.config, "hidden_dropout_prob", 0.1)),

@@ -86,7 +86,7 @@ class Enricher:
                                                     **({} if c is None else {"context": c}))
 
             words = top_words(proba, texts, frame["label"].tolist(), k=self.top_k, classes=self.labels,
-                              context=contexts_of(frame))
+                              context=contexts_of(frame, self.predictor.context))
             frame["top_words"] = [format_reasons(w) for w in words]
         return frame
 

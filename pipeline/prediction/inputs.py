@@ -18,7 +18,7 @@ import pandas as pd
 
 from pipeline.prediction.analytics import parse_dates
 from pipeline.text.arabic import has_arabic, squeeze_spaces
-from pipeline.text.context import CONTEXT_COLUMN, article_contexts
+from pipeline.text.context import MODES, article_contexts, context_column
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import (TABLE_SUFFIXES, BadInputFile, dir_files, glob_files, iter_table_chunks, read_text_strict,
                          refuse_empty)
@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 GLOB_CHARS = set("*?[")
 # Columns the stage itself writes: a carried input column of one of these names is left out (with a warning).
 RESERVED = {"article_id", "sentence_id", "idx", "text", "label", "truncated", "confidence", "confident",
-            "decided_by", "rules_fired", "top_words", "sentences", "net_stance", "dominant_label", CONTEXT_COLUMN}
+            "decided_by", "rules_fired", "top_words", "sentences", "net_stance", "dominant_label",
+            *(context_column(m) for m in MODES if m != "none")}
 
 
 def carry_setting(cfg: DictConfig, section: str = "predict") -> list[str] | None:
@@ -88,14 +89,15 @@ class Article:
 
 
 def with_context(article: Article, mode: str) -> list[dict]:
-    """The article's rows, each with its sentence context (CONTEXT_COLUMN) when the model reads one (`mode`, the
+    """The article's rows, each with its sentence context (`context_column(mode)`) when the model reads one (`mode`, the
     predictor's `context`): built from the whole article before predict splits it into chunks, so a sentence
     opening a chunk still has the one before it (pipeline.text.context)."""
     if mode == "none" or not article.rows:
         return article.rows
     contexts = article_contexts([r["text"] for r in article.rows], mode, offset=article.offset,
                                 first=article.first_text, previous=article.previous_text)
-    return [{**row, CONTEXT_COLUMN: context} for row, context in zip(article.rows, contexts)]
+    column = context_column(mode)
+    return [{**row, column: context} for row, context in zip(article.rows, contexts)]
 
 
 def as_list(value) -> list[str]:

@@ -125,7 +125,7 @@ def predict_rows(predictor, rows: pd.DataFrame, sources: dict[str, str], errors:
     Spark job); each sentence cut at the model's max_length becomes a `truncated` row of `errors` naming its
     article's source (`sources`: article id → source). Callers choose and type the output columns."""
     max_length = predictor.max_length
-    context = contexts_of(rows)  # only a model that reads sentence context is given one
+    context = contexts_of(rows, predictor.context)  # only a model that reads sentence context is given one
     scored = predictor.predict(rows["text"].tolist(), batch_size=batch_size,
                                **({} if context is None else {"context": context}))
     frame = pd.concat([rows.reset_index(drop=True), scored], axis=1)

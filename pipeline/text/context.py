@@ -23,9 +23,14 @@ import pandas as pd
 from pipeline.core.errors import PipelineError
 
 MODES = ("none", "previous", "first", "previous+first")
-# The column of a sentence table (labelled rows, predict's rows) that holds each sentence's context: present only
-# when a model reads context.
+# The pyfunc model's optional input column of ready contexts (pipeline.models.store).
 CONTEXT_COLUMN = "sentence_context"
+
+
+def context_column(mode: str) -> str:
+    """The column of a sentence table holding each sentence's context in `mode`: the labelled set carries one per
+    mode (so a fit of any `model.context`, nested selection's included, finds its own), predict's rows the model's."""
+    return f"{CONTEXT_COLUMN}_{check_mode(mode)}"
 
 
 def check_mode(mode, key: str = "model.context") -> str:
@@ -81,11 +86,20 @@ def table_contexts(frame: pd.DataFrame, mode: str, *, article: str = "article_id
     return out
 
 
-def contexts_of(frame: pd.DataFrame) -> list[str] | None:
-    """The contexts a table carries (CONTEXT_COLUMN), or None when it carries none (a model without context)."""
-    if CONTEXT_COLUMN not in frame.columns:
+def contexts_of(frame: pd.DataFrame, mode: str) -> list[str] | None:
+    """The contexts a table carries for a model reading `mode` (its `context_column`), or None: a model without
+    context, or a table without them (rows of a `data=table` corpus, which have no article order)."""
+    mode = check_mode(mode)
+    column = context_column(mode)
+    if mode == "none" or column not in frame.columns:
         return None
-    return frame[CONTEXT_COLUMN].fillna("").astype(str).tolist()
+    return frame[column].fillna("").astype(str).tolist()
+
+
+def with_table_contexts(frame: pd.DataFrame, *, article: str = "article_id", order: str = "idx") -> pd.DataFrame:
+    """`frame` with the context of every row in every mode (`context_column`), as train and evaluate read it."""
+    return frame.assign(**{context_column(mode): table_contexts(frame, mode, article=article, order=order)
+                           for mode in MODES if mode != "none"})
 
 
 def join_inputs(texts: Sequence[str], contexts: Sequence[str], separator: str) -> list[str]:

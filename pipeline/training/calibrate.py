@@ -80,7 +80,7 @@ def held_out_predictions(cfg: DictConfig, data, split, model_dir: Path | str, wo
         predictor = load_predictor(calibration_target(model_dir))
         return HeldOut(split.val, predictor.predict_proba(split.val["text"].tolist(),
                                                           batch_size=int(cfg.train.eval_batch_size),
-                                                          context=contexts_of(split.val)), "validation")
+                                                          context=contexts_of(split.val, predictor.context)), "validation")
     inner_cfg = cfg.copy()
     OmegaConf.update(inner_cfg, "train.hybrid.enabled", False, force_add=True)
     folds = OmegaConf.select(cfg, "train.calibration_folds", default=None)
@@ -119,7 +119,7 @@ def calibrate_model(cfg: DictConfig, data, split, model_dir: Path | str, work_di
     calibration.save(target)
     test = HeldOut(split.test, predictor.predict_proba(split.test["text"].tolist(),
                                                        batch_size=int(cfg.train.eval_batch_size),
-                                                       context=contexts_of(split.test)), "test")
+                                                       context=contexts_of(split.test, predictor.context)), "test")
     test_gold = _gold_index(split.test, labels)
     after = calibration.apply(test.proba)
     metrics = {"calibration_temperature": temperature,

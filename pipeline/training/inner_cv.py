@@ -93,7 +93,7 @@ def out_of_fold(cfg: DictConfig, data: LabelledSet, outer: Split, work_dir: Path
             continue
         predictor = load_predictor(model_dir)
         probas.append(predictor.predict_proba(split.test["text"].tolist(), batch_size=int(cfg.train.eval_batch_size),
-                                              context=contexts_of(split.test)))
+                                              context=contexts_of(split.test, predictor.context)))
         frames.append(split.test.assign(fold=split.name))
         shutil.rmtree(fold_dir, ignore_errors=True)  # a model per inner fold: GBs for a transformer
     if not frames:

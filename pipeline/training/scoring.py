@@ -48,7 +48,7 @@ def score_split(cfg: DictConfig, data: LabelledSet, split: Split, model_dir: Pat
     if list(predictor.labels) != list(LABELS):
         raise PipelineError(f"{model_dir}: labels {predictor.labels} differ from {list(LABELS)}")
     proba = predictor.predict_proba(split.test["text"].tolist(), batch_size=int(cfg.train.eval_batch_size),
-                                    context=contexts_of(split.test))
+                                    context=contexts_of(split.test, predictor.context))
     ev = cfg.evaluate
     if report:
         metrics, files = write_report(out_dir, split.test, proba, title=f"{cfg.model.name} ({split.name})",

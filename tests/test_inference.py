@@ -22,13 +22,14 @@ MAX_LENGTH = 24  # short on purpose: several seed sentences are longer, so trunc
 
 
 def make_stance_model(out_dir: Path, *, max_length: int = MAX_LENGTH, preprocess_as: str | None = None,
-                      seed: int = 3) -> Path:
-    """A tiny random-weight BERT stance model directory, as the train stage would write it (`seed`: its weights)."""
+                      seed: int = 3, preprocessor: TextPreprocessor | None = None) -> Path:
+    """A tiny random-weight BERT stance model directory, as the train stage would write it (`seed`: its weights;
+    `preprocessor`: its preprocessing, default `preprocess_as` alone)."""
     from pipeline.models.tiny import build_tiny_bert
 
     build_tiny_bert(seed_sentences(), out_dir, LABELS, seed=seed)
     write_model_metadata(out_dir, kind="transformer", labels=LABELS, max_length=max_length,
-                         base_model="tiny", preprocessor=TextPreprocessor(preprocess_as))
+                         base_model="tiny", preprocessor=preprocessor or TextPreprocessor(preprocess_as))
     return Path(out_dir)
 
 

@@ -183,3 +183,27 @@ def test_no_usable_article_is_the_same_error_in_both_stages(spark, make_cfg, log
         assert spark_said.endswith(f"; see {tmp_path}/run-{name}/spark_predict_errors.csv for why")
         assert not (tmp_path / f"{name}-spark").exists() and not (tmp_path / f"{name}-spark.articles").exists()
         assert not (tmp_path / f"{name}.parquet").exists()
+
+
+def test_a_context_model_reads_the_same_contexts_on_spark_as_in_the_local_stage(spark, make_cfg, tmp_path):
+    """Issue 22 item 3: the sentence context comes with the model dir (preprocess.json); the Spark job builds each
+    article's contexts by the local stage's function before cutting it into chunks, so both give the same rows."""
+    from pipeline.core import tracking
+    from pipeline.core.config import compose_config
+    from pipeline.models.store import log_stance_model
+    from pipeline.stages.predict import predict
+    from pipeline.stages.spark_predict import spark_predict
+    from pipeline.text.preprocess import TextPreprocessor
+
+    store = [f"tracking.uri=sqlite:///{tmp_path}/mlruns/mlflow.db", f"tracking.artifact_root={tmp_path}/mlruns/art",
+             f"paths.output_root={tmp_path}/outputs"]
+    with tracking.start_run(compose_config("train", [*store, f"paths.run_dir={tmp_path}/run"]), "context-model"):
+        uri = log_stance_model(make_stance_model(tmp_path / "model", preprocessor=TextPreprocessor(
+            None, context="previous+first"))).model_uri
+    local = predict(make_cfg("predict", *store, f"input={SEEDS}", f"output={tmp_path}/local.parquet",
+                             f"model_uri={uri}", "predict.chunk_sentences=4"))
+    spark_predict(make_cfg("spark_predict", *store, f"input={SEEDS}", f"output={tmp_path}/spark",
+                           f"model_uri={uri}", "predict.chunk_sentences=3"))
+    local_rows = pd.read_parquet(local["output"])
+    assert_same_rows(pd.read_parquet(tmp_path / "spark"), local_rows, ["article_id", "idx"])
+    assert "sentence_context_previous+first" not in local_rows.columns

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import LABELS
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import read_table
+from pipeline.text.context import MODES, check_mode, context_column, with_table_contexts
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,9 @@ def load_labelled(cfg: DictConfig) -> LabelledSet:
         }
     )
     _check_labels(frame, path)
+    # Each sentence's context in every mode, from its whole article, labelled or not, in idx order: the model's
+    # `model.context` (a nested selection's candidate too) picks its own at fit and scoring time.
+    frame = frame.join(with_table_contexts(df)[[context_column(m) for m in MODES if m != "none"]])
     return LabelledSet(frame.reset_index(drop=True), None, [path], grouped=True, has_rules=True)
 
 
@@ -159,6 +163,8 @@ def _load_table_data(cfg: DictConfig) -> LabelledSet:
     test_frame = _read_label_table(cfg, Path(str(test_path)), sample=True) if test_path else None
     paths = [path, *([Path(str(test_path))] if test_path else [])]
     grouped = bool(OmegaConf.select(cfg, "data.group_column", default=None))
+    if check_mode(OmegaConf.select(cfg, "model.context", default="none")) != "none":
+        log.info("model.context: %s rows are not sentences of ordered articles; each is read alone", path)
     return LabelledSet(frame, test_frame, paths, grouped=grouped)
 
 

@@ -111,24 +111,50 @@ class StancePredictor:
         """(probabilities (n, k) float64, truncated (n,) bool) for preprocessed texts."""
         raise NotImplementedError
 
-    def predict_proba_truncated(self, texts: Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def context(self) -> str:
+        """The sentence context this model reads (pipeline.text.context), as recorded in its preprocess.json."""
+        return self.preprocessor.context
+
+    @property
+    def context_separator(self) -> str | None:
+        """The token between a sentence and its context (a tokenizer's separator); None: no context possible."""
+        return None
+
+    def _truncated(self, texts: list[str]) -> np.ndarray:
+        """Whether each preprocessed sentence alone is longer than the model reads (a model that truncates)."""
+        return np.zeros(len(texts), dtype=bool)
+
+    def predict_proba_truncated(self, texts: Sequence[str], batch_size: int = 64,
+                                context: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`context`: each sentence's context (pipeline.text.context), read only by a model trained with it."""
         texts = [("" if t is None else str(t)) for t in texts]
         if not texts:
             return np.zeros((0, len(self.labels))), np.zeros(0, dtype=bool)
         if int(batch_size) < 1:
             raise PipelineError(f"batch_size={batch_size} must be at least 1")
-        probs, truncated = self._scores(self.preprocessor(texts), int(batch_size))
+        if self.context != "none" and context is None and not getattr(self, "_context_warned", False):
+            self._context_warned = True
+            log.warning("%s reads sentence context (%s) but none was given: the sentences are read alone",
+                        self.model_dir, self.context)
+        probs, truncated = self._scores(self.preprocessor.inputs(texts, context, self.context_separator),
+                                        int(batch_size))
+        if self.context != "none" and context is not None and truncated.any():
+            # A cut context is no truncated sentence: only the sentence alone says whether it was cut.
+            rows = np.flatnonzero(truncated)
+            truncated[rows] = self._truncated(self.preprocessor([texts[i] for i in rows]))
         if self.calibration.temperature != 1.0:
             probs = self.calibration.apply(probs)
         return probs, truncated
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64,
+                      context: Sequence[str] | None = None) -> np.ndarray:
         """(n, len(labels)) probabilities, rows summing to 1, columns in `labels` order."""
-        return self.predict_proba_truncated(texts, batch_size)[0]
+        return self.predict_proba_truncated(texts, batch_size, context)[0]
 
-    def predict(self, texts: Sequence[str], batch_size: int = 64) -> pd.DataFrame:
+    def predict(self, texts: Sequence[str], batch_size: int = 64, context: Sequence[str] | None = None) -> pd.DataFrame:
         """label, p_<label> per label, truncated (the sentence was longer than max_length tokens)."""
-        probs, truncated = self.predict_proba_truncated(texts, batch_size)
+        probs, truncated = self.predict_proba_truncated(texts, batch_size, context)
         return self.frame(probs, truncated)
 
     def frame(self, probs: np.ndarray, truncated: np.ndarray) -> pd.DataFrame:

@@ -110,6 +110,13 @@ class TransformerPredictor(StancePredictor):
         ids, truncated = self.encode(texts)
         return self.scores_from_ids(ids, batch_size), truncated
 
+    def _truncated(self, texts: list[str]) -> np.ndarray:
+        return self.encode(texts)[1]
+
+    @property
+    def context_separator(self) -> str | None:
+        return context_separator(self.tokenizer)
+
     def batches(self, lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
         """Row indices per batch: longest first, each batch of similar lengths, at most `batch_size` sentences and
         (with a token budget) at most `max_batch_tokens` padded tokens."""
@@ -153,6 +160,12 @@ class TransformerPredictor(StancePredictor):
                 attention = None if mask.all() else torch.from_numpy(mask).to(self.device)
                 probs[rows] = forward(torch.from_numpy(batch).to(self.device), attention).double().cpu().numpy()
         return probs
+
+
+def context_separator(tokenizer) -> str | None:
+    """The token a sentence and its context are joined with (pipeline.text.context.join_inputs): the tokenizer's
+    separator ([SEP] for BERT, </s> for XLM-R), so the pair reads like the sentence pairs of pretraining."""
+    return getattr(tokenizer, "sep_token", None) or getattr(tokenizer, "eos_token", None)
 
 
 # A batch on a GPU holds up to this many padded tokens (rows x width) unless predict.max_batch_tokens says

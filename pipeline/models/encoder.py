@@ -220,9 +220,11 @@ class EncoderHeadPredictor(TransformerPredictor):
 
         return torch.from_numpy(self.head.logits(self.pooled(input_ids, attention_mask).double().cpu().numpy()))
 
-    def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """(n, hidden) pooled embeddings of raw sentences (preprocessed as the model was trained)."""
-        ids, _ = self.encode(self.preprocessor([("" if t is None else str(t)) for t in texts]))
+    def embed(self, texts: Sequence[str], batch_size: int = 64, context: Sequence[str] | None = None) -> np.ndarray:
+        """(n, hidden) pooled embeddings of raw sentences (preprocessed as the model was trained, with their
+        context when the model reads one)."""
+        texts = [("" if t is None else str(t)) for t in texts]
+        ids, _ = self.encode(self.preprocessor.inputs(texts, context, self.context_separator))
         return self.outputs_from_ids(ids, int(batch_size), int(self.model.config.hidden_size), self.pooled)
 
 

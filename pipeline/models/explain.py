@@ -38,11 +38,14 @@ def _label_indices(labels: Sequence, n: int, classes: Sequence[str]) -> np.ndarr
 
 
 def word_weights(predict_proba: PredictProba, texts: Sequence[str], labels: Sequence, *,
-                 classes: Sequence[str] = LABELS, batch_size: int = 4096) -> list[list[tuple[str, float]]]:
+                 classes: Sequence[str] = LABELS, batch_size: int = 4096,
+                 context: Sequence[str] | None = None) -> list[list[tuple[str, float]]]:
     """Every whitespace word of every text with its occlusion weight, in text order.
 
     `labels` are the labels to explain (names from `classes`, or column indices), usually the predicted ones.
     `batch_size` caps the texts per `predict_proba` call (the original sentences are scored in the same calls).
+    `context`: each text's sentence context (a model that reads one); every variant of a text keeps its context,
+    and `predict_proba(variants, contexts)` is then called with both.
     """
     texts = [str(t) for t in texts]
     targets = _label_indices(labels, len(texts), classes)
@@ -58,8 +61,13 @@ def word_weights(predict_proba: PredictProba, texts: Sequence[str], labels: Sequ
             owners.append(i)
     if not variants:
         return []
-    chunks = [np.asarray(predict_proba(variants[s:s + batch_size]), dtype=np.float64)
-              for s in range(0, len(variants), batch_size)]
+    if context is None:
+        chunks = [np.asarray(predict_proba(variants[s:s + batch_size]), dtype=np.float64)
+                  for s in range(0, len(variants), batch_size)]
+    else:
+        contexts = [str(context[i]) for i in owners]
+        chunks = [np.asarray(predict_proba(variants[s:s + batch_size], contexts[s:s + batch_size]), dtype=np.float64)
+                  for s in range(0, len(variants), batch_size)]
     proba = np.concatenate(chunks, axis=0)
     if proba.shape[0] != len(variants) or proba.ndim != 2:
         raise PipelineError(f"explain: predict_proba returned shape {proba.shape} for {len(variants)} texts")
@@ -75,7 +83,8 @@ def word_weights(predict_proba: PredictProba, texts: Sequence[str], labels: Sequ
 
 
 def top_words(predict_proba: PredictProba, texts: Sequence[str], labels: Sequence, k: int = 3, *,
-              classes: Sequence[str] = LABELS, batch_size: int = 4096) -> list[list[tuple[str, float]]]:
+              classes: Sequence[str] = LABELS, batch_size: int = 4096,
+              context: Sequence[str] | None = None) -> list[list[tuple[str, float]]]:
     """Per text, up to `k` (word, weight) pairs with the largest positive drop in p(label), strongest first.
 
     Words are as written in the text (punctuation attached). A word that occurs twice is listed once, with its
@@ -85,7 +94,8 @@ def top_words(predict_proba: PredictProba, texts: Sequence[str], labels: Sequenc
     if k < 1:
         raise PipelineError(f"explain: k must be at least 1, got {k}")
     result = []
-    for weights in word_weights(predict_proba, texts, labels, classes=classes, batch_size=batch_size):
+    for weights in word_weights(predict_proba, texts, labels, classes=classes, batch_size=batch_size,
+                                context=context):
         best: dict[str, float] = {}
         for word, weight in weights:
             if weight > 0 and weight > best.get(word, 0.0):

@@ -22,6 +22,7 @@ from pipeline.models.head import fit_logistic, head_settings, sample_weights
 from pipeline.models.loading import base_model_dir, check_source, load_tokenizer_and_model
 from pipeline.models.metrics import classification_metrics
 from pipeline.models.trainer import log_metrics
+from pipeline.text.context import contexts_of
 from pipeline.text.preprocess import TextPreprocessor
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,11 @@ def frozen_encoder(cfg: DictConfig, train_texts, work_dir: Path, out: Path, prep
     return load_predictor(out), pooling, normalize, base_name
 
 
-def sentence_features(predictor, texts, *, batch_size: int, normalize: bool) -> np.ndarray:
-    """(n, hidden) features the logistic-regression head is fitted on: the pooled embeddings of raw sentences,
-    L2-normalised when the head normalises its inputs (`model.normalize`)."""
-    features = predictor.embed(list(texts), batch_size=batch_size)
+def sentence_features(predictor, texts, *, batch_size: int, normalize: bool, context=None) -> np.ndarray:
+    """(n, hidden) features the logistic-regression head is fitted on: the pooled embeddings of raw sentences
+    (with their `context` when the model reads one), L2-normalised when the head normalises its inputs
+    (`model.normalize`)."""
+    features = predictor.embed(list(texts), batch_size=batch_size, context=context)
     if features.size and normalize:
         features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     return features
@@ -78,7 +80,8 @@ def fit(cfg: DictConfig, split, work_dir: Path, out: Path, preprocess: TextPrepr
     """Write an encoder stance model dir to `out`: the base encoder as it is + a fitted logistic-regression head."""
     predictor, pooling, normalize, base_name = frozen_encoder(cfg, split.train["text"], work_dir, out, preprocess)
     batch_size = int(cfg.train.eval_batch_size)
-    features = sentence_features(predictor, split.train["text"].tolist(), batch_size=batch_size, normalize=normalize)
+    features = sentence_features(predictor, split.train["text"].tolist(), batch_size=batch_size, normalize=normalize,
+                                 context=contexts_of(split.train, preprocess.context))
     labels = split.train["label"].tolist()
     weight, bias = fit_logistic(features, labels, LABELS, sample_weight=sample_weights(split.train),
                                 **head_settings(cfg))
@@ -86,6 +89,8 @@ def fit(cfg: DictConfig, split, work_dir: Path, out: Path, preprocess: TextPrepr
     log.info("frozen encoder %s: head fitted on %d sentences (%d features)", base_name, len(labels),
              int(predictor.model.config.hidden_size))
     if len(split.val):
-        val_proba = load_predictor(out).predict_proba(split.val["text"].tolist(), batch_size=batch_size)
+        served = load_predictor(out)
+        val_proba = served.predict_proba(split.val["text"].tolist(), batch_size=batch_size,
+                                         context=contexts_of(split.val, served.context))
         val = classification_metrics(split.val["label"], [LABELS[i] for i in val_proba.argmax(axis=1)])
         log_metrics({"val_macro_f1": val["macro_f1"], "val_accuracy": val["accuracy"]}, step=1)

@@ -140,9 +140,14 @@ class HybridPredictor:
     def output_columns(self) -> list[str]:
         return ["label", *self.prob_columns, "decided_by", "rules_fired"]
 
-    def predict(self, texts: Sequence[str], batch_size: int = 64) -> pd.DataFrame:
+    @property
+    def context(self) -> str:
+        """The inner model's sentence context: the rules read the sentence alone."""
+        return self.inner.context
+
+    def predict(self, texts: Sequence[str], batch_size: int = 64, context: Sequence[str] | None = None) -> pd.DataFrame:
         texts = [("" if t is None else str(t)) for t in texts]
-        probs, truncated = self.inner.predict_proba_truncated(texts, batch_size)
+        probs, truncated = self.inner.predict_proba_truncated(texts, batch_size, context)
         rules = rule_decisions(self.lexicon, texts, self.min_rule_confidence)
         probs, decided_by = combine(probs, rules, self.labels)
         out = self.inner.frame(probs, truncated)
@@ -150,12 +155,14 @@ class HybridPredictor:
         out["rules_fired"] = rules["rules_fired"].astype(object).to_numpy()
         return out
 
-    def predict_proba_truncated(self, texts: Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-        out = self.predict(texts, batch_size)
+    def predict_proba_truncated(self, texts: Sequence[str], batch_size: int = 64,
+                                context: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        out = self.predict(texts, batch_size, context)
         return out[self.prob_columns].to_numpy(dtype=np.float64), out["truncated"].to_numpy(dtype=bool)
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        return self.predict_proba_truncated(texts, batch_size)[0]
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64,
+                      context: Sequence[str] | None = None) -> np.ndarray:
+        return self.predict_proba_truncated(texts, batch_size, context)[0]
 
     def frame(self, probs: np.ndarray, truncated: np.ndarray) -> pd.DataFrame:
         return self.inner.frame(probs, truncated)

@@ -27,6 +27,7 @@ from pipeline.core import tracking
 from pipeline.core.errors import PipelineError
 from pipeline.models.base import METADATA_FILE, load_predictor, read_model_metadata
 from pipeline.models.trust import check_model_dir, nested_dir
+from pipeline.text.context import CONTEXT_COLUMN, article_contexts, table_contexts
 from pipeline.text.segmentation import SegmentRules
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,22 @@ def texts_from_model_input(model_input) -> list[str]:
     return [str(v) for v in np.asarray(model_input, dtype=object).ravel().tolist()]
 
 
+def contexts_from_model_input(model_input, texts: list[str], mode: str) -> list[str] | None:
+    """The sentence contexts of a pyfunc input for a model that reads them (`mode`, pipeline.text.context): the
+    input's `sentence_context` column as given; else built from the input's order, as predict reads a sentence
+    table: rows grouped into articles by an `article_id` column (one article without one), in `idx` order (row
+    order without one). None for a model without context."""
+    if mode == "none":
+        return None
+    if isinstance(model_input, pd.DataFrame):
+        if CONTEXT_COLUMN in model_input.columns:
+            return ["" if v is None else str(v) for v in model_input[CONTEXT_COLUMN].tolist()]
+        table = pd.DataFrame({"text": texts, **{c: model_input[c].to_numpy() for c in ("article_id", "idx")
+                                                 if c in model_input.columns}})
+        return table_contexts(table, mode)
+    return article_contexts(texts, mode)
+
+
 _PYFUNC_CLASS = None
 
 
@@ -78,7 +95,9 @@ def _pyfunc_class():
             # The DataFrame hint tells MLflow that the logged signature, not the hint, describes the input.
             def predict(self, context, model_input: pd.DataFrame, params=None):
                 batch_size = int((params or {}).get("batch_size", 64))
-                out = self.predictor.predict(texts_from_model_input(model_input), batch_size=batch_size)
+                texts = texts_from_model_input(model_input)
+                out = self.predictor.predict(texts, batch_size=batch_size, context=contexts_from_model_input(
+                    model_input, texts, self.predictor.context))
                 return out[self.predictor.output_columns]
 
         StancePyfuncModel.__qualname__ = "StancePyfuncModel"  # pickled by reference to this module's attribute
@@ -126,7 +145,13 @@ def log_stance_model(model_dir, *, name: str = "model", registered_model_name: s
     example_out = predictor.predict(examples)[predictor.output_columns]
     params = ParamSchema([ParamSpec("batch_size", "long", 64)])
     signature = infer_signature(example_in, example_out)
-    signature = type(signature)(inputs=signature.inputs, outputs=signature.outputs, params=params)
+    inputs = signature.inputs
+    if predictor.context != "none":  # what the pyfunc builds the sentence context from (contexts_from_model_input)
+        from mlflow.types.schema import ColSpec, Schema
+
+        inputs = Schema([*inputs.inputs, *(ColSpec("string", c, required=False)
+                                           for c in (CONTEXT_COLUMN, "article_id"))])
+    signature = type(signature)(inputs=inputs, outputs=signature.outputs, params=params)
     package_dir = Path(__file__).resolve().parents[1]  # the whole pipeline package
     return mlflow.pyfunc.log_model(
         name=name,

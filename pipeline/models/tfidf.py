@@ -75,6 +75,15 @@ def written_kind(cfg: DictConfig) -> str:
     return "tfidf"
 
 
+def preflight(cfg: DictConfig) -> None:
+    """Sentence context is for encoders, which read it as a second segment; n-grams of the context would be
+    indistinguishable from the sentence's own, so tfidf refuses it rather than silently mixing them."""
+    context = str(OmegaConf.select(cfg, "model.context", default="none") or "none")
+    if context != "none":
+        raise PipelineError(f"model.context={context}: the tfidf kind reads the sentence alone; use an encoder kind "
+                            "(model=frozen, model=e5-small, model=arabert) or model.context=none")
+
+
 def fit(cfg: DictConfig, split, work_dir: Path, out: Path, preprocess: TextPreprocessor, *,
         resume_from: str | None = None) -> None:
     from pipeline.models.metrics import classification_metrics

@@ -22,12 +22,13 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.io import write_text_atomic
 from pipeline.models import reuse
 from pipeline.models.base import TRAINING_FILE, write_model_metadata
-from pipeline.models.batching import TransformerPredictor
+from pipeline.models.batching import TransformerPredictor, context_separator
 from pipeline.models.encoder import (frozen_features, layer_inputs, load_linear, output_layer,
                                      pooled_classifier)
 from pipeline.models.head import fit_logistic, head_settings, sample_weights
 from pipeline.models.loading import base_model_dir, check_source, from_scratch, load_tokenizer_and_model
 from pipeline.models.trainer import CHECKPOINT_SUBDIR, build_trainer, log_metrics
+from pipeline.text.context import contexts_of
 from pipeline.text.preprocess import TextPreprocessor
 
 log = logging.getLogger(__name__)
@@ -51,14 +52,17 @@ def fit(cfg: DictConfig, split, work_dir: Path, out: Path, preprocess: TextPrepr
 
     if cfg.train.num_threads:
         torch.set_num_threads(int(cfg.train.num_threads))
-    train_texts = preprocess(split.train["text"])
-    val_texts = preprocess(split.val["text"])
     # A tiny model is built by rank 0 of a multi-process run; the other ranks read it.
-    base = distributed.from_main(lambda: base_model_dir(cfg, train_texts, work_dir / "base_model", LABELS))
+    base = distributed.from_main(lambda: base_model_dir(cfg, preprocess(split.train["text"]),
+                                                        work_dir / "base_model", LABELS))
     pooling = OmegaConf.select(cfg, "model.pooling", default=None)
     set_seed(int(cfg.seed))  # the new classification head is initialised from this seed
     tokenizer, model = load_tokenizer_and_model(base, LABELS, hub_timeout_s=float(cfg.model.hub_timeout_s),
                                                 encoder_only=bool(pooling))
+    # What the model reads: each sentence preprocessed, with its context where the model reads one.
+    separator = context_separator(tokenizer)
+    train_texts = preprocess.inputs(split.train["text"].tolist(), contexts_of(split.train, preprocess.context), separator)
+    val_texts = preprocess.inputs(split.val["text"].tolist(), contexts_of(split.val, preprocess.context), separator)
     if pooling:
         model = pooled_classifier(model, len(LABELS), pooling=str(pooling),
                                   dropout=float(getattr(model.config, "hidden_dropout_prob", 0.1)),

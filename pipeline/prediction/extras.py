@@ -23,6 +23,7 @@ from pipeline.prediction.analytics import by_outlet, timeline
 from pipeline.core.errors import PipelineError
 from pipeline.models.explain import format_reasons, top_words
 from pipeline.core.io import CsvStyle, iter_table_chunks, write_table_atomic
+from pipeline.text.context import contexts_of
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,12 @@ class Enricher:
             frame["rules_fired"] = (self.lexicon.label_texts(texts)["rules_fired"].to_numpy()
                                     if self.lexicon is not None else "")
         if self.explain:
-            words = top_words(lambda t: self.predictor.predict_proba(t, batch_size=self.batch_size), texts,
-                              frame["label"].tolist(), k=self.top_k, classes=self.labels)
+            def proba(t, c=None):  # the context only for a model that reads one
+                return self.predictor.predict_proba(t, batch_size=self.batch_size,
+                                                    **({} if c is None else {"context": c}))
+
+            words = top_words(proba, texts, frame["label"].tolist(), k=self.top_k, classes=self.labels,
+                              context=contexts_of(frame, self.predictor.context))
             frame["top_words"] = [format_reasons(w) for w in words]
         return frame
 

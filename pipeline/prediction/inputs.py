@@ -18,6 +18,7 @@ import pandas as pd
 
 from pipeline.prediction.analytics import parse_dates
 from pipeline.text.arabic import has_arabic, squeeze_spaces
+from pipeline.text.context import MODES, article_contexts, context_column
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import (TABLE_SUFFIXES, BadInputFile, dir_files, glob_files, iter_table_chunks, read_text_strict,
                          refuse_empty)
@@ -30,7 +31,8 @@ log = logging.getLogger(__name__)
 GLOB_CHARS = set("*?[")
 # Columns the stage itself writes: a carried input column of one of these names is left out (with a warning).
 RESERVED = {"article_id", "sentence_id", "idx", "text", "label", "truncated", "confidence", "confident",
-            "decided_by", "rules_fired", "top_words", "sentences", "net_stance", "dominant_label"}
+            "decided_by", "rules_fired", "top_words", "sentences", "net_stance", "dominant_label",
+            *(context_column(m) for m in MODES if m != "none")}
 
 
 def carry_setting(cfg: DictConfig, section: str = "predict") -> list[str] | None:
@@ -81,6 +83,21 @@ class Article:
     rows: list[dict]  # sentence_id, idx, text
     meta: dict = field(default_factory=dict)  # carried columns (table inputs) or the path (text files), as text
     piece: int = 0    # >0: a later run of predict.chunk_sentences rows of one long article (sentence tables)
+    offset: int = 0   # a later piece: the position of its first row in the article,
+    first_text: str = ""     # the article's first sentence
+    previous_text: str = ""  # and the sentence just before this piece (what sentence context needs)
+
+
+def with_context(article: Article, mode: str) -> list[dict]:
+    """The article's rows, each with its sentence context (`context_column(mode)`) when the model reads one (`mode`, the
+    predictor's `context`): built from the whole article before predict splits it into chunks, so a sentence
+    opening a chunk still has the one before it (pipeline.text.context)."""
+    if mode == "none" or not article.rows:
+        return article.rows
+    contexts = article_contexts([r["text"] for r in article.rows], mode, offset=article.offset,
+                                first=article.first_text, previous=article.previous_text)
+    column = context_column(mode)
+    return [{**row, column: context} for row, context in zip(article.rows, contexts)]
 
 
 def as_list(value) -> list[str]:
@@ -176,6 +193,7 @@ class ArticleReader:
         self.date_column = str(keys.get("date_column", "date") or "")
         self._warned: set[str] = set()
         self._occurrences: Counter = Counter()  # the current sentence-table article's texts, over all its pieces
+        self._lead = ("", "")  # the current sentence-table article's first sentence and the last one read so far
 
     def _carried(self, columns) -> list[str]:
         """The input columns carried into the outputs."""
@@ -290,5 +308,8 @@ class ArticleReader:
         ids = [given_ids[i] for i in keep]
         made = sentence_ids(article_id, texts, self._occurrences)  # counted over every piece: ids stay unique
         ids = [given or generated for given, generated in zip(ids, made)]
+        first, previous = self._lead if offset else (texts[0], "")
+        self._lead = (first, texts[-1])
         yield Article(article_id, str(path), [{"sentence_id": s, "idx": offset + i, "text": t}
-                                              for i, (s, t) in enumerate(zip(ids, texts))], meta, piece)
+                                              for i, (s, t) in enumerate(zip(ids, texts))], meta, piece,
+                      offset, first, previous)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.io import BadInputFile, CsvStyle, atomic_path, parquet_table, write_csv
+from pipeline.text.context import contexts_of
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,9 @@ def predict_rows(predictor, rows: pd.DataFrame, sources: dict[str, str], errors:
     Spark job); each sentence cut at the model's max_length becomes a `truncated` row of `errors` naming its
     article's source (`sources`: article id → source). Callers choose and type the output columns."""
     max_length = predictor.max_length
-    scored = predictor.predict(rows["text"].tolist(), batch_size=batch_size)
+    context = contexts_of(rows, predictor.context)  # only a model that reads sentence context is given one
+    scored = predictor.predict(rows["text"].tolist(), batch_size=batch_size,
+                               **({} if context is None else {"context": context}))
     frame = pd.concat([rows.reset_index(drop=True), scored], axis=1)
     if enrich is not None:
         frame = enrich(frame)

@@ -18,6 +18,7 @@ import pandas as pd
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import CsvStyle, atomic_path, iter_table_chunks, read_table, write_table_atomic, write_text_atomic
+from pipeline.prediction.inputs import with_context
 from pipeline.prediction.outputs import (CONFIDENCE_COLUMNS, ERROR_COLUMNS, ErrorLog, Summary, TableWriter,
                                       extra_columns, output_columns, predict_rows, sentence_dtypes, sentence_rows)
 
@@ -193,7 +194,8 @@ class PartsWriter:
     def add(self, article) -> bool:
         """Buffer one article's sentences (those not done yet), predicting and writing each full chunk on the way;
         True when a chunk was written."""
-        rows = article.rows[self._written(article):]  # resume: the half-written article goes on where it stopped
+        rows = with_context(article, self.predictor.context)  # from the whole article, before any chunking
+        rows = rows[self._written(article):]  # resume: the half-written article goes on where it stopped
         if article.article_id == self.tail:
             self._tail_seen += len(article.rows)
         self.meta.extend(c for c in article.meta if c not in self.meta)

@@ -34,7 +34,7 @@ import pandas as pd
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import BadInputFile, decode_text_strict
 from pipeline.prediction.extras import Enricher
-from pipeline.prediction.inputs import carried_columns, carried_values, segment_article
+from pipeline.prediction.inputs import carried_columns, carried_values, segment_article, with_context
 from pipeline.prediction.outputs import (ERROR_COLUMNS, ErrorLog, Summary, extra_columns, predict_rows, sentence_dtypes,
                                       sentence_rows)
 from pipeline.text.segmentation import SegmentRules
@@ -331,7 +331,8 @@ def map_articles(batches: Iterator[pd.DataFrame], *, model_name: str, rules: Seg
             if article is None:
                 continue
             sources[article_id] = source
-            rows.extend({**values, "article_id": article_id, **row} for row in article.rows)
+            rows.extend({**values, "article_id": article_id, **row}
+                        for row in with_context(article, predictor.context))  # before the chunks below
         frames = []
         summary = Summary(labels, carried)
         for start in range(0, len(rows), chunk):

@@ -288,12 +288,15 @@ def fetch_export_model(cfg: DictConfig) -> Path | None:
     return fetch_model_dir(cfg, uri, key=EXPORT_MODEL_KEY)  # runs:/ and models:/ from the configured store
 
 
-def model_probabilities(model_dir: Path, texts: list[str]) -> np.ndarray:
-    """Class probabilities (columns in LABELS order) from a local stance model dir (fetch_export_model)."""
+def model_probabilities(model_dir: Path, sentences: pd.DataFrame) -> np.ndarray:
+    """Class probabilities (columns in LABELS order) of a sentence table's rows (article_id, idx, text) from a local
+    stance model dir (fetch_export_model), with their sentence context when the model reads one."""
     from pipeline.models.base import load_predictor
+    from pipeline.text.context import table_contexts
 
     predictor = load_predictor(model_dir)
-    probs = predictor.predict_proba(texts)
+    context = None if predictor.context == "none" else table_contexts(sentences, predictor.context)
+    probs = predictor.predict_proba(sentences["text"].tolist(), context=context)
     if list(predictor.labels) != list(LABELS):
         probs = probs[:, [predictor.labels.index(label) for label in LABELS]]
     return probs
@@ -305,7 +308,7 @@ def export_tasks(cfg: DictConfig, labelled: pd.DataFrame, lexicon_sha: str,
     candidates = ~labelled["source"].isin(["gold", "annotation"])
     probs, version = None, f"rules-{lexicon_sha[:8]}"
     if model_dir is not None:
-        probs = model_probabilities(model_dir, labelled["text"].tolist())
+        probs = model_probabilities(model_dir, labelled)
         version = str(lab.export_model_uri)
     tasks = labelstudio.build_tasks(
         labelled, candidates, probs=probs, model_version=version, method=str(lab.uncertainty),

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import read_json_file, write_text_atomic
+from pipeline.text.context import check_mode, join_inputs
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,14 @@ def refuse_segmented(name: str, key: str) -> None:
 class TextPreprocessor:
     """`TextPreprocessor("bert-base-arabertv02")(["..."])` → preprocessed texts; `None` means identity.
 
-    `prefix` is prepended after preprocessing: some encoders were trained with one on every input (e5: "query: ")."""
+    `prefix` is prepended after preprocessing: some encoders were trained with one on every input (e5: "query: ").
+    `context` is the sentence context the model reads (pipeline.text.context: none | previous | first |
+    previous+first); `inputs` builds the model input of a sentence and its context, each preprocessed the same way."""
 
-    def __init__(self, arabert_model: str | None, prefix: str = ""):
+    def __init__(self, arabert_model: str | None, prefix: str = "", context: str = "none"):
         self.arabert_model = arabert_model
         self.prefix = str(prefix or "")
+        self.context = check_mode(context)
         self._impl = None
         if arabert_model:
             from arabert.preprocess import ACCEPTED_MODELS
@@ -65,21 +69,38 @@ class TextPreprocessor:
             return [self.prefix + str(t) for t in texts]
         return [self.prefix + self._impl.preprocess(str(t)) for t in texts]
 
+    def inputs(self, texts: Sequence[str], contexts: Sequence[str] | None, separator: str | None) -> list[str]:
+        """What the model reads: the preprocessed sentences, each followed by `separator` (the tokenizer's own
+        separator token) and its preprocessed context when this model reads context and the sentence has one
+        (pipeline.text.context.join_inputs). Without context (`none`, or no contexts given) exactly `self(texts)`."""
+        if self.context == "none" or contexts is None:
+            return self(texts)
+        if not separator:
+            raise PipelineError(f"model.context={self.context}: this model's tokenizer has no separator token to put "
+                                "between a sentence and its context; use model.context=none")
+        contexts = ["" if c is None else str(c) for c in contexts]
+        unique = list(dict.fromkeys(c for c in contexts if c))
+        done = dict(zip(unique, self(unique)))
+        return join_inputs(self(texts), [done.get(c, "") for c in contexts], separator)
+
     @classmethod
     def from_cfg(cls, cfg) -> "TextPreprocessor":
         """The preprocessing a model config asks for (`model.preprocess_as`, `model.text_prefix`)."""
         from omegaconf import OmegaConf
 
         return cls(OmegaConf.select(cfg, "model.preprocess_as", default=None),
-                   OmegaConf.select(cfg, "model.text_prefix", default="") or "")
+                   OmegaConf.select(cfg, "model.text_prefix", default="") or "",
+                   OmegaConf.select(cfg, "model.context", default="none"))
 
     def to_dict(self) -> dict:
-        # The prefix is written only when there is one: directories of models without one stay as they were.
-        return {"arabert_model": self.arabert_model, **({"prefix": self.prefix} if self.prefix else {})}
+        # The prefix and the context are written only when there is one: directories of models without them stay
+        # as they were.
+        return {"arabert_model": self.arabert_model, **({"prefix": self.prefix} if self.prefix else {}),
+                **({"context": self.context} if self.context != "none" else {})}
 
     @classmethod
     def from_dict(cls, data: dict) -> "TextPreprocessor":
-        return cls(data.get("arabert_model"), data.get("prefix", ""))
+        return cls(data.get("arabert_model"), data.get("prefix", ""), data.get("context", "none"))
 
     def save(self, model_dir: Path | str) -> Path:
         return write_text_atomic(Path(model_dir) / PREPROCESS_FILE, json.dumps(self.to_dict(), indent=2))

@@ -28,6 +28,7 @@ from pipeline.core import distributed
 from pipeline.models import reuse
 from pipeline.models.calibration import (CALIBRATION_FILE, Calibration, expected_calibration_error, fit_temperature,
                                   reliability_diagram)
+from pipeline.text.context import contexts_of
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ def held_out_predictions(cfg: DictConfig, data, split, model_dir: Path | str, wo
             return None
         predictor = load_predictor(calibration_target(model_dir))
         return HeldOut(split.val, predictor.predict_proba(split.val["text"].tolist(),
-                                                          batch_size=int(cfg.train.eval_batch_size)), "validation")
+                                                          batch_size=int(cfg.train.eval_batch_size),
+                                                          context=contexts_of(split.val, predictor.context)), "validation")
     inner_cfg = cfg.copy()
     OmegaConf.update(inner_cfg, "train.hybrid.enabled", False, force_add=True)
     folds = OmegaConf.select(cfg, "train.calibration_folds", default=None)
@@ -118,7 +120,8 @@ def calibrate_model(cfg: DictConfig, data, split, model_dir: Path | str, work_di
     calibration = Calibration.from_fit(held.proba, gold, temperature, fitted_on=held.name)
     calibration.save(target)
     test = HeldOut(split.test, predictor.predict_proba(split.test["text"].tolist(),
-                                                       batch_size=int(cfg.train.eval_batch_size)), "test")
+                                                       batch_size=int(cfg.train.eval_batch_size),
+                                                       context=contexts_of(split.test, predictor.context)), "test")
     test_gold = _gold_index(split.test, labels)
     after = calibration.apply(test.proba)
     metrics = {"calibration_temperature": temperature,

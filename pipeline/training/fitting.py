@@ -37,7 +37,7 @@ def stance_kind(cfg: DictConfig) -> str:
 
 def preflight(cfg: DictConfig) -> None:
     """Refuse a bad preprocessing choice or an unavailable model before any run is opened or data is split."""
-    TextPreprocessor(OmegaConf.select(cfg, "model.preprocess_as", default=None))
+    TextPreprocessor.from_cfg(cfg)  # model.preprocess_as and model.context
     for module in (kinds.wrapper(cfg), kinds.fitter(cfg)):
         check = getattr(module, "preflight", None)
         if check is not None:

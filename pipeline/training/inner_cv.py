@@ -25,6 +25,7 @@ from pipeline.training.fitting import fit_model
 from pipeline.labeling.splits import LabelledSet, Split, make_split
 from pipeline.models import reuse
 from pipeline.models.trainer import run_logging_off
+from pipeline.text.context import contexts_of
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ def out_of_fold(cfg: DictConfig, data: LabelledSet, outer: Split, work_dir: Path
         if not distributed.is_main():
             continue
         predictor = load_predictor(model_dir)
-        probas.append(predictor.predict_proba(split.test["text"].tolist(), batch_size=int(cfg.train.eval_batch_size)))
+        probas.append(predictor.predict_proba(split.test["text"].tolist(), batch_size=int(cfg.train.eval_batch_size),
+                                              context=contexts_of(split.test, predictor.context)))
         frames.append(split.test.assign(fold=split.name))
         shutil.rmtree(fold_dir, ignore_errors=True)  # a model per inner fold: GBs for a transformer
         reuse.forget(fold_dir)  # and in memory (pipeline.models.reuse)

@@ -23,6 +23,7 @@ from pipeline.core import io
 from pipeline.core.io import CsvStyle
 from pipeline.models.metrics import SUMMARY_METRICS
 from pipeline.labeling.splits import LabelledSet, Split, label_counts
+from pipeline.text.context import contexts_of
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ def score_split(cfg: DictConfig, data: LabelledSet, split: Split, model_dir: Pat
     predictor = load_predictor(model_dir)
     if list(predictor.labels) != list(LABELS):
         raise PipelineError(f"{model_dir}: labels {predictor.labels} differ from {list(LABELS)}")
-    proba = predictor.predict_proba(split.test["text"].tolist(), batch_size=int(cfg.train.eval_batch_size))
+    proba = predictor.predict_proba(split.test["text"].tolist(), batch_size=int(cfg.train.eval_batch_size),
+                                    context=contexts_of(split.test, predictor.context))
     ev = cfg.evaluate
     if report:
         metrics, files = write_report(out_dir, split.test, proba, title=f"{cfg.model.name} ({split.name})",

@@ -181,6 +181,8 @@ def test_rounds_are_logged_per_fold_to_mlflow_and_the_stage_log(make_cfg, weak_l
 
 
 def test_train_self_trains_the_first_fit_and_the_refit(make_cfg, weak_labelled, caplog):
+    import mlflow
+
     from pipeline.stages.train import train
 
     cfg = make_cfg("train", "model=tfidf", f"paths.labelled={weak_labelled}", "train.baselines=[majority]",
@@ -189,6 +191,9 @@ def test_train_self_trains_the_first_fit_and_the_refit(make_cfg, weak_labelled, 
     with caplog.at_level(logging.INFO, logger="pipeline"):
         result = train(cfg)
     assert "holdout: self-training round 1/1" in caplog.text and "refit: self-training round 1/1" in caplog.text
+    client = mlflow.tracking.MlflowClient(str(cfg.tracking.uri))
+    first, refit = (client.get_metric_history(result["run_id"], f"{p}self_training_added") for p in ("", "refit_"))
+    assert [m.step for m in first] == [1] and [m.step for m in refit] == [1] and refit[0].value > 0
     assert (Path(result["model_dir"]) / "calibration.json").exists()
     assert not list(Path(cfg.paths.run_dir).rglob("self_training"))
 

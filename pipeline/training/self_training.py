@@ -41,7 +41,11 @@ from pipeline.models.trainer import log_metrics
 log = logging.getLogger(__name__)
 
 ROUNDS_DIR = "self_training"   # <work_dir>/self_training/round-<k>: one round's fit, removed once it is in place
-METRIC_PREFIX = "self_training_"
+METRIC_PREFIX = "self_training_"  # train's refit logs into the same run as its first fit: refit_self_training_*
+
+
+def _prefix(split: Split) -> str:
+    return f"refit_{METRIC_PREFIX}" if split.name == "refit" else METRIC_PREFIX
 
 
 @dataclass(frozen=True)
@@ -134,13 +138,13 @@ def _round(pool: pd.DataFrame, pseudo: pd.DataFrame, split: Split, k: int) -> di
               "mean_confidence": float(pseudo["confidence"].mean()) if len(pseudo) else float("nan"),
               "replaced": len(replaced),
               "relabelled": int((replaced["label"].to_numpy() != trained.loc[replaced["sentence_id"]].to_numpy()).sum())}
-    log_metrics({METRIC_PREFIX + key: value for key, value in record.items() if value == value}, step=k)
+    log_metrics({_prefix(split) + key: value for key, value in record.items() if value == value}, step=k)
     return record
 
 
 def _scored(model_dir: Path, split: Split, batch_size: int, k: int) -> dict[str, float]:
     quality = distributed.from_main(lambda: _quality(model_dir, split, batch_size))
-    log_metrics({f"{METRIC_PREFIX}round_{key}": value for key, value in quality.items()}, step=k)
+    log_metrics({f"{_prefix(split)}round_{key}": value for key, value in quality.items()}, step=k)
     return quality
 
 
@@ -155,7 +159,8 @@ def fit_rounds(cfg: DictConfig, split: Split, learned: Path, work_dir: Path,
     `fit(split, out_dir, work_dir)` is the kind's fit. Returns the rounds made. MLflow (the active run): per round k,
     `self_training_added[_<label>]`, `_mean_confidence`, `_replaced` (rule labels replaced), `_relabelled` (those
     the model overruled), `_pool`, and `self_training_round_{test,val}_macro_f1` of round k's model (k=0: the first
-    fit) on the split's held-out gold: reported, never used to choose anything."""
+    fit) on the split's held-out gold: reported, never used to choose anything; train's refit logs them as
+    `refit_self_training_*`."""
     s = settings(cfg)
     if s.rounds == 0:
         return 0
@@ -173,9 +178,11 @@ def fit_rounds(cfg: DictConfig, split: Split, learned: Path, work_dir: Path,
         pseudo = pseudo_rows(pool, proba, s)
         record = _round(pool, pseudo, split, k)
         by_label = ", ".join(f"{label} {record[f'added_{label}']}" for label in LABELS)
-        log.info("%s: self-training round %d/%d: %d of %d sentences at confidence >= %g (%s; mean %.3f), %d rule "
-                 "labels replaced (%d with another label)", split.name, k, s.rounds, len(pseudo), len(pool),
-                 s.min_confidence, by_label, record["mean_confidence"], record["replaced"], record["relabelled"])
+        top = float(np.max(proba)) if len(pool) else float("nan")
+        log.info("%s: self-training round %d/%d: %d of %d sentences at confidence >= %g (%s; mean %s, the pool's "
+                 "highest %.3f), %d rule labels replaced (%d with another label)", split.name, k, s.rounds, len(pseudo),
+                 len(pool), s.min_confidence, by_label, f"{record['mean_confidence']:.3f}" if len(pseudo) else "-",
+                 top, record["replaced"], record["relabelled"])
         labels = set(zip(pseudo["sentence_id"], pseudo["label"]))
         if pseudo.empty or labels == previous:
             log.info("%s: self-training stops after %d round(s): %s", split.name, made,

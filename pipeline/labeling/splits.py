@@ -279,8 +279,7 @@ def make_split(name: str, data: LabelledSet, rest: pd.DataFrame, test: pd.DataFr
     if test_groups and bool(OmegaConf.select(cfg, "train.transductive", default=False)) and data.has_rules:
         # Measured as used: the held-out articles are the unlabelled ones, their rule labels join training.
         train_rows = pd.concat([train_rows, as_unlabelled(data.frame[data.frame["group"].isin(test_groups)], cfg)])
-    # The training side's sentences without a person's label (those transductive added among them), whether or not
-    # their rule labels train: what self-training may pseudo-label. Never a test row's gold, never validation.
+    # What self-training may pseudo-label: the training side's sentences without a person's label (never test gold).
     pool = train_rows[~train_rows["source"].isin(HUMAN_SOURCES)].reset_index(drop=True)
     train = training_rows(train_rows, cfg)
     if train.empty:

@@ -37,6 +37,7 @@ SHARE_RANGES: dict[str, tuple[str, str, str]] = {
     "train.warmup_ratio": ("[0, 1]", "the share of optimiser steps that warm the learning rate up", "0.1"),
     "train.weak.min_confidence": ("[0, 1]", "a rule confidence", "0.5"),
     "train.hybrid.min_rule_confidence": ("[0, 1]", "a rule confidence", "0.5"),
+    "train.self_training.min_confidence": ("[0, 1]", "a probability of the predicted label", "0.9"),
     "predict.min_confidence": ("[0, 1]", "a probability", "0.6"),
     "evaluate.ci": ("(0, 1)", "the confidence level of the intervals", "0.95"),
 }

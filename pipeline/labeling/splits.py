@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 COLUMNS = ["sentence_id", "group", "text", "label", "source", "rule_label", "rule_confidence"]
 LABELLED_REQUIRED = ["article_id", "sentence_id", "text", "label", "source", "rule_label"]
 WEAK_SOURCE = "rules"
+HUMAN_SOURCES = ("gold", "annotation")      # labels a person gave; any other row is a sentence still to label
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Split:
     val: pd.DataFrame
     test: pd.DataFrame                       # gold rows only
     test_groups: list[str] = field(default_factory=list)
+    pool: pd.DataFrame | None = None         # sentences self-training may pseudo-label (training/self_training.py)
 
     def describe(self) -> str:
         return f"{self.name}: train {len(self.train)}, validation {len(self.val)}, test {len(self.test)} (gold)"
@@ -283,13 +285,15 @@ def make_split(name: str, data: LabelledSet, rest: pd.DataFrame, test: pd.DataFr
     if test_groups and bool(OmegaConf.select(cfg, "train.transductive", default=False)) and data.has_rules:
         # Measured as used: the held-out articles are the unlabelled ones, their rule labels join training.
         train_rows = pd.concat([train_rows, as_unlabelled(data.frame[data.frame["group"].isin(test_groups)], cfg)])
+    # What self-training may pseudo-label: the training side's sentences without a person's label (never test gold).
+    pool = train_rows[~train_rows["source"].isin(HUMAN_SOURCES)].reset_index(drop=True)
     train = training_rows(train_rows, cfg)
     if train.empty:
         raise PipelineError(
             f"{name}: no training rows (sources {sources}); label more sentences or widen train.sources"
         )
     return Split(name, train.reset_index(drop=True), val.reset_index(drop=True), test.reset_index(drop=True),
-                 list(test_groups))
+                 list(test_groups), pool)
 
 
 def _no_gold_error(data: LabelledSet) -> PipelineError:

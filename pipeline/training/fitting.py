@@ -2,8 +2,9 @@
 
 `fit_model(cfg, split, work_dir)` trains on a split through the module of `model.kind` (pipeline.models.kinds)
 and writes a complete stance model directory (`<work_dir>/model`, renamed into place when finished; a wrapper
-kind, the hybrid, wraps it first when its key is set). `refit_on_all` fits the served model again on every
-labelled row.
+kind, the hybrid, wraps it first when its key is set); with `train.self_training.rounds` the kind is fitted
+again on its own confident predictions first (pipeline.training.self_training). `refit_on_all` fits the served
+model again on every labelled row.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core import distributed
 from pipeline.core.io import read_json_file
-from pipeline.labeling.splits import Split, training_rows
+from pipeline.labeling.splits import HUMAN_SOURCES, Split, training_rows
 from pipeline.models import kinds, reuse
 from pipeline.models.base import TRAINING_FILE
 from pipeline.models.trainer import log_tags
 from pipeline.text.preprocess import TextPreprocessor
+from pipeline.training import self_training
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,9 @@ def fit_model(cfg: DictConfig, split: Split, work_dir: Path, *, resume_from: str
     fitter, wrapper = kinds.fitter(cfg), kinds.wrapper(cfg)
     learned = partial / "learned" if wrapper else partial
     fitter.fit(cfg, split, work_dir, learned, preprocess, resume_from=resume_from)
+    # train.self_training: the same kind fitted again with its confident predictions on the pool (any kind).
+    self_training.fit_rounds(cfg, split, learned, work_dir,
+                             lambda rows, out, round_dir: fitter.fit(cfg, rows, round_dir, out, preprocess))
     if not distributed.is_main():  # a multi-process run: rank 0 writes the model; wait until it is in place
         distributed.barrier()
         return target
@@ -96,4 +101,6 @@ def refit_on_all(cfg: DictConfig, data, fitted_dir: Path, work_dir: Path) -> Pat
     log.info("train: refit on all %d labelled rows (%s) for the served model%s", len(rows), sources, planned)
     log_tags({"refit_sources": sources})
     empty = rows.iloc[:0]
-    return fit_model(refit_cfg, Split("refit", rows.reset_index(drop=True), empty, empty), Path(work_dir) / "final")
+    pool = frame[~frame["source"].isin(HUMAN_SOURCES)].reset_index(drop=True)  # every sentence to label
+    return fit_model(refit_cfg, Split("refit", rows.reset_index(drop=True), empty, empty, pool=pool),
+                     Path(work_dir) / "final")

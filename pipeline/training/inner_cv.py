@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from pipeline.core import distributed
 from pipeline.training.fitting import fit_model
+from pipeline.training.self_training import merge_pools
 from pipeline.labeling.splits import LabelledSet, Split, make_split
 from pipeline.models import reuse
 from pipeline.models.trainer import run_logging_off
@@ -64,16 +65,29 @@ def inner_splits(data: LabelledSet, outer: Split, cfg: DictConfig, folds: int | 
             except ValueError:
                 pairs = list(GroupKFold(n_splits=k).split(gold, groups=gold["group"]))
             parts = [sorted(gold.iloc[test_idx]["group"].astype(str).unique()) for _, test_idx in pairs]
-        return [make_split(f"{outer.name}-inner-{i}", data, rows[~rows["group"].astype(str).isin(part)],
-                           gold[gold["group"].astype(str).isin(part)], cfg, part) for i, part in enumerate(parts)]
+        return [_with_outer_pool(make_split(f"{outer.name}-inner-{i}", data, rows[~rows["group"].astype(str).isin(part)],
+                                            gold[gold["group"].astype(str).isin(part)], cfg, part), outer)
+                for i, part in enumerate(parts)]
     k = min(int(folds or TABLE_FOLDS), len(gold))
     if k < 2:
         return []
     stratify = gold["label"].value_counts().min() >= k
     splitter = (StratifiedKFold(n_splits=k, shuffle=True, random_state=seed) if stratify
                 else KFold(n_splits=k, shuffle=True, random_state=seed))
-    return [make_split(f"{outer.name}-inner-{i}", data, rows.drop(index=gold.index[test_idx]), gold.iloc[test_idx], cfg)
+    return [_with_outer_pool(make_split(f"{outer.name}-inner-{i}", data, rows.drop(index=gold.index[test_idx]),
+                                        gold.iloc[test_idx], cfg), outer)
             for i, (_, test_idx) in enumerate(splitter.split(gold, gold["label"]))]
+
+
+def _with_outer_pool(inner: Split, outer: Split) -> Split:
+    """The inner split may pseudo-label what the outer one may (train.self_training), less its own held-out rows'
+    sentences (transductive adds those back as make_split did): outer.train lacks the pool rows that do not train."""
+    if outer.pool is None or outer.pool.empty:
+        return inner
+    held_out = set(inner.test["sentence_id"]) | (set() if not inner.test_groups else
+                                                 set(outer.pool.loc[outer.pool["group"].isin(inner.test_groups),
+                                                                    "sentence_id"]))
+    return replace(inner, pool=merge_pools(inner.pool, outer.pool[~outer.pool["sentence_id"].isin(held_out)]))
 
 
 def out_of_fold(cfg: DictConfig, data: LabelledSet, outer: Split, work_dir: Path | str, *,

@@ -211,7 +211,7 @@ def backend_methods(model_dir: Path, texts: list[str], args, reference) -> dict:
     out = {}
     expected = reference.predict_proba(texts[:64], batch_size=args.batch_size)
     for name in [b for b in (args.backends or "").split(",") if b and b != "eager"]:
-        why = backends.available(name)
+        why = backends.available(name) if name in backends.BACKENDS else "not a predict.backend"
         if why:
             print(f"  (skipping backend {name}: {why})")
             continue
@@ -244,7 +244,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="0 = every core this process may use")
     parser.add_argument("--models", default="tiny,base", help="comma list of tiny,base")
     parser.add_argument("--json", help="also write the results here")
-    parser.add_argument("--backends", default="compile,onnx",
+    parser.add_argument("--backends", default="onnx",
                         help="predict.backend choices timed beside eager (pipeline.models.backends); '' = none")
     parser.add_argument("--manual-attention", action="store_true",
                         help="also time eager with transformers' manual attention (its default is sdpa)")

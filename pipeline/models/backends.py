@@ -3,7 +3,6 @@
     eager    the model as transformers loads it (today's path; its attention is transformers' default, scaled-dot-
              product attention for BERT / XLM-R in transformers 5)
     sdpa     the same, attention forced to torch's scaled_dot_product_attention at load (`attn_implementation`)
-    compile  torch.compile of the model (dynamic shapes; inductor needs a C++ compiler; the first batches compile)
     onnx     the model exported to ONNX (torch.onnx) and run by ONNX Runtime with its transformer graph fusions
              (attention, LayerNorm, GELU); needs the `onnx` extra: pip install -e ".[onnx]"
     auto     the fastest measured choice that is installed here (AUTO_ORDER)
@@ -27,7 +26,9 @@ from pipeline.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("eager", "sdpa", "compile", "onnx", "auto")
+BACKENDS = ("eager", "sdpa", "onnx", "auto")
+# Not kept: torch.compile (dynamic shapes) took 145 s to warm up on the tiny model and recompiles for new shapes,
+# for no measured gain worth it (docs/predict.md, Speed).
 # `auto` takes the first of these that is available here; see docs/predict.md (Speed) for the measurement.
 AUTO_ORDER = ("eager",)
 ONNX_OPSET = 17  # ONNX opset of the export (LayerNormalization needs ≥ 17)
@@ -61,8 +62,8 @@ def resolve(backend: str | None, *, device: str = "cpu", quantize: str | None = 
         raise PipelineError(why)
     if name == "onnx" and str(device).startswith("cuda"):
         raise PipelineError("predict.backend=onnx runs on the CPU here; drop it, or set predict.device=cpu")
-    if name in ("onnx", "compile") and quantize == "int8":
-        raise PipelineError(f"predict.backend={name} does not run the int8 model (predict.quantize=int8 is torch's "
+    if name == "onnx" and quantize == "int8":
+        raise PipelineError("predict.backend=onnx does not run the int8 model (predict.quantize=int8 is torch's "
                             "dynamic int8); use predict.backend=eager with it")
     return name
 
@@ -77,10 +78,6 @@ def prepare(model, backend: str, *, output: str):
     caller reads (logits or last_hidden_state)."""
     if backend in ("eager", "sdpa"):
         return model
-    if backend == "compile":
-        import torch
-
-        return torch.compile(model, dynamic=True)
     if backend == "onnx":
         return OnnxForward(model, output)
     raise PipelineError(f"predict.backend={backend!r}: choose one of {', '.join(BACKENDS)}")

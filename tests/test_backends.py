@@ -145,3 +145,11 @@ def test_int8_keeps_the_feed_forward_down_projections_pooler_and_head_in_fp32(ki
     for part in per_layer:
         assert sum(n.endswith(part) for n in quantised) == config.num_hidden_layers, part
     assert not any(isinstance(m, Int8Linear) for n, m in predictor.model.named_modules() if "pooler" in n)
+
+
+def test_auto_picks_a_backend_that_runs_with_int8(transformer_dir):
+    assert load_predictor(transformer_dir, backend="auto", quantize="int8").backend == "eager"
+    assert backends.resolve("auto", device="cpu") == ("onnx" if installed("onnx") else "eager")
+    if installed("onnx"):
+        with pytest.raises(PipelineError, match="int8"):
+            load_predictor(transformer_dir, backend="onnx", quantize="int8")

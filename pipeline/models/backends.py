@@ -5,7 +5,8 @@
     sdpa     the same, attention forced to torch's scaled_dot_product_attention at load (`attn_implementation`)
     onnx     the model exported to ONNX (torch.onnx) and run by ONNX Runtime with its transformer graph fusions
              (attention, LayerNorm, GELU); needs the `onnx` extra: pip install -e ".[onnx]"
-    auto     the fastest measured choice that is installed here (AUTO_ORDER)
+    auto     the fastest measured choice that can run here (AUTO_ORDER: onnx when installed, on the CPU, not int8;
+             else eager)
 
 `prepare(model, backend, ...)` returns a callable with the model's own call signature (input_ids=, attention_mask=)
 whose result has the model's output attribute (`logits` or `last_hidden_state`). Chosen once when a predictor is
@@ -29,8 +30,9 @@ log = logging.getLogger(__name__)
 BACKENDS = ("eager", "sdpa", "onnx", "auto")
 # Not kept: torch.compile (dynamic shapes) took 145 s to warm up on the tiny model and recompiles for new shapes,
 # for no measured gain worth it (docs/predict.md, Speed).
-# `auto` takes the first of these that is available here; see docs/predict.md (Speed) for the measurement.
-AUTO_ORDER = ("eager",)
+# `auto` takes the first of these that can run here (installed; CPU; not int8): ONNX Runtime was the fastest on the
+# BERT-base shape and the tiny model (docs/predict.md, Speed); eager is always there.
+AUTO_ORDER = ("onnx", "eager")
 ONNX_OPSET = 17  # ONNX opset of the export (LayerNormalization needs ≥ 17)
 
 
@@ -56,7 +58,7 @@ def resolve(backend: str | None, *, device: str = "cpu", quantize: str | None = 
     """The backend that will run: `auto` → the first available of AUTO_ORDER; an unavailable one is refused."""
     name = check_backend(backend)
     if name == "auto":
-        return next((b for b in AUTO_ORDER if available(b) is None), "eager")
+        return next((b for b in AUTO_ORDER if runs(b, device, quantize)), "eager")
     why = available(name)
     if why:
         raise PipelineError(why)
@@ -66,6 +68,13 @@ def resolve(backend: str | None, *, device: str = "cpu", quantize: str | None = 
         raise PipelineError("predict.backend=onnx does not run the int8 model (predict.quantize=int8 is torch's "
                             "dynamic int8); use predict.backend=eager with it")
     return name
+
+
+def runs(backend: str, device: str, quantize: str | None) -> bool:
+    """Whether `backend` can run here for this device and quantisation (what `auto` may pick)."""
+    if backend == "onnx":
+        return available(backend) is None and not str(device).startswith("cuda") and quantize != "int8"
+    return available(backend) is None
 
 
 def load_kwargs(backend: str) -> dict:

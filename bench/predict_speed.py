@@ -172,6 +172,7 @@ def bench_model(name: str, model_dir: Path, texts: list[str], args) -> dict:
         "pipe_bs64": lambda t: pipe(t, batch_size=64),
         "int8": lambda t: int8.predict(t, batch_size=args.batch_size),
     }
+    methods.update(backend_methods(model_dir, texts, args, predictor))
     rates: dict[str, list[float]] = {k: [] for k in methods}
     probes: list[float] = []
     outputs = {}
@@ -201,6 +202,32 @@ def bench_model(name: str, model_dir: Path, texts: list[str], args) -> dict:
     return result
 
 
+def backend_methods(model_dir: Path, texts: list[str], args, reference) -> dict:
+    """predict.backend choices other than eager (--backends), each checked against eager to 1e-4 first; plus,
+    for comparison only, eager with transformers' manual attention instead of its default (sdpa)."""
+    from pipeline.models import backends
+    from pipeline.models.base import load_predictor
+
+    out = {}
+    expected = reference.predict_proba(texts[:64], batch_size=args.batch_size)
+    for name in [b for b in (args.backends or "").split(",") if b and b != "eager"]:
+        why = backends.available(name) if name in backends.BACKENDS else "not a predict.backend"
+        if why:
+            print(f"  (skipping backend {name}: {why})")
+            continue
+        t = time.perf_counter()
+        predictor = load_predictor(model_dir, backend=name)
+        diff = float(np.abs(predictor.predict_proba(texts[:64], batch_size=args.batch_size) - expected).max())
+        print(f"  backend {name}: loaded and warmed up in {time.perf_counter() - t:.1f} s; "
+              f"max |p - p_eager| on 64 sentences {diff:.1e}")
+        out[f"backend_{name}"] = (lambda p: lambda t: p.predict(t, batch_size=args.batch_size))(predictor)
+    if args.manual_attention:
+        manual = load_predictor(model_dir)
+        manual.model.set_attn_implementation("eager")
+        out["manual_attention"] = lambda t: manual.predict(t, batch_size=args.batch_size)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="CSV of real Arabic sentences (e.g. ../shared/data/arsarcasm_v2/testing_data.csv)")
@@ -217,6 +244,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="0 = every core this process may use")
     parser.add_argument("--models", default="tiny,base", help="comma list of tiny,base")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--backends", default="onnx",
+                        help="predict.backend choices timed beside eager (pipeline.models.backends); '' = none")
+    parser.add_argument("--manual-attention", action="store_true",
+                        help="also time eager with transformers' manual attention (its default is sdpa)")
     args = parser.parse_args(argv)
 
     from pipeline.models.base import write_model_metadata
@@ -273,8 +304,11 @@ def print_result(r: dict) -> None:
           f"{r['mean_tokens']} tokens/sentence, matmul {r['matmul_gflops']} GFLOP/s, {r['threads']} threads")
     limit = r["limit"]
     print(f"  {'method':<38} {'sent/s':>9}   {'÷ limit':>7}   {'÷ adjacent limit, per round':<28} vs pipeline default")
-    for key, label in (("predictor", "predictor (fp32)"), ("pipe_default", "transformers.pipeline default"),
-                       ("pipe_bs64", "transformers.pipeline batch_size=64"), ("int8", "predictor int8")):
+    rows = [("predictor", "predictor (fp32, backend eager)"), ("pipe_default", "transformers.pipeline default"),
+            ("pipe_bs64", "transformers.pipeline batch_size=64"), ("int8", "predictor int8")]
+    rows += [(k, f"predictor (fp32, backend {k.split('_', 1)[1]})") for k in r if k.startswith("backend_")]
+    rows += [("manual_attention", "predictor, manual attention")] if "manual_attention" in r else []
+    for key, label in rows:
         per_round = " ".join(f"{x:.0%}" for x in r["ratio_to_adjacent_limit_per_round"][key])
         print(f"  {label:<38} {r[key]:>9.1f}   {r[key] / limit:7.1%}   {per_round:<28} "
               f"{r[key] / r['pipe_default']:5.2f}x")

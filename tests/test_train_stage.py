@@ -286,3 +286,17 @@ def test_batches_are_padded_dynamically_and_grouped_by_length(make_cfg, tmp_path
     pad_cfg = make_cfg("train", "model=tiny", "train.batch_size=8", "train.pad_to_max_length=true")
     padded = build_trainer(pad_cfg, model, tokenizer, texts, labels, [], [], tmp_path / "out2", save=False)
     assert {b["input_ids"].shape[1] for b in padded.get_train_dataloader()} == {128}
+
+
+def test_the_logged_model_is_served_with_the_runs_predict_backend(make_cfg, labelled):
+    """predict.backend reaches the pyfunc model (and so Spark UDFs and `mlflow models serve`) as its model_config."""
+    import mlflow
+
+    from pipeline.stages.train import train
+
+    result = train(make_cfg("train", *TINY, f"paths.labelled={labelled}", "train.epochs=1", "predict.backend=sdpa"))
+    model = mlflow.pyfunc.load_model(result["model_uri"])
+    assert model.model_config == {"backend": "sdpa", "quantize": None}
+    assert model.unwrap_python_model().predictor.backend == "sdpa"
+    override = mlflow.pyfunc.load_model(result["model_uri"], model_config={"backend": "eager"})
+    assert override.unwrap_python_model().predictor.backend == "eager"

@@ -34,15 +34,22 @@ TRIM_THRESHOLD_BYTES = 1 << 30
 class TransformerPredictor(StancePredictor):
     kind = "transformer"
 
+    output = "logits"  # what the forward pass reads from the model's output (pipeline.models.backends)
+
     def __init__(self, model_dir: Path, meta: dict, *, quantize: str | None = None, device: str = "auto",
-                 max_batch_tokens: int | None = None):
+                 max_batch_tokens: int | None = None, backend: str | None = "eager"):
         super().__init__(model_dir, meta)
         from transformers import AutoTokenizer
 
-        from pipeline.models import reuse
+        from pipeline.models import backends, reuse
 
-        # In a train run, the model a fit just wrote is taken from memory (int8 changes the model: never then).
-        kept = reuse.recall(model_dir) if quantize in (None, "", "none") else None
+        self.device = resolve_device(device, quantize)
+        self.backend = backends.resolve(backend, device=self.device, quantize=quantize)
+        self.load_kwargs = backends.load_kwargs(self.backend)
+        # In a train run, the model a fit just wrote is taken from memory; never when int8 or the backend's
+        # loading arguments would make it another model than the one in memory.
+        plain = quantize in (None, "", "none") and not self.load_kwargs
+        kept = reuse.recall(model_dir) if plain else None
         try:
             self.tokenizer = kept.tokenizer if kept else AutoTokenizer.from_pretrained(str(model_dir))
             model = self.load_model(Path(model_dir), kept.model if kept else None)
@@ -55,12 +62,12 @@ class TransformerPredictor(StancePredictor):
                         model_dir, self.max_length, positions, positions)
             self.max_length = int(positions)
         self.quantize = quantize
-        self.device = resolve_device(device, quantize)
         if quantize == "int8":
             model = quantize_encoder(model)
         elif quantize not in (None, "", "none"):
             raise PipelineError(f"predict.quantize={quantize!r}: choose null or int8")
         self.model = model.to(self.device)
+        self.forward = backends.prepare(self.model, self.backend, output=self.output)
         self.max_batch_tokens = batch_token_budget(max_batch_tokens, self.device)
         keep_freed_memory()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -74,7 +81,7 @@ class TransformerPredictor(StancePredictor):
         from transformers import AutoModelForSequenceClassification
 
         if model is None:
-            model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+            model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), **self.load_kwargs)
         if model.config.num_labels != len(self.labels):
             raise PipelineError(f"{model_dir}: the model has {model.config.num_labels} outputs but "
                                 f"{METADATA_FILE} lists {len(self.labels)} labels; the directory is inconsistent")
@@ -87,7 +94,7 @@ class TransformerPredictor(StancePredictor):
 
     def logits(self, input_ids, attention_mask):
         """Class logits of one padded batch (torch tensors)."""
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return self.forward(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def encode(self, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
         """Token ids with special tokens, cut to max_length: the ids of tokenizer(truncation=True), with
@@ -205,19 +212,40 @@ def batch_token_budget(configured: int | None, device: str) -> int | None:
 
 
 def quantize_encoder(model):
-    """Dynamic int8 quantisation of the encoder's Linear layers (CPU): weights in int8, activations quantised on
-    the fly. A classification head stays fp32, where int8 rounding of its few weights would move decision
-    boundaries for nothing in speed."""
+    """Dynamic int8 quantisation (CPU) of the encoder's Linear layers but those kept in fp32 (`fp32_linear_names`):
+    weights in int8 with one scale per output channel, activations quantised on the fly per tensor.
+
+    Kept in fp32: each layer's feed-forward down-projection (intermediate → hidden), whose GELU outputs carry a few
+    very large values that per-tensor activation scales turn the rest of into noise (on the fine-tuned e5-small
+    stand-in it is what moves labels: docs/train.md, int8), the pooler and the classification head (one token per
+    sentence, nothing to gain)."""
     import torch
 
+    keep = set(fp32_linear_names(model))
+    spec = {name for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and name not in keep}
     with warnings.catch_warnings():  # torch marks torch.ao as deprecated; it is still the CPU int8 path
         warnings.simplefilter("ignore")
-        base = getattr(model, model.base_model_prefix, None)
-        if base is None:  # a bare encoder (AutoModel): all of it is the encoder
-            return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-        setattr(model, model.base_model_prefix,
-                torch.ao.quantization.quantize_dynamic(base, {torch.nn.Linear}, dtype=torch.qint8))
-        return model
+        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+        return torch.ao.quantization.quantize_dynamic(model, {name: qconfig for name in spec}, dtype=torch.qint8)
+
+
+def fp32_linear_names(model) -> list[str]:
+    """Names of the Linear layers int8 leaves in fp32: feed-forward down-projections (in_features = the config's
+    intermediate_size, out_features = hidden_size), the pooler and anything outside the encoder (the head)."""
+    import torch
+
+    config = model.config
+    base = model.base_model_prefix if getattr(model, model.base_model_prefix, None) is not None else ""
+    down = (int(getattr(config, "intermediate_size", -1)), int(getattr(config, "hidden_size", -1)))
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        inside = not base or name.startswith(base + ".")
+        if not inside or (module.in_features, module.out_features) == down or ".pooler." in f".{name}.":
+            names.append(name)
+    return names
 
 
 _ALLOCATOR_TUNED = False

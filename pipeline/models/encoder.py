@@ -199,20 +199,21 @@ class EncoderHeadPredictor(TransformerPredictor):
     fitted on are computed by exactly the code that serves it."""
 
     kind = "encoder"
+    output = "last_hidden_state"
 
     def load_model(self, model_dir: Path, model=None):
         from transformers import AutoModel
 
         self.head = LinearHead.load(model_dir)
         if model is None:
-            model = AutoModel.from_pretrained(str(model_dir))
+            model = AutoModel.from_pretrained(str(model_dir), **self.load_kwargs)
         if self.head.weight.shape != (len(self.labels), model.config.hidden_size):
             raise PipelineError(f"{model_dir / HEAD_FILE}: head of shape {self.head.weight.shape} does not fit "
                                 f"{len(self.labels)} labels and hidden size {model.config.hidden_size}")
         return model
 
     def pooled(self, input_ids, attention_mask):
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.forward(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return pool(hidden, attention_mask, self.head.pooling)
 
     def logits(self, input_ids, attention_mask):

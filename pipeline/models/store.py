@@ -90,7 +90,7 @@ def _pyfunc_class():
 
         class StancePyfuncModel(mlflow.pyfunc.PythonModel):
             def load_context(self, context):
-                self.predictor = load_predictor(context.artifacts[ARTIFACT_KEY])
+                self.predictor = load_predictor(context.artifacts[ARTIFACT_KEY], **predictor_options(context.model_config))
 
             # The DataFrame hint tells MLflow that the logged signature, not the hint, describes the input.
             def predict(self, context, model_input: pd.DataFrame, params=None):
@@ -123,21 +123,41 @@ def pinned_requirements() -> list[str]:
     return pins
 
 
+PYFUNC_OPTIONS = ("backend", "quantize")  # the predict.* options a pyfunc model takes from its model_config
+
+
+def predictor_options(model_config) -> dict:
+    """load_predictor's options from a pyfunc model's model_config: logged with the model from predict.backend /
+    predict.quantize (log_stance_model), or given at load: mlflow.pyfunc.load_model(uri, model_config={...}),
+    mlflow.pyfunc.spark_udf(..., model_config={...}). `mlflow models serve` serves the logged ones."""
+    config = dict(model_config or {})
+    return {key: config[key] or None for key in PYFUNC_OPTIONS if key in config}
+
+
+def served_options(cfg) -> dict:
+    """The model_config a trained model is logged with: predict.backend and predict.quantize of the run's config."""
+    from omegaconf import OmegaConf
+
+    return {key: OmegaConf.select(cfg, f"predict.{key}", default=None) for key in PYFUNC_OPTIONS}
+
+
 def log_stance_model(model_dir, *, name: str = "model", registered_model_name: str | None = None,
-                     input_example: Sequence[str] | None = None):
+                     input_example: Sequence[str] | None = None, model_config: dict | None = None):
     """Log `model_dir` as an MLflow pyfunc model in the active run; returns the ModelInfo.
 
     The pyfunc carries the model directory as an artifact and this package's code (code_paths), so
     `mlflow.pyfunc.load_model(info.model_uri)` works in a fresh process, in Spark and in `mlflow models serve`.
+    `model_config`: the predictor options it is served with (predictor_options; backend, quantize).
     """
     import mlflow.pyfunc
     from mlflow.models import infer_signature
     from mlflow.types.schema import ParamSchema, ParamSpec
 
     model_dir = Path(model_dir)
-    # Refuses a broken directory before anything is logged. In a train run the model the fit left in memory
-    # (pipeline.models.reuse): MLflow's own validation of the input example then loads the logged copy from disk.
-    predictor = load_predictor(model_dir)
+    # Refuses a broken directory or option before anything is logged. In a train run the model the fit left in
+    # memory (pipeline.models.reuse): MLflow's own validation of the input example then loads the logged copy.
+    options = predictor_options(model_config)
+    predictor = load_predictor(model_dir, **options)
     if mlflow.active_run() is None:
         raise PipelineError("log_stance_model needs an active MLflow run (use pipeline.core.tracking.start_run)")
     examples = [str(t) for t in (input_example or ["تم التوصل إلى اتفاق بين الجانبين."])][:5]
@@ -162,6 +182,7 @@ def log_stance_model(model_dir, *, name: str = "model", registered_model_name: s
         input_example=example_in,
         pip_requirements=pinned_requirements(),
         registered_model_name=registered_model_name,
+        model_config=options or None,
     )
 
 

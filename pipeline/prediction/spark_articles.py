@@ -81,7 +81,7 @@ def predict_articles(articles, model_dir: Path | str, *, rules: SegmentRules, mo
                      source_column: str | None = None, keep_first: dict[str, str] | None = None,
                      batch_size: int = 64, arrow_batch: int = 64, threads: int = 1, device: str = "auto",
                      max_batch_tokens: int | None = None, code: bool = True, enrich: dict | None = None,
-                     carry: Sequence[str] | None = None, date_column: str = "date",
+                     quantize: str | None = None, backend: str | None = "eager", carry: Sequence[str] | None = None, date_column: str = "date",
                      chunk_sentences: int = 2048) -> SparkPrediction:
     """Predict whole articles on Spark as the local predict stage does; see the module docstring.
 
@@ -103,7 +103,8 @@ def predict_articles(articles, model_dir: Path | str, *, rules: SegmentRules, mo
     from pipeline.models.store import model_identity
 
     model_dir = Path(model_dir)
-    predictor = load_predictor(model_dir, device="cpu")  # checked on the driver: a bad model fails before Spark work
+    # checked on the driver: a bad model, backend or quantisation fails before Spark work
+    predictor = load_predictor(model_dir, device="cpu", quantize=quantize, backend=backend)
     settings = dict(enrich or {})
     enricher = Enricher(predictor, **settings)  # a lexicon that cannot be loaded is warned about here, once
     labels, extra = list(predictor.labels), extra_columns(predictor, enricher.added)
@@ -148,7 +149,7 @@ def predict_articles(articles, model_dir: Path | str, *, rules: SegmentRules, mo
         return map_articles(batches, model_name=name, rules=rules, metadata=table_meta,
                             as_bytes=files, keep_first=keep, batch_size=int(batch_size),
                             threads=int(threads), device=device, max_batch_tokens=max_batch_tokens,
-                            enrich=settings, date_column=str(date_column or ""), chunk=int(chunk_sentences))
+                            quantize=quantize, backend=backend, enrich=settings, date_column=str(date_column or ""), chunk=int(chunk_sentences))
 
     mapped = prepared.mapInPandas(mapper, schema=mapped_schema).persist(StorageLevel.MEMORY_AND_DISK)
     sentences = mapped.filter(F.col(KIND) == "sentence").select(*sentence_dtypes(labels, extra, metadata))
@@ -258,9 +259,11 @@ def duplicate_ids(frame, id_column: str, source_column: str | None) -> dict[str,
 _PREDICTORS: dict[str, object] = {}  # model name -> predictor, one per executor Python process
 
 
-def executor_predictor(name: str, threads: int, device: str = "auto", max_batch_tokens: int | None = None):
+def executor_predictor(name: str, threads: int, device: str = "auto", max_batch_tokens: int | None = None,
+                       quantize: str | None = None, backend: str | None = "eager"):
     """The shipped model, loaded once per Python worker process (Spark reuses workers across tasks), on the
-    executor's GPU when it has one (predict.device)."""
+    executor's GPU when it has one (predict.device), quantised and run by the backend the stage asks for
+    (predict.quantize, predict.backend)."""
     if name not in _PREDICTORS:
         import torch
         from pyspark import SparkFiles
@@ -269,7 +272,8 @@ def executor_predictor(name: str, threads: int, device: str = "auto", max_batch_
 
         if threads > 0:
             torch.set_num_threads(threads)
-        _PREDICTORS[name] = load_predictor(SparkFiles.get(name), device=device, max_batch_tokens=max_batch_tokens)
+        _PREDICTORS[name] = load_predictor(SparkFiles.get(name), device=device, max_batch_tokens=max_batch_tokens,
+                                           quantize=quantize, backend=backend)
     return _PREDICTORS[name]
 
 
@@ -294,12 +298,12 @@ def executor_enricher(name: str, predictor, settings: dict) -> Enricher:
 
 def map_articles(batches: Iterator[pd.DataFrame], *, model_name: str, rules: SegmentRules, metadata: list[str],
                  as_bytes: bool, keep_first: dict[str, str], batch_size: int, threads: int, device: str = "auto",
-                 max_batch_tokens: int | None = None, enrich: dict | None = None,
-                 date_column: str = "", chunk: int = 2048) -> Iterator[pd.DataFrame]:
+                 max_batch_tokens: int | None = None, quantize: str | None = None, backend: str | None = "eager",
+                 enrich: dict | None = None, date_column: str = "", chunk: int = 2048) -> Iterator[pd.DataFrame]:
     """mapInPandas body: Arrow batches of articles → sentence, summary and error rows (column `row_kind`).
     `metadata`: the carried table columns (files also carry their path). Sentences are predicted `chunk` at a time
     (a long article too), the summary accumulated over the chunks."""
-    predictor = executor_predictor(model_name, threads, device, max_batch_tokens)
+    predictor = executor_predictor(model_name, threads, device, max_batch_tokens, quantize, backend)
     enricher = executor_enricher(model_name, predictor, dict(enrich or {}))
     labels, extra = list(predictor.labels), extra_columns(predictor, enricher.added)
     carried = (["path"] if as_bytes else []) + list(metadata)

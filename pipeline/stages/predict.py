@@ -131,13 +131,13 @@ def _predict(cfg: DictConfig, inputs: list[str], files: list[Path], written: dic
         check_resume(output, model_id)  # parts of another model: refused before the model loads
     try:
         predictor = load_predictor(model.model_dir, quantize=pcfg.quantize or None, device=str(pcfg.device),
-                                   max_batch_tokens=pcfg.max_batch_tokens)
+                                   max_batch_tokens=pcfg.max_batch_tokens, backend=str(pcfg.backend))
     except PipelineError as exc:
         raise model_error(exc)
     threads = set_threads(pcfg.threads)
-    log.info("predict: model %s (%s, labels %s, max_length %d%s) on %s, %d threads", model.uri, predictor.kind,
-             ",".join(predictor.labels), predictor.max_length,
-             ", int8" if pcfg.quantize else "", getattr(predictor, "device", "cpu"), threads)
+    log.info("predict: model %s (%s, labels %s, max_length %d%s, backend %s) on %s, %d threads", model.uri,
+             predictor.kind, ",".join(predictor.labels), predictor.max_length, ", int8" if pcfg.quantize else "",
+             getattr(predictor, "backend", "-"), getattr(predictor, "device", "cpu"), threads)
     rules = segment_rules_for(cfg, model)
 
     enricher = Enricher.from_cfg(cfg, predictor)

@@ -110,7 +110,7 @@ def train(cfg: DictConfig) -> dict:
 def _train(cfg: DictConfig) -> dict:
     import mlflow
 
-    from pipeline.models.store import log_stance_model
+    from pipeline.models.store import log_stance_model, served_options
     from pipeline.models.metrics import prefixed
     from pipeline.core.io import CsvStyle, write_table_atomic
 
@@ -155,7 +155,8 @@ def _train(cfg: DictConfig) -> dict:
             mlflow.set_tag("served_model", "refit on all labelled rows; test_* metrics are the first fit's")
         info = log_stance_model(served_dir, name="model",
                                 registered_model_name=None if smoke else serving.model_name(cfg),
-                                input_example=split.test["text"].head(3).tolist())
+                                input_example=split.test["text"].head(3).tolist(),
+                                model_config=served_options(cfg))
         mlflow.set_tags({"has_model": "true", "model_uri": info.model_uri,
                          "mlflow.note.content": run_description(cfg, scored, len(split.test), calibration)})
         outcome = serving.after_train(cfg, run.info.run_id, smoke=smoke)

@@ -1,0 +1,161 @@
+"""How the encoder's forward pass runs (`predict.backend`): the same weights, the same labels and probabilities.
+
+    eager    the model as transformers loads it (today's path; its attention is transformers' default, scaled-dot-
+             product attention for BERT / XLM-R in transformers 5)
+    sdpa     the same, attention forced to torch's scaled_dot_product_attention at load (`attn_implementation`)
+    onnx     the model exported to ONNX (torch.onnx) and run by ONNX Runtime with its transformer graph fusions
+             (attention, LayerNorm, GELU); needs the `onnx` extra: pip install -e ".[onnx]"
+    auto     the fastest measured choice that can run here (AUTO_ORDER: onnx when installed, on the CPU, not int8;
+             else eager)
+
+`prepare(model, backend, ...)` returns a callable with the model's own call signature (input_ids=, attention_mask=)
+whose result has the model's output attribute (`logits` or `last_hidden_state`). Chosen once when a predictor is
+loaded (pipeline.models.batching), so predict, the pyfunc model, Spark and serve run the same backend when given
+the same `backend` option. Measured side by side: bench/predict_speed.py --backends.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+from pipeline.core.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("eager", "sdpa", "onnx", "auto")
+# Not kept: torch.compile (dynamic shapes) took 145 s to warm up on the tiny model and recompiles for new shapes,
+# for no measured gain worth it (docs/predict.md, Speed).
+# `auto` takes the first of these that can run here (installed; CPU; not int8): ONNX Runtime was the fastest on the
+# BERT-base shape and the tiny model (docs/predict.md, Speed); eager is always there.
+AUTO_ORDER = ("onnx", "eager")
+ONNX_OPSET = 17  # ONNX opset of the export (LayerNormalization needs ≥ 17)
+
+
+def check_backend(backend: str | None) -> str:
+    """The backend name, validated; PipelineError naming the choices otherwise."""
+    name = str(backend or "eager")
+    if name not in BACKENDS:
+        raise PipelineError(f"predict.backend={name!r}: choose one of {', '.join(BACKENDS)}")
+    return name
+
+
+def available(backend: str) -> str | None:
+    """None when `backend` can run here, else why not (one line, with the fix)."""
+    if backend == "onnx":
+        missing = [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
+        if missing:
+            return (f"predict.backend=onnx needs {' and '.join(missing)}: pip install -e \".[onnx]\" "
+                    "(or choose predict.backend=eager)")
+    return None
+
+
+def resolve(backend: str | None, *, device: str = "cpu", quantize: str | None = None) -> str:
+    """The backend that will run: `auto` → the first available of AUTO_ORDER; an unavailable one is refused."""
+    name = check_backend(backend)
+    if name == "auto":
+        return next((b for b in AUTO_ORDER if runs(b, device, quantize)), "eager")
+    why = available(name)
+    if why:
+        raise PipelineError(why)
+    if name == "onnx" and str(device).startswith("cuda"):
+        raise PipelineError("predict.backend=onnx runs on the CPU here; drop it, or set predict.device=cpu")
+    if name == "onnx" and quantize == "int8":
+        raise PipelineError("predict.backend=onnx does not run the int8 model (predict.quantize=int8 is torch's "
+                            "dynamic int8); use predict.backend=eager with it")
+    return name
+
+
+def runs(backend: str, device: str, quantize: str | None) -> bool:
+    """Whether `backend` can run here for this device and quantisation (what `auto` may pick)."""
+    if backend == "onnx":
+        return available(backend) is None and not str(device).startswith("cuda") and quantize != "int8"
+    return available(backend) is None
+
+
+def load_kwargs(backend: str) -> dict:
+    """Extra from_pretrained keyword arguments the backend needs."""
+    return {"attn_implementation": "sdpa"} if backend == "sdpa" else {}
+
+
+def prepare(model, backend: str, *, output: str):
+    """A callable standing for `model` in the forward pass (see the module docstring). `output`: the attribute the
+    caller reads (logits or last_hidden_state)."""
+    if backend in ("eager", "sdpa"):
+        return model
+    if backend == "onnx":
+        return OnnxForward(model, output)
+    raise PipelineError(f"predict.backend={backend!r}: choose one of {', '.join(BACKENDS)}")
+
+
+class OnnxForward:
+    """The model exported to ONNX once (at load, into a temporary directory) and run by ONNX Runtime, fused for
+    transformers when the model is a BERT-like encoder (onnxruntime.transformers.optimizer)."""
+
+    def __init__(self, model, output: str):
+        import onnxruntime as ort
+        import torch
+
+        self.output = output
+        self.config = model.config
+        self._dir = tempfile.TemporaryDirectory(prefix="pipeline-onnx-")
+        path = Path(self._dir.name) / "model.onnx"
+        export(model, path, output)
+        path = self.path = optimise(path, model.config)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        log.info("predict.backend=onnx: %s exported and loaded in ONNX Runtime (%d threads)",
+                 type(model).__name__, options.intra_op_num_threads)
+
+    def __call__(self, input_ids, attention_mask=None, **_):
+        import torch
+
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        out = self.session.run(None, {"input_ids": input_ids.cpu().numpy(),
+                                      "attention_mask": attention_mask.cpu().numpy()})[0]
+        return SimpleNamespace(**{self.output: torch.from_numpy(out)})
+
+
+def export(model, path: Path, output: str) -> None:
+    """torch.onnx.export of `model` (input_ids, attention_mask → `output`), batch and sequence axes dynamic."""
+    import torch
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return getattr(self.model(input_ids=input_ids, attention_mask=attention_mask), output)
+
+    ids = torch.ones((2, 8), dtype=torch.long)
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+            "output": {0: "batch"} if output == "logits" else {0: "batch", 1: "sequence"}}
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Wrapped().eval(), (ids, torch.ones_like(ids)), str(path), input_names=["input_ids",
+                          "attention_mask"], output_names=["output"], dynamic_axes=axes, opset_version=ONNX_OPSET,
+                          dynamo=False)
+
+
+def optimise(path: Path, config) -> Path:
+    """ONNX Runtime's transformer fusions for a BERT-like encoder (the file as it is for another architecture)."""
+    if getattr(config, "model_type", "") not in ("bert", "roberta", "xlm-roberta", "electra", "distilbert"):
+        return path
+    from onnxruntime.transformers import optimizer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fused = optimizer.optimize_model(str(path), model_type="bert", num_heads=int(config.num_attention_heads),
+                                         hidden_size=int(config.hidden_size), opt_level=0)
+    out = path.with_name("model.fused.onnx")
+    fused.save_model_to_file(str(out))
+    return out

@@ -1,0 +1,155 @@
+"""predict.backend (pipeline.models.backends): every backend gives eager's labels and probabilities to 1e-4, on both
+encoder kinds; an unknown or unavailable backend is one clear error; pyfunc and Spark take the option too."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from pipeline import LABELS
+from pipeline.core.errors import PipelineError
+from pipeline.models import backends
+from pipeline.models.base import load_predictor, write_model_metadata
+from pipeline.text.preprocess import TextPreprocessor
+from pipeline.text.segmentation import seed_sentences
+
+TOLERANCE = 1e-4  # the promise of conf/predict/default.yaml: same probabilities to 1e-4
+
+
+@pytest.fixture(scope="module")
+def transformer_dir(tmp_path_factory) -> Path:
+    from pipeline.models.tiny import build_tiny_bert
+
+    out = tmp_path_factory.mktemp("backend") / "transformer"
+    build_tiny_bert(seed_sentences(), out, LABELS, seed=5)
+    write_model_metadata(out, kind="transformer", labels=LABELS, max_length=32, base_model="tiny",
+                         preprocessor=TextPreprocessor(None))
+    return out
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory, transformer_dir) -> Path:
+    """An encoder-kind dir (bare encoder + mean-pooled linear head), as the frozen kind writes one."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from pipeline.models.encoder import LinearHead
+
+    out = tmp_path_factory.mktemp("backend") / "encoder"
+    encoder = AutoModel.from_pretrained(str(transformer_dir))
+    encoder.save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(transformer_dir)).save_pretrained(out)
+    rng = np.random.default_rng(0)
+    LinearHead(rng.normal(size=(len(LABELS), encoder.config.hidden_size)) * 3, rng.normal(size=len(LABELS)),
+               pooling="mean", normalize=True).save(out)
+    write_model_metadata(out, kind="encoder", labels=LABELS, max_length=32, base_model="tiny",
+                         preprocessor=TextPreprocessor(None))
+    return out
+
+
+def installed(backend: str) -> bool:
+    return backends.available(backend) is None
+
+
+KEPT = [b for b in backends.BACKENDS if b not in ("eager", "auto")]
+
+
+@pytest.mark.parametrize("kind", ["transformer", "encoder"])
+@pytest.mark.parametrize("backend", KEPT + ["auto"])
+def test_every_backend_gives_eagers_labels_and_probabilities(backend, kind, transformer_dir, encoder_dir):
+    if not installed(backend):
+        pytest.skip(f"backend {backend} is not installed here: {backends.available(backend)}")
+    model_dir = transformer_dir if kind == "transformer" else encoder_dir
+    texts = seed_sentences() + ["", "اتفاق"]  # mixed lengths: padded and unpadded batches, truncation
+    eager = load_predictor(model_dir).predict(texts, batch_size=7)
+    other = load_predictor(model_dir, backend=backend)
+    assert other.backend in backends.BACKENDS and other.backend != "auto"
+    out = other.predict(texts, batch_size=7)
+    columns = [f"p_{label}" for label in LABELS]
+    assert np.abs(out[columns].to_numpy() - eager[columns].to_numpy()).max() < TOLERANCE
+    assert (out["label"] == eager["label"]).all() and (out["truncated"] == eager["truncated"]).all()
+
+
+def test_an_unknown_backend_is_one_line_naming_the_choices(transformer_dir):
+    with pytest.raises(PipelineError) as info:
+        load_predictor(transformer_dir, backend="tensorrt")
+    message = str(info.value)
+    assert "\n" not in message and "predict.backend='tensorrt'" in message
+    assert all(name in message for name in backends.BACKENDS)
+
+
+def test_an_uninstalled_backend_is_one_line_with_the_fix(transformer_dir, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(PipelineError) as info:
+        load_predictor(transformer_dir, backend="onnx")
+    message = str(info.value)
+    assert "\n" not in message and "onnxruntime" in message and 'pip install -e ".[onnx]"' in message
+    # auto falls back to what is installed instead of failing
+    assert load_predictor(transformer_dir, backend="auto").backend in backends.AUTO_ORDER + ("eager",)
+
+
+def test_the_pyfunc_model_takes_backend_and_quantize_from_its_model_config(transformer_dir):
+    from pipeline.models import store
+
+    model = store.StancePyfuncModel()
+    model.load_context(SimpleNamespace(artifacts={store.ARTIFACT_KEY: str(transformer_dir)},
+                                       model_config={"backend": "sdpa", "quantize": None}))
+    assert model.predictor.backend == "sdpa" and model.predictor.quantize is None
+    model.load_context(SimpleNamespace(artifacts={store.ARTIFACT_KEY: str(transformer_dir)}, model_config=None))
+    assert model.predictor.backend == "eager"  # a model logged before the option: today's path
+    with pytest.raises(PipelineError, match="predict.backend"):
+        model.load_context(SimpleNamespace(artifacts={store.ARTIFACT_KEY: str(transformer_dir)},
+                                           model_config={"backend": "nope"}))
+
+
+def test_spark_executors_load_the_backend_the_stage_asks_for(transformer_dir, monkeypatch):
+    pytest.importorskip("pyspark")
+    import pyspark
+
+    from pipeline.prediction import spark_articles
+
+    monkeypatch.setattr(pyspark.SparkFiles, "get", lambda name: str(transformer_dir))
+    monkeypatch.setattr(spark_articles, "_PREDICTORS", {})
+    predictor = spark_articles.executor_predictor("m", 1, "cpu", None, None, "sdpa")
+    assert predictor.backend == "sdpa"
+
+
+@pytest.mark.parametrize("kind", ["transformer", "encoder"])
+def test_int8_keeps_the_feed_forward_down_projections_pooler_and_head_in_fp32(kind, transformer_dir, encoder_dir):
+    import torch
+    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+
+    predictor = load_predictor(transformer_dir if kind == "transformer" else encoder_dir, quantize="int8")
+    config = predictor.model.config
+    kept, quantised = {}, {}
+    for name, module in predictor.model.named_modules():
+        if isinstance(module, Int8Linear):
+            quantised[name] = module
+        elif type(module) is torch.nn.Linear:
+            kept[name] = module
+    down = [n for n, m in kept.items() if (m.in_features, m.out_features) == (config.intermediate_size,
+                                                                              config.hidden_size)]
+    assert len(down) == config.num_hidden_layers  # every layer's down-projection stays fp32
+    assert all(n.endswith("output.dense") and "attention" not in n for n in down)
+    assert any(n.endswith("pooler.dense") for n in kept)
+    if kind == "transformer":
+        assert "classifier" in kept
+    # everything else in the layers is int8: query, key, value, attention output, up-projection
+    per_layer = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                 "intermediate.dense")
+    for part in per_layer:
+        assert sum(n.endswith(part) for n in quantised) == config.num_hidden_layers, part
+    assert not any(isinstance(m, Int8Linear) for n, m in predictor.model.named_modules() if "pooler" in n)
+
+
+def test_auto_picks_a_backend_that_runs_with_int8(transformer_dir):
+    assert load_predictor(transformer_dir, backend="auto", quantize="int8").backend == "eager"
+    assert backends.resolve("auto", device="cpu") == ("onnx" if installed("onnx") else "eager")
+    if installed("onnx"):
+        with pytest.raises(PipelineError, match="int8"):
+            load_predictor(transformer_dir, backend="onnx", quantize="int8")

@@ -30,11 +30,13 @@ log = logging.getLogger(__name__)
 METHOD = "frozen"  # the `model_kind` tag of its runs (pipeline.models.kinds)
 
 
-def frozen_encoder(cfg: DictConfig, train_texts, work_dir: Path, out: Path, preprocess: TextPreprocessor):
+def frozen_encoder(cfg: DictConfig, train_texts, work_dir: Path, out: Path, preprocess: TextPreprocessor, *,
+                   how: str = "frozen"):
     """Write the untouched encoder to `out` with a zero head and return its predictor (what computes the features).
 
     A zero head first: the directory is then a complete model whose predictor computes the training features, by
-    exactly the code that serves the model. Returns (predictor, pooling, normalize, base model name)."""
+    exactly the code that serves the model (the contrastive kind tunes that predictor's encoder before the head is
+    fitted; `how` says so in the metadata). Returns (predictor, pooling, normalize, base model name)."""
     m = cfg.model
     pooling = check_pooling(str(OmegaConf.select(cfg, "model.pooling", default="mean")))
     normalize = bool(OmegaConf.select(cfg, "model.normalize", default=True))
@@ -50,7 +52,7 @@ def frozen_encoder(cfg: DictConfig, train_texts, work_dir: Path, out: Path, prep
     LinearHead(np.zeros((len(LABELS), hidden)), np.zeros(len(LABELS)), pooling=pooling, normalize=normalize).save(out)
     base_name = str(m.name_or_path) if m.name_or_path else "tiny-bert (built from the training sentences)"
     write_model_metadata(out, kind="encoder", labels=LABELS, max_length=int(cfg.train.max_length),
-                         base_model=f"{base_name} (frozen, {pooling}-pooled) + logistic regression",
+                         base_model=f"{base_name} ({how}, {pooling}-pooled) + logistic regression",
                          preprocessor=preprocess)
     return load_predictor(out), pooling, normalize, base_name
 
@@ -79,6 +81,12 @@ def fit(cfg: DictConfig, split, work_dir: Path, out: Path, preprocess: TextPrepr
         resume_from: str | None = None) -> None:
     """Write an encoder stance model dir to `out`: the base encoder as it is + a fitted logistic-regression head."""
     predictor, pooling, normalize, base_name = frozen_encoder(cfg, split.train["text"], work_dir, out, preprocess)
+    fit_head(cfg, split, predictor, out, pooling=pooling, normalize=normalize, what=f"frozen encoder {base_name}")
+
+
+def fit_head(cfg: DictConfig, split, predictor, out: Path, *, pooling: str, normalize: bool, what: str) -> None:
+    """Fit the logistic-regression head on the pooled embeddings of split.train by `predictor`'s encoder, save it
+    into `out` beside that encoder, and log the validation scores when there are validation rows."""
     batch_size = int(cfg.train.eval_batch_size)
     features = sentence_features(predictor, split.train["text"].tolist(), batch_size=batch_size, normalize=normalize,
                                  context=contexts_of(split.train, preprocess.context))
@@ -86,7 +94,7 @@ def fit(cfg: DictConfig, split, work_dir: Path, out: Path, preprocess: TextPrepr
     weight, bias = fit_logistic(features, labels, LABELS, sample_weight=sample_weights(split.train),
                                 **head_settings(cfg))
     LinearHead(weight, bias, pooling=pooling, normalize=normalize).save(out)
-    log.info("frozen encoder %s: head fitted on %d sentences (%d features)", base_name, len(labels),
+    log.info("%s: head fitted on %d sentences (%d features)", what, len(labels),
              int(predictor.model.config.hidden_size))
     if len(split.val):
         served = load_predictor(out)

@@ -64,6 +64,7 @@ for _kind in (
     Kind("tiny", "pipeline.models.transformer", loads=False, from_scratch=True),  # the same on a tiny BERT built here
     Kind("tfidf", "pipeline.models.tfidf"),                        # TF-IDF n-grams + logistic regression
     Kind("frozen", "pipeline.models.frozen", loads=False),         # frozen encoder + logistic regression
+    Kind("contrastive", "pipeline.models.contrastive", loads=False),  # encoder tuned on sentence pairs + LR (SetFit)
     Kind("encoder", "pipeline.models.encoder", fits=False),        # encoder + pooling + linear head (head.json)
     Kind("hybrid", "pipeline.models.hybrid", fits=False, wraps_when="train.hybrid.enabled"),  # lexicon + inner
 ):

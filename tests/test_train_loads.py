@@ -101,3 +101,15 @@ def test_a_model_built_from_scratch_is_scored_and_calibrated_from_memory(make_cf
     read = outputs(run_train(make_cfg, [*overrides, "train.reuse_models=false"]))
     assert sum(n for (what, where), n in loads.items() if what == "model" and "base_model" not in where) > 4
     assert kept == read
+
+
+def test_a_kind_that_tunes_the_encoder_gets_its_own_copy(make_cfg, labelled, small_encoder, loads):
+    """model=contrastive tunes the encoder it gets from the frozen kind's code: with the shared copy, each later
+    fit of the run (calibration folds, refit) would start from the weights the previous one tuned."""
+    overrides = ["model=contrastive", f"model.name_or_path={small_encoder}", f"paths.labelled={labelled}",
+                 "model.text_prefix=''", "train.contrastive.pairs_per_sentence=2"]
+    kept = outputs(run_train(make_cfg, overrides))
+    assert model_loads(loads, small_encoder) == 1
+    read = outputs(run_train(make_cfg, [*overrides, "train.reuse_models=false"]))
+    assert "served/head.json" in kept
+    assert kept == read

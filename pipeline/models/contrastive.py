@@ -25,6 +25,7 @@ from pipeline.models.head import sample_weights
 from pipeline.models.loading import check_source
 from pipeline.models.trainer import log_metrics
 from pipeline.models.transformer import frozen_parameters
+from pipeline.text.context import contexts_of
 from pipeline.text.preprocess import TextPreprocessor
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,10 @@ def padded(ids: Sequence[Sequence[int]], pad_id: int, device: str):
 
 
 def tune_encoder(cfg: DictConfig, predictor, texts: Sequence[str], labels: Sequence[str],
-                 weights: Sequence[float]) -> list[float]:
-    """Stage 1: tune `predictor.model` (the encoder) in place on sentence pairs; returns the mean loss per epoch."""
+                 weights: Sequence[float], contexts: Sequence[str] | None = None) -> list[float]:
+    """Stage 1: tune `predictor.model` (the encoder) in place on sentence pairs; returns the mean loss per epoch.
+    `contexts`: each sentence's context when the model reads one (model.context), read as the head and serving
+    read it."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
@@ -107,7 +110,8 @@ def tune_encoder(cfg: DictConfig, predictor, texts: Sequence[str], labels: Seque
     pairs, targets, pair_weights = sample_pairs(labels, weights, s["pairs_per_sentence"], int(cfg.seed))
     if not len(pairs) or not (targets == 0).any():
         raise PipelineError("model=contrastive needs training sentences of at least two stances to make pairs")
-    ids, _ = predictor.encode(predictor.preprocessor([str(t) for t in texts]))
+    ids, _ = predictor.encode(predictor.preprocessor.inputs([str(t) for t in texts], contexts,
+                                                            predictor.context_separator))
     model, device, pooling = predictor.model, predictor.device, predictor.head.pooling
     fixed = {id(p) for p in frozen_parameters(cfg, model, pooled=False)}  # train.freeze_embeddings
     trainable = [p for p in model.parameters() if id(p) not in fixed]
@@ -174,9 +178,9 @@ def fit(cfg: DictConfig, split, work_dir: Path, out: Path, preprocess: TextPrepr
     if cfg.train.num_threads:
         torch.set_num_threads(int(cfg.train.num_threads))
     predictor, pooling, normalize, base_name = frozen_encoder(cfg, split.train["text"], work_dir, out, preprocess,
-                                                              how="contrastive-tuned")
+                                                              how="contrastive-tuned", shared=False)
     tune_encoder(cfg, predictor, split.train["text"].tolist(), split.train["label"].tolist(),
-                 sample_weights(split.train))
+                 sample_weights(split.train), contexts_of(split.train, predictor.context))
     predictor.model.save_pretrained(out)
     fit_head(cfg, split, predictor, out, pooling=pooling, normalize=normalize,
              what=f"contrastive-tuned encoder {base_name}")

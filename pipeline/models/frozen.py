@@ -8,6 +8,7 @@ regularised linear model is learned.
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -31,19 +32,22 @@ METHOD = "frozen"  # the `model_kind` tag of its runs (pipeline.models.kinds)
 
 
 def frozen_encoder(cfg: DictConfig, train_texts, work_dir: Path, out: Path, preprocess: TextPreprocessor, *,
-                   how: str = "frozen"):
+                   how: str = "frozen", shared: bool = True):
     """Write the untouched encoder to `out` with a zero head and return its predictor (what computes the features).
 
     A zero head first: the directory is then a complete model whose predictor computes the training features, by
     exactly the code that serves the model (the contrastive kind tunes that predictor's encoder before the head is
-    fitted; `how` says so in the metadata). Returns (predictor, pooling, normalize, base model name)."""
+    fitted; `how` says so in the metadata, and it asks for its own copy of the weights: `shared=False`). Returns (predictor, pooling, normalize, base model name)."""
     m = cfg.model
     pooling = check_pooling(str(OmegaConf.select(cfg, "model.pooling", default="mean")))
     normalize = bool(OmegaConf.select(cfg, "model.normalize", default=True))
     base = base_model_dir(cfg, preprocess(train_texts), Path(work_dir) / "base_model", LABELS)
-    # shared: in a train run (pipeline.models.reuse) the fit, its calibration folds and the refit read it once
+    # In a train run (pipeline.models.reuse) the fit, its calibration folds and the refit read it once and use
+    # that one copy, which nobody changes; a kind that tunes it (shared=False) tunes a copy of its own
     tokenizer, encoder = load_tokenizer_and_model(base, LABELS, hub_timeout_s=float(m.hub_timeout_s),
                                                   encoder_only=True, shared=True)
+    if not shared:
+        encoder = copy.deepcopy(encoder)
     out.mkdir(parents=True, exist_ok=True)
     encoder.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -89,7 +93,7 @@ def fit_head(cfg: DictConfig, split, predictor, out: Path, *, pooling: str, norm
     into `out` beside that encoder, and log the validation scores when there are validation rows."""
     batch_size = int(cfg.train.eval_batch_size)
     features = sentence_features(predictor, split.train["text"].tolist(), batch_size=batch_size, normalize=normalize,
-                                 context=contexts_of(split.train, preprocess.context))
+                                 context=contexts_of(split.train, predictor.context))
     labels = split.train["label"].tolist()
     weight, bias = fit_logistic(features, labels, LABELS, sample_weight=sample_weights(split.train),
                                 **head_settings(cfg))

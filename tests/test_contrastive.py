@@ -142,3 +142,29 @@ def test_contrastive_model_trains_predicts_through_the_stages_and_is_determinist
     predict(make_cfg("predict", f"input={articles}", f"output={out}", f"model_uri={results[1]['model_uri']}"))
     predicted = pd.read_csv(out)
     assert len(predicted) == 2 and set(predicted["label"]) <= set(LABELS)
+
+
+def test_a_model_reading_context_is_tuned_on_the_inputs_it_serves(make_cfg, tmp_path, small_encoder, monkeypatch):
+    """With model.context the pairs are the sentences beside their contexts, as the head and serving read them."""
+    from pipeline.labeling.splits import holdout_split, load_labelled
+    from pipeline.models import contrastive
+    from pipeline.models.batching import TransformerPredictor
+
+    labelled = make_labelled(make_cfg, tmp_path / "l.parquet")
+    cfg = contrastive_cfg(make_cfg, small_encoder, labelled, "model.context=previous", "train.contrastive.epochs=1")
+    split = holdout_split(load_labelled(cfg), cfg)
+    encoded: list[list[str]] = []
+    real = TransformerPredictor.encode
+
+    def recording(self, texts, *args, **kwargs):
+        encoded.append(list(texts))
+        return real(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(TransformerPredictor, "encode", recording)
+    from pipeline.text.preprocess import TextPreprocessor
+
+    contrastive.fit(cfg, split, tmp_path / "work", tmp_path / "model", TextPreprocessor.from_cfg(cfg))
+    tuned = encoded[0]  # the first encode of the fit: the pairs' sentences
+    assert len(tuned) == len(split.train)
+    separated = [t for t in tuned if "[SEP]" in t or "</s>" in t]
+    assert separated, "the sentences were tuned without their contexts"

@@ -253,3 +253,18 @@ def test_the_pool_is_predicted_with_the_context_the_model_reads(make_cfg, weak_l
     assert contexts, "the pool's sentences carry their previous sentence"
     with_context = [t for t in ContextLookupPredictor.READ if " <sep> " in t]
     assert len(with_context) >= len(contexts)
+
+
+def test_each_rounds_model_is_loaded_once(lookup_kind, make_cfg, weak_labelled, tmp_path, monkeypatch):
+    """A round's model scores the held-out gold and predicts the pool from one load (not one per use)."""
+    from pipeline.models import base
+    from pipeline.training.fitting import fit_model
+
+    loads = []
+    real = base.load_predictor
+    monkeypatch.setattr(base, "load_predictor", lambda d, *a, **k: loads.append(d) or real(d, *a, **k))
+    cfg, _, folds = _folds(make_cfg, weak_labelled, "train.self_training.rounds=1",
+                           "train.self_training.min_confidence=0.8")
+    fit_model(cfg, folds[0], tmp_path / "fold")
+    assert len(FITS) == 2
+    assert len(loads) == 2  # the first fit's model (gold + pool), then round 1's (gold)

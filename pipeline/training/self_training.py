@@ -111,25 +111,26 @@ def with_pseudo(split: Split, pseudo: pd.DataFrame) -> Split:
     return replace(split, train=train)
 
 
-def _predict(model_dir: Path, rows: pd.DataFrame, batch_size: int) -> np.ndarray:
+def _proba(predictor, rows: pd.DataFrame, batch_size: int) -> np.ndarray:
     """Raw probabilities of `rows`' sentences, each with the context the model reads (model.context)."""
-    from pipeline.models.base import load_predictor
-
     if not len(rows):
         return np.zeros((0, len(LABELS)))
-    predictor = load_predictor(model_dir)
     return predictor.predict_proba(rows["text"].tolist(), batch_size=batch_size,
                                    context=contexts_of(rows, predictor.context))
 
 
-def _quality(model_dir: Path, split: Split, batch_size: int) -> dict[str, float]:
-    """The round's model on the split's gold: held-out test and validation macro-F1 (reported, never chosen on)."""
-    out = {}
+def _read_model(model_dir: Path, split: Split, pool: pd.DataFrame | None, batch_size: int):
+    """A round's model, loaded once: its macro-F1 on the split's held-out test and validation gold (reported,
+    never chosen on) and its probabilities on the pool (None: no round follows)."""
+    from pipeline.models.base import load_predictor
+
+    predictor = load_predictor(model_dir)
+    quality = {}
     for name, rows in (("test", split.test), ("val", split.val)):
         if len(rows):
-            pred = _predict(model_dir, rows, batch_size).argmax(axis=1)
-            out[f"{name}_macro_f1"] = macro_f1(rows["label"].tolist(), [LABELS[i] for i in pred])
-    return out
+            pred = _proba(predictor, rows, batch_size).argmax(axis=1)
+            quality[f"{name}_macro_f1"] = macro_f1(rows["label"].tolist(), [LABELS[i] for i in pred])
+    return quality, None if pool is None else _proba(predictor, pool, batch_size)
 
 
 def _round(pool: pd.DataFrame, pseudo: pd.DataFrame, split: Split, k: int) -> dict[str, float]:
@@ -146,10 +147,11 @@ def _round(pool: pd.DataFrame, pseudo: pd.DataFrame, split: Split, k: int) -> di
     return record
 
 
-def _scored(model_dir: Path, split: Split, batch_size: int, k: int) -> dict[str, float]:
-    quality = distributed.from_main(lambda: _quality(model_dir, split, batch_size))
+def _scored(model_dir: Path, split: Split, pool: pd.DataFrame | None, batch_size: int, k: int):
+    """Round k's model read once (rank 0): its quality, logged at step k, and its probabilities on the pool."""
+    quality, proba = distributed.from_main(lambda: _read_model(model_dir, split, pool, batch_size))
     log_metrics({f"{_prefix(split)}round_{key}": value for key, value in quality.items()}, step=k)
-    return quality
+    return quality, proba
 
 
 def _line(quality: dict[str, float]) -> str:
@@ -174,11 +176,10 @@ def fit_rounds(cfg: DictConfig, split: Split, learned: Path, work_dir: Path,
                  "data.unlabelled or train.transductive=true add some): the first fit stands", split.name)
         return 0
     batch = int(cfg.train.eval_batch_size)
-    before = _scored(learned, split, batch, 0)
+    before, proba = _scored(learned, split, pool, batch, 0)
     previous: set | None = None
     made = 0
     for k in range(1, s.rounds + 1):
-        proba = distributed.from_main(lambda: _predict(learned, pool, batch))
         pseudo = pseudo_rows(pool, proba, s)
         record = _round(pool, pseudo, split, k)
         by_label = ", ".join(f"{label} {record[f'added_{label}']}" for label in LABELS)
@@ -203,7 +204,7 @@ def fit_rounds(cfg: DictConfig, split: Split, learned: Path, work_dir: Path,
             shutil.rmtree(round_dir, ignore_errors=True)  # its checkpoints: GBs for a transformer
         distributed.barrier()
         made = k
-        after = _scored(learned, split, batch, k)
+        after, proba = _scored(learned, split, pool if k < s.rounds else None, batch, k)
         log.info("%s: self-training round %d refitted on %d rows: %s (before: %s)", split.name, k,
                  len(split.train) - record["replaced"] + len(pseudo), _line(after), _line(before))
         before = after

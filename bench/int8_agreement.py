@@ -5,12 +5,14 @@
 
 `--model` is a stance model directory written by `pipeline train` (transformer or encoder kind), e.g. the
 pretrained stand-in fine-tuned with `train model=e5-small`: agreement measured on random or from-scratch weights
-says little about a model whose probabilities are decisions. Sentences: the seed sentences the model never trained
+says little about a model whose probabilities are decisions. A model trained on a table (`data=arsarcasm`) has no
+seed sentences to hold out: give its test file (data.test_path) as --data. Sentences: the seed sentences the model never trained
 on — those of the test articles in its `split.json` (the first fit, `<run>/model`; a refit `<run>/final/model` has
 trained on every seed sentence and is refused: agreement on its own training sentences flatters int8) — plus, with
 --data, up to --n other Arabic sentences. Both predictors run the stage's own
 code (`pipeline.models.base.load_predictor`, `predict.quantize=int8` = dynamic int8 Linear layers but those
-batching.quantize_encoder keeps in fp32; --all-linear adds the recipe before issue 21); the rounds are interleaved (fp32, int8, fp32, int8, …) and the speed-up is reported per round as median and min–max.
+pipeline.models.int8 keeps in fp32; --all-linear adds the recipe before issue 21; --weights-only adds a
+diagnostic row, the int8 weights with fp32 activations: the ceiling of any int8 scheme with per-channel weights); the rounds are interleaved (fp32, int8, fp32, int8, …) and the speed-up is reported per round as median and min–max.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def unseen_seed_sentences(model_dir: str) -> tuple[list[str], list[str]]:
     from pipeline.text.segmentation import SEEDS_DIR, article_id_for, split_sentences
 
     record = train_state.read_split(Path(model_dir))
+    if record is not None and record.get("by") != "group" and not record.get("seen_all"):
+        return [], []  # a model trained on a table: its unseen sentences are the --data file it was tested on
     if record is None or record.get("by") != "group":
         raise SystemExit(f"error: {model_dir}: no split.json naming its test articles: cannot tell which seed "
                          "sentences it trained on; give the first fit of a train run on the seeds, <run dir>/model")
@@ -49,6 +53,9 @@ def unseen_seed_sentences(model_dir: str) -> tuple[list[str], list[str]]:
 
 def sentences(model_dir: str, data: str | None, column: str, n: int) -> tuple[list[str], int, list[str]]:
     seeds, articles = unseen_seed_sentences(model_dir)
+    if not articles and not data:
+        raise SystemExit(f"error: {model_dir} was trained on a table, not the seed articles: give --data, a file of "
+                         "sentences it never trained on (the table's data.test_path)")
     extra: list[str] = []
     if data:
         from pipeline.core.io import read_table
@@ -80,6 +87,27 @@ def all_linear_int8(predictor):
     return predictor
 
 
+def weights_only_int8(predictor):
+    """Diagnostic, not a speed path: the Linear weights that predict.quantize=int8 quantises, rounded to their int8
+    values (one scale per output channel, as pipeline.models.int8 does), activations left in fp32. What these labels
+    lose is lost to the weights' rounding alone, whatever an int8 scheme does with the activations (static ranges,
+    SmoothQuant-style scaling): the ceiling of int8 with per-channel weights on this model."""
+    import torch
+
+    from pipeline.models.int8 import fp32_linear_names
+
+    keep = set(fp32_linear_names(predictor.model))
+    with torch.no_grad():
+        for name, module in predictor.model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name not in keep:
+                scale = module.weight.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127
+                module.weight.copy_((module.weight / scale).round().clamp(-127, 127) * scale)
+    return predictor
+
+
+MARGIN_BINS = (0.0, 0.02, 0.05, 0.1, 1.01)  # fp32 top-two probability margins the agreement is broken down by
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="stance model directory (transformer or encoder kind)")
@@ -90,6 +118,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--all-linear", action="store_true",
                         help="also time the int8 recipe before issue 21 (every Linear layer, per-tensor weights)")
+    parser.add_argument("--weights-only", action="store_true",
+                        help="also the diagnostic row: int8-rounded weights with fp32 activations (no timing)")
     args = parser.parse_args()
 
     import numpy as np
@@ -102,6 +132,9 @@ def main() -> int:
     if args.all_linear:
         predictors["int8_all_linear"] = all_linear_int8(load_predictor(args.model))
     probs = {name: p.predict_proba(texts, batch_size=args.batch_size) for name, p in predictors.items()}  # warm-up
+    if args.weights_only:
+        probs["int8_weights_only"] = weights_only_int8(load_predictor(args.model)).predict_proba(
+            texts, batch_size=args.batch_size)
     seconds: dict[str, list[float]] = {name: [] for name in predictors}
     for _ in range(args.rounds):
         for name, predictor in predictors.items():
@@ -111,18 +144,30 @@ def main() -> int:
     labels = {name: p.argmax(axis=1) for name, p in probs.items()}
     top2 = np.sort(probs["fp32"], axis=1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]
-    print(f"model {args.model}: {len(texts)} sentences ({n_seed} seed news sentences of its test article(s) "
-          f"{', '.join(articles)}, never trained on), {args.rounds} interleaved rounds")
+    seeds = (f"{n_seed} seed news sentences of its test article(s) {', '.join(articles)}" if articles
+             else "no seed sentences: a model trained on a table")
+    print(f"model {args.model}: {len(texts)} sentences ({seeds}, never trained on; the rest from --data), "
+          f"{args.rounds} interleaved rounds")
     print(f"  fp32 label shares: " + ", ".join(f"{LABELS[i]} {np.mean(labels['fp32'] == i):.2f}"
                                              for i in range(len(LABELS)))
           + f"; fp32 top-two probability margin < 0.02 on {np.mean(margin < 0.02):.1%} of the sentences")
-    for name in [n for n in predictors if n != "fp32"]:
+    bins = np.digitize(margin, MARGIN_BINS[1:-1])
+    print("  sentences by fp32 margin: " + ", ".join(
+        f"[{lo:g}, {min(hi, 1):g}) {np.mean(bins == i):.1%}" for i, (lo, hi) in enumerate(zip(MARGIN_BINS, MARGIN_BINS[1:]))))
+    for name in [n for n in probs if n != "fp32"]:
         agree = labels["fp32"] == labels[name]
-        ratios = [f / i for f, i in zip(seconds["fp32"], seconds[name])]
-        print(f"  {name}: label agreement with fp32 {agree.mean():.3f} overall, {agree[:n_seed].mean():.3f} on the "
-              f"seed sentences, {agree[n_seed:].mean() if len(texts) > n_seed else float('nan'):.3f} on --data; "
-              f"max |p - p_fp32| {np.abs(probs[name] - probs['fp32']).max():.3f}; speed-up "
-              f"{statistics.median(ratios):.2f}x (min {min(ratios):.2f}, max {max(ratios):.2f})")
+        seed = f"{agree[:n_seed].mean():.3f}" if n_seed else "-"
+        rest = f"{agree[n_seed:].mean():.3f}" if len(texts) > n_seed else "-"
+        if name in seconds:
+            ratios = [f / i for f, i in zip(seconds["fp32"], seconds[name])]
+            speed = f"speed-up {statistics.median(ratios):.2f}x (min {min(ratios):.2f}, max {max(ratios):.2f})"
+        else:
+            speed = "diagnostic, not timed"
+        print(f"  {name}: label agreement with fp32 {agree.mean():.3f} overall, {seed} on the seed sentences, "
+              f"{rest} on --data; max |p - p_fp32| {np.abs(probs[name] - probs['fp32']).max():.3f}; {speed}")
+        print("    agreement by fp32 margin: " + ", ".join(
+            f"[{lo:g}, {min(hi, 1):g}) {agree[bins == i].mean():.3f}" if np.any(bins == i) else f"[{lo:g}, {min(hi, 1):g}) -"
+            for i, (lo, hi) in enumerate(zip(MARGIN_BINS, MARGIN_BINS[1:]))))
     for name in predictors:
         print(f"  {name}: {len(texts) / statistics.median(seconds[name]):.1f} sentences/s (median of rounds)")
     return 0

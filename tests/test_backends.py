@@ -139,11 +139,16 @@ def test_int8_keeps_the_feed_forward_down_projections_pooler_and_head_in_fp32(ki
     assert any(n.endswith("pooler.dense") for n in kept)
     if kind == "transformer":
         assert "classifier" in kept
-    # everything else in the layers is int8: query, key, value, attention output, up-projection
+    # everything else in the layers is int8, each behind its input smoothing (pipeline.models.int8): query, key,
+    # value, attention output, up-projection
+    from pipeline.models.int8 import SmoothedLinear
+
+    modules = dict(predictor.model.named_modules())
     per_layer = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
                  "intermediate.dense")
     for part in per_layer:
-        assert sum(n.endswith(part) for n in quantised) == config.num_hidden_layers, part
+        assert sum(n.endswith(f"{part}.linear") for n in quantised) == config.num_hidden_layers, part
+    assert all(isinstance(modules[n.rpartition(".")[0]], SmoothedLinear) for n in quantised)
     assert not any(isinstance(m, Int8Linear) for n, m in predictor.model.named_modules() if "pooler" in n)
 
 

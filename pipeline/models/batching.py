@@ -1,14 +1,14 @@
 """The transformer predictor's fast path, shared by every kind that runs an encoder (transformer, encoder): it
 tokenises once, sorts by length and pads each batch only to its own longest sentence, under
 `torch.inference_mode`: on CPU that is what gets close to the machine's matmul limit (bench/predict_speed.py).
-Also the device (`predict.device`), the token budget of a batch, int8 and the intra-op threads."""
+Also the device (`predict.device`), the token budget of a batch and the intra-op threads; int8 is
+pipeline.models.int8."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -62,9 +62,7 @@ class TransformerPredictor(StancePredictor):
                         model_dir, self.max_length, positions, positions)
             self.max_length = int(positions)
         self.quantize = quantize
-        if quantize == "int8":
-            model = quantize_encoder(model)
-        elif quantize not in (None, "", "none"):
+        if quantize not in (None, "", "none", "int8"):
             raise PipelineError(f"predict.quantize={quantize!r}: choose null or int8")
         self.model = model.to(self.device)
         self.forward = backends.prepare(self.model, self.backend, output=self.output)
@@ -74,6 +72,11 @@ class TransformerPredictor(StancePredictor):
         # The Rust tokenizer itself (no copy: re-reading a large vocabulary costs seconds of start-up); `encode`
         # sets it to truncate only before each use, as the Python tokenizer sets it before each of its calls.
         self._backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if quantize == "int8":  # calibrated on fp32 forward passes of this predictor: everything above is set
+            from pipeline.models.int8 import quantize_predictor
+
+            self.model = quantize_predictor(self)
+            self.forward = backends.prepare(self.model, self.backend, output=self.output)
 
     def load_model(self, model_dir: Path, model=None):
         """The sequence-classification model (`model`: the one a fit wrote there, in memory), checked against the
@@ -209,43 +212,6 @@ def batch_token_budget(configured: int | None, device: str) -> int | None:
             raise PipelineError(f"predict.max_batch_tokens={configured} must be at least 1")
         return int(configured)
     return GPU_BATCH_TOKENS if str(device).startswith("cuda") else None
-
-
-def quantize_encoder(model):
-    """Dynamic int8 quantisation (CPU) of the encoder's Linear layers but those kept in fp32 (`fp32_linear_names`):
-    weights in int8 with one scale per output channel, activations quantised on the fly per tensor.
-
-    Kept in fp32: each layer's feed-forward down-projection (intermediate → hidden), whose GELU outputs carry a few
-    very large values that per-tensor activation scales turn the rest of into noise (on the fine-tuned e5-small
-    stand-in it is what moves labels: docs/train.md, int8), the pooler and the classification head (one token per
-    sentence, nothing to gain)."""
-    import torch
-
-    keep = set(fp32_linear_names(model))
-    spec = {name for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear) and name not in keep}
-    with warnings.catch_warnings():  # torch marks torch.ao as deprecated; it is still the CPU int8 path
-        warnings.simplefilter("ignore")
-        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
-        return torch.ao.quantization.quantize_dynamic(model, {name: qconfig for name in spec}, dtype=torch.qint8)
-
-
-def fp32_linear_names(model) -> list[str]:
-    """Names of the Linear layers int8 leaves in fp32: feed-forward down-projections (in_features = the config's
-    intermediate_size, out_features = hidden_size), the pooler and anything outside the encoder (the head)."""
-    import torch
-
-    config = model.config
-    base = model.base_model_prefix if getattr(model, model.base_model_prefix, None) is not None else ""
-    down = (int(getattr(config, "intermediate_size", -1)), int(getattr(config, "hidden_size", -1)))
-    names = []
-    for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear):
-            continue
-        inside = not base or name.startswith(base + ".")
-        if not inside or (module.in_features, module.out_features) == down or ".pooler." in f".{name}.":
-            names.append(name)
-    return names
 
 
 _ALLOCATOR_TUNED = False

@@ -1,0 +1,122 @@
+"""`predict.quantize=int8`: dynamic int8 Linear layers on the CPU, with activation outliers smoothed into the weights.
+
+The recipe (measured with bench/int8_agreement.py on sentences the model never trained on; docs/train.md, int8):
+  * weights int8 with one scale per output channel; each layer input quantised on the fly (torch's dynamic int8);
+  * kept in fp32: each layer's feed-forward down-projection (its GELU inputs carry a few very large values that
+    no input scaling tames), the pooler and the classification head (one token per sentence, nothing to gain);
+  * SmoothQuant-style input scaling for every int8 layer: a few input channels of BERT-like encoders run far larger
+    than the rest, and one scale per tensor then turns the rest into noise. Each input channel j is divided by
+    s_j = a_j**alpha / w_j**(1 - alpha) (a_j: its largest magnitude over the calibration sentences, w_j: the largest
+    weight reading it) and the weight column multiplied by s_j: the same function in fp32, an input that int8
+    represents evenly. In a post-LayerNorm encoder the scaled input is also the residual stream, so the division is
+    a multiply before the layer (`SmoothedLinear`), not folded into the LayerNorm.
+The calibration sentences ship with the code (CALIBRATION_FILE, every other seed sentence): the same scales wherever
+a model is loaded (predict, Spark executors, the pyfunc model, serve), from one fp32 pass over them at load.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import torch  # imported only when a model is quantised (batching imports this module then)
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_FILE = Path(__file__).with_name("int8_calibration.txt")
+# How far the input range moves into the weights (SmoothQuant's alpha): 0.5, 0.7 and 0.85 were compared on a
+# fine-tuned stand-in (docs/train.md, int8); 0.85 kept the most labels.
+SMOOTHING_ALPHA = 0.85
+SCALE_FLOOR = 1e-5  # an input channel or weight column that is all zeros keeps a finite scale
+
+
+def calibration_sentences() -> list[str]:
+    return [line for line in CALIBRATION_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def quantize_predictor(predictor):
+    """The int8 model of `predictor` (a batching.TransformerPredictor whose model is still fp32): input ranges
+    measured on the calibration sentences, smoothing applied, then dynamic int8."""
+    model = predictor.model
+    names = int8_linear_names(model)
+    ranges = input_ranges(predictor, names)
+    smooth(model, ranges, SMOOTHING_ALPHA)
+    log.debug("int8: %d Linear layers smoothed on %d calibration sentences", len(names), len(calibration_sentences()))
+    return quantize_dynamic(model, [f"{name}.linear" for name in names])
+
+
+def int8_linear_names(model) -> list[str]:
+    keep = set(fp32_linear_names(model))
+    return [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and name not in keep]
+
+
+def fp32_linear_names(model) -> list[str]:
+    """Names of the Linear layers int8 leaves in fp32: feed-forward down-projections (in_features = the config's
+    intermediate_size, out_features = hidden_size), the pooler and anything outside the encoder (the head)."""
+    config = model.config
+    base = model.base_model_prefix if getattr(model, model.base_model_prefix, None) is not None else ""
+    down = (int(getattr(config, "intermediate_size", -1)), int(getattr(config, "hidden_size", -1)))
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        inside = not base or name.startswith(base + ".")
+        if not inside or (module.in_features, module.out_features) == down or ".pooler." in f".{name}.":
+            names.append(name)
+    return names
+
+
+def input_ranges(predictor, names: list[str]) -> dict:
+    """Largest |input| per input channel of each named Linear layer over the calibration sentences, read one sentence
+    at a time (no padding positions among them), preprocessed as the predictor preprocesses."""
+    modules = dict(predictor.model.named_modules())
+    ranges: dict[str, torch.Tensor] = {}
+
+    def record(name):
+        def hook(_module, args):
+            seen = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(dim=0).float()
+            ranges[name] = seen if name not in ranges else torch.maximum(ranges[name], seen)
+        return hook
+
+    hooks = [modules[name].register_forward_pre_hook(record(name)) for name in names]
+    try:
+        texts = predictor.preprocessor.inputs(calibration_sentences(), None, predictor.context_separator)
+        ids, _ = predictor.encode(texts)
+        predictor.scores_from_ids(ids, 1)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return ranges
+
+
+class SmoothedLinear(torch.nn.Module):
+    """x / s before a Linear layer whose weight columns were multiplied by s (the same function in fp32)."""
+
+    def __init__(self, linear, scale):
+        super().__init__()
+        self.linear = linear
+        self.register_buffer("inverse_scale", (1.0 / scale).to(linear.weight.dtype))
+
+    def forward(self, x):
+        return self.linear(x * self.inverse_scale)
+
+
+def smooth(model, ranges: dict, alpha: float) -> None:
+    """Wrap each Linear layer named in `ranges` in a SmoothedLinear, its weight columns scaled (in place)."""
+    with torch.no_grad():
+        for name, observed in ranges.items():
+            linear = model.get_submodule(name)
+            weight = linear.weight.detach().abs().amax(dim=0).float().clamp_min(SCALE_FLOOR)
+            scale = (observed.clamp_min(SCALE_FLOOR) ** alpha / weight ** (1 - alpha)).clamp_min(SCALE_FLOOR)
+            linear.weight.mul_(scale.to(linear.weight.dtype))
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, SmoothedLinear(linear, scale))
+
+
+def quantize_dynamic(model, names: list[str]):
+    """torch's dynamic int8 (CPU) of the named Linear layers, one weight scale per output channel."""
+    with warnings.catch_warnings():  # torch marks torch.ao as deprecated; it is still the CPU int8 path
+        warnings.simplefilter("ignore")
+        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+        return torch.ao.quantization.quantize_dynamic(model, {name: qconfig for name in names}, dtype=torch.qint8)

@@ -1,0 +1,95 @@
+"""bench/int8_agreement.py on a tiny model (no ../shared): the weights-only diagnostic rounds exactly the weights
+int8 quantises, to int8 values, and leaves the rest alone; the bench runs end to end on a model held out from one
+seed article, and refuses a model that trained on every seed sentence."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import LABELS
+from pipeline.models.base import load_predictor, write_model_metadata
+from pipeline.text.preprocess import TextPreprocessor
+from pipeline.text.segmentation import SEEDS_DIR, article_id_for, seed_sentences
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "int8_agreement.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("int8_agreement", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    from pipeline.models.tiny import build_tiny_bert
+
+    out = tmp_path_factory.mktemp("int8bench") / "model"
+    build_tiny_bert(seed_sentences(), out, LABELS, seed=3)
+    write_model_metadata(out, kind="transformer", labels=LABELS, max_length=32, base_model="tiny",
+                         preprocessor=TextPreprocessor(None))
+    articles = sorted(article_id_for(p) for p in SEEDS_DIR.glob("*.txt"))
+    (out / "split.json").write_text(json.dumps({"by": "group", "test": articles[:1], "val": [],
+                                                "train": articles[1:], "seen_all": False}), encoding="utf-8")
+    return out
+
+
+def test_weights_only_rounds_exactly_the_int8_weights_per_channel(bench, model_dir):
+    import torch
+
+    from pipeline.models.int8 import fp32_linear_names
+
+    plain = load_predictor(model_dir)
+    rounded = bench.weights_only_int8(load_predictor(model_dir))
+    keep = set(fp32_linear_names(plain.model))
+    before = dict(plain.model.named_modules())
+    rounded_any = False
+    for name, module in rounded.model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        weight, original = module.weight.detach(), before[name].weight.detach()
+        if name in keep:
+            assert torch.equal(weight, original), name  # what int8 keeps in fp32 is untouched
+            continue
+        scale = original.abs().amax(dim=1, keepdim=True) / 127
+        steps = weight / scale
+        assert torch.allclose(steps, steps.round(), atol=1e-3), name  # every weight is an int8 step of its row
+        assert steps.abs().max() <= 127 + 1e-3
+        assert (weight - original).abs().le(scale / 2 + 1e-7).all(), name  # the nearest step
+        rounded_any |= not torch.equal(weight, original)
+    assert rounded_any
+    texts = seed_sentences()[:20]
+    np.testing.assert_allclose(rounded.predict_proba(texts).sum(axis=1), 1.0, atol=1e-9)
+
+
+def test_the_bench_runs_on_a_held_out_article_and_prints_every_row(model_dir):
+    run = subprocess.run([sys.executable, str(BENCH), "--model", str(model_dir), "--rounds", "1", "--all-linear",
+                          "--weights-only"], capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = run.stdout
+    for row in ("int8: label agreement", "int8_all_linear: label agreement", "int8_weights_only: label agreement",
+                "agreement by fp32 margin", "sentences by fp32 margin", "diagnostic, not timed"):
+        assert row in out, out
+    assert "fp32: " in out and "sentences/s" in out
+
+
+def test_the_bench_refuses_a_model_refit_on_every_seed_sentence(tmp_path, model_dir):
+    import shutil
+
+    refit = tmp_path / "refit"
+    shutil.copytree(model_dir, refit)
+    record = json.loads((refit / "split.json").read_text(encoding="utf-8"))
+    (refit / "split.json").write_text(json.dumps({**record, "seen_all": True}), encoding="utf-8")
+    run = subprocess.run([sys.executable, str(BENCH), "--model", str(refit), "--rounds", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode != 0 and "error:" in run.stderr and "refit" in run.stderr

@@ -1,7 +1,7 @@
 """predict.onnx_cache (pipeline.models.onnx_cache): the onnx backend's export is made once and reused by later loads,
 in this process and in others, keyed by the weights' content and the versions; a partial export is never read; at
 most onnx_cache_keep entries stay; a cache that cannot be written falls back to a temporary directory; two
-processes loading the same model at once export it once."""
+processes loading the same model at once export it once; spark_predict passes the cache to its executors."""
 
 from __future__ import annotations
 
@@ -161,6 +161,21 @@ def test_a_cache_dir_that_cannot_be_written_falls_back_to_a_temporary_one(model_
     assert predictor.predict(["اتفاق"])["label"].iloc[0] in LABELS
 
 
+def test_the_pyfunc_model_takes_the_cache_from_its_model_config(model_dir, tmp_path, exports):
+    from types import SimpleNamespace
+
+    from pipeline.models import store
+
+    cache = tmp_path / "served"
+    config = {"backend": "onnx", "onnx_cache": str(cache), "onnx_cache_keep": 2, "quantize": None}
+    assert store.model_config_of(config) == config  # what a model is logged with
+    for _ in range(2):  # `mlflow models serve` restarted: the second load reads the cache
+        model = store.StancePyfuncModel()
+        model.load_context(SimpleNamespace(artifacts={store.ARTIFACT_KEY: str(model_dir)}, model_config=config))
+        assert model.predictor.backend == "onnx" and model.predictor.forward.path.parent.parent == cache
+    assert len(exports) == 1
+
+
 def test_onnx_cache_keep_below_one_is_one_line_naming_the_key():
     with pytest.raises(PipelineError, match=r"predict.onnx_cache_keep=0") as info:
         backends.option({"backend": "onnx", "onnx_cache": "/tmp/x", "onnx_cache_keep": 0})
@@ -220,3 +235,26 @@ def run_loaders(model_dir: Path, cache: Path, n: int, tmp_path: Path, slow_expor
     logs = [(tmp_path / f"loader-{n}-{i}.log").read_text() for i in range(n)]
     assert all(proc.returncode == 0 for proc in procs), logs
     return logs
+
+
+@pytest.mark.slow
+def test_spark_predict_with_onnx_gives_the_local_stages_rows_from_one_cached_export(spark, make_cfg, tmp_path):
+    """predict.onnx_cache reaches the executors with predict.backend (backends.Backend is pickled with the job)."""
+    import pandas as pd
+
+    from conftest import SEEDS
+    from pipeline.stages.predict import predict
+    from pipeline.stages.spark_predict import spark_predict
+
+    model = tiny_model(tmp_path / "model", seed=3)
+    cache = tmp_path / "spark-cache"
+    local = predict(make_cfg("predict", f"input={SEEDS}", f"output={tmp_path}/local.parquet", f"model_uri={model}"))
+    spark_predict(make_cfg("spark_predict", f"input={SEEDS}", f"output={tmp_path}/spark", f"model_uri={model}",
+                           "predict.backend=onnx", f"predict.onnx_cache={cache}"))
+    key = ["article_id", "idx"]
+    want = pd.read_parquet(local["output"]).sort_values(key).reset_index(drop=True)
+    got = pd.read_parquet(tmp_path / "spark").sort_values(key).reset_index(drop=True)
+    columns = [f"p_{label}" for label in LABELS]
+    assert len(got) == len(want) > 0 and (got["label"] == want["label"]).all()
+    assert np.abs(got[columns].to_numpy() - want[columns].to_numpy()).max() < TOLERANCE
+    [entry] = entries(cache)  # the driver's export; the executors read it (their copy of the model hashes alike)

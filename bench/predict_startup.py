@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/predict_startup.py [--rounds 5] [--model-dir <stance model dir of kind transformer>
                                               | --from-encoder <HF encoder dir, e.g. ~/models/multilingual-e5-small>]
-                                              [--backend onnx]
+                                              [--bert-base] [--backend onnx]
 
 Each round runs, in fresh processes and in alternating order (so that a load change hits both sides alike):
   * pipeline: `python -m pipeline predict input=<one sentence> output=... model_uri=<dir>` (the whole CLI: config,
@@ -12,7 +12,8 @@ Each round runs, in fresh processes and in alternating order (so that a load cha
 Wall-clock seconds per round, the median and spread (min–max) of each, and the ratio pipeline / bare (of the
 medians, and its range over rounds) are printed. Without --model-dir the tiny random-weight model is built as
 bench/predict_memory.py builds it; --from-encoder builds a real-sized one (the encoder's weights, a fresh
-three-label classification head: its labels mean nothing, its start-up is that of a trained model of that size).
+three-label classification head: its labels mean nothing, its start-up is that of a trained model of that size);
+--bert-base builds the random-weight model at BERT-base's shape (its vocabulary that of the seed sentences).
 
 --backend onnx times the onnx export cache (predict.onnx_cache) instead: each round, with a new empty cache, the
 same one-sentence predict with predict.backend=onnx twice (first: exports and caches; second: reads the cache),
@@ -41,14 +42,14 @@ SENTENCE = "تم التوصل إلى اتفاق بين الجانبين بعد �
 TIMEOUT_S = 600  # one cold start on a loaded machine stays far below this
 
 
-def tiny_model(target: Path) -> Path:
+def tiny_model(target: Path, shape: dict | None = None) -> Path:
     from pipeline import LABELS
     from pipeline.models.base import write_model_metadata
     from pipeline.models.tiny import build_tiny_bert
     from pipeline.text.preprocess import TextPreprocessor
     from pipeline.text.segmentation import seed_sentences
 
-    model_dir = build_tiny_bert(seed_sentences(), target, LABELS)
+    model_dir = build_tiny_bert(seed_sentences(), target, LABELS, **(shape or {}))
     write_model_metadata(model_dir, kind="transformer", labels=LABELS, max_length=128, base_model="tiny",
                          preprocessor=TextPreprocessor("bert-base-arabertv02"))
     return model_dir
@@ -131,6 +132,8 @@ def main(argv=None) -> int:
                         help="a stance model dir of kind transformer (HF files inside); default: the tiny model")
     parser.add_argument("--from-encoder", type=Path, default=None,
                         help="build a stance model dir from this HF encoder dir (random head) and time that")
+    parser.add_argument("--bert-base", action="store_true",
+                        help="the random-weight model at BERT-base's shape (hidden 768, 12 layers) instead of the tiny one")
     parser.add_argument("--backend", choices=["onnx"], default=None,
                         help="time the onnx backend's first (exporting) vs second (cached) predict instead")
     args = parser.parse_args(argv)
@@ -143,7 +146,11 @@ def main(argv=None) -> int:
         elif args.from_encoder:
             model_dir = model_from_encoder(args.from_encoder.expanduser().resolve(), tmp / "model")
         else:
-            model_dir = tiny_model(tmp / "model")
+            shape = None
+            if args.bert_base:  # AraBERT's shape, as bench/predict_speed.py builds it
+                sys.path.insert(0, str(REPO / "bench"))
+                from predict_speed import BERT_BASE as shape
+            model_dir = tiny_model(tmp / "model", shape)
         sentence_file = tmp / "one.txt"
         sentence_file.write_text(SENTENCE + "\n", encoding="utf-8")
         if args.backend == "onnx":

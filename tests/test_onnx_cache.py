@@ -138,6 +138,16 @@ def test_a_partial_export_left_by_a_killed_process_is_never_read_and_is_removed(
     assert not partial.exists()  # its key's lock was free: nobody was writing it
 
 
+def test_a_damaged_cached_file_is_exported_again(model_dir, tmp_path, exports, caplog):
+    cache = tmp_path / "cache"
+    path = load_predictor(model_dir, backend=onnx(cache)).forward.path
+    path.write_bytes(b"damaged")
+    with caplog.at_level(logging.WARNING, logger="pipeline.models.onnx_cache"):
+        predictor = load_predictor(model_dir, backend=onnx(cache))
+    assert len(exports) == 2 and predictor.forward.path == path and path.stat().st_size > len(b"damaged")
+    assert any("exporting it again" in r.getMessage() for r in caplog.records)
+
+
 def test_at_most_keep_entries_stay_least_recently_used_removed(tmp_path, exports):
     cache = tmp_path / "cache"
     models = [tiny_model(tmp_path / f"m{i}", seed=20 + i) for i in range(3)]

@@ -17,6 +17,7 @@ cache directory that cannot be written falls back to a temporary directory with 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -107,12 +108,18 @@ def load(cache: str | os.PathLike | None, keep: int, built_from: dict | None, bu
                     cache, exc)
         return _temporary(build, open_file), None
     try:
-        path = _complete(entry)
+        path, result = _complete(entry), None
         if path is not None:
-            os.utime(entry / ENTRY_FILE)  # its last use, for the LRU bound
+            with contextlib.suppress(OSError):
+                os.utime(entry / ENTRY_FILE)  # its last use, for the LRU bound
             log.info("predict.backend=onnx: cache hit %s", path)
-            result = open_file(path)
-        else:
+            try:
+                result = open_file(path)
+            except Exception as exc:  # a damaged file (the entry was complete when renamed): built again
+                log.warning("predict.onnx_cache: %s could not be loaded (%s); exporting it again", path, exc)
+                shutil.rmtree(entry, ignore_errors=True)
+                path = None
+        if path is None:
             path, result = _build(root, entry, key, built_from, build, open_file)
     finally:
         lock.release()

@@ -50,6 +50,7 @@ def make_cfg(tmp_path):
             f"paths.run_dir={tmp_path}/runs/{stage}-{n}",
             f"tracking.uri=sqlite:///{tmp_path}/mlruns/mlflow.db",
             f"tracking.artifact_root={tmp_path}/mlruns/artifacts",
+            f"predict.onnx_cache={tmp_path}/onnx-cache",  # never the user's ~/.cache
         ]
         return compose_config(stage, [*base, *overrides])
 

@@ -289,14 +289,17 @@ def test_batches_are_padded_dynamically_and_grouped_by_length(make_cfg, tmp_path
 
 
 def test_the_logged_model_is_served_with_the_runs_predict_backend(make_cfg, labelled):
-    """predict.backend reaches the pyfunc model (and so Spark UDFs and `mlflow models serve`) as its model_config."""
+    """predict.backend (with its onnx cache) reaches the pyfunc model (and so Spark UDFs and `mlflow models serve`)
+    as its model_config."""
     import mlflow
 
     from pipeline.stages.train import train
 
-    result = train(make_cfg("train", *TINY, f"paths.labelled={labelled}", "train.epochs=1", "predict.backend=sdpa"))
+    cfg = make_cfg("train", *TINY, f"paths.labelled={labelled}", "train.epochs=1", "predict.backend=sdpa")
+    result = train(cfg)
     model = mlflow.pyfunc.load_model(result["model_uri"])
-    assert model.model_config == {"backend": "sdpa", "quantize": None}
+    assert model.model_config == {"backend": "sdpa", "onnx_cache": cfg.predict.onnx_cache,
+                                  "onnx_cache_keep": cfg.predict.onnx_cache_keep, "quantize": None}
     assert model.unwrap_python_model().predictor.backend == "sdpa"
     override = mlflow.pyfunc.load_model(result["model_uri"], model_config={"backend": "eager"})
     assert override.unwrap_python_model().predictor.backend == "eager"

@@ -11,15 +11,18 @@
 `prepare(model, backend, ...)` returns a callable with the model's own call signature (input_ids=, attention_mask=)
 whose result has the model's output attribute (`logits` or `last_hidden_state`). Chosen once when a predictor is
 loaded (pipeline.models.batching), so predict, the pyfunc model, Spark and serve run the same backend when given
-the same `backend` option. Measured side by side: bench/predict_speed.py --backends.
+the same `backend` option: a name, or a `Backend` (`option()`: the name with the onnx cache settings, built from
+the predict.* keys of OPTION_KEYS by `from_config` or from a pyfunc model's model_config). The onnx export is
+cached on disk across loads and processes (predict.onnx_cache; pipeline.models.onnx_cache). Measured side by side:
+bench/predict_speed.py --backends.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,11 +37,44 @@ BACKENDS = ("eager", "sdpa", "onnx", "auto")
 # BERT-base shape and the tiny model (docs/predict.md, Speed); eager is always there.
 AUTO_ORDER = ("onnx", "eager")
 ONNX_OPSET = 17  # ONNX opset of the export (LayerNormalization needs ≥ 17)
+FUSED_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")  # model_types ORT's "bert" fusions fit
+OPTION_KEYS = ("backend", "onnx_cache", "onnx_cache_keep")  # the predict.* keys a Backend is built from
 
 
-def check_backend(backend: str | None) -> str:
-    """The backend name, validated; PipelineError naming the choices otherwise."""
-    name = str(backend or "eager")
+@dataclass(frozen=True)
+class Backend:
+    """The `backend` option as loaders pass it on (picklable, for Spark executors): the backend's name and where
+    its onnx export is cached (None = a temporary directory per load) with how many entries are kept."""
+    name: str = "eager"
+    onnx_cache: str | None = None
+    onnx_cache_keep: int = 1
+
+
+def option(value) -> Backend:
+    """A Backend from a name, a Backend, or a mapping of OPTION_KEYS (predict.* / a pyfunc model_config)."""
+    if isinstance(value, Backend):
+        return value
+    if value is None or isinstance(value, str):
+        return Backend(str(value or "eager"))
+    settings = {key: value.get(key) for key in OPTION_KEYS}
+    cache, keep = settings["onnx_cache"] or None, settings["onnx_cache_keep"]
+    if cache is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise PipelineError(f"predict.onnx_cache_keep={keep!r}: set a whole number ≥ 1 (the cached onnx exports "
+                            "kept), or predict.onnx_cache=null for no cache")
+    return Backend(str(settings["backend"] or "eager"), None if cache is None else str(cache),
+                   int(keep) if cache is not None else 1)
+
+
+def from_config(pcfg) -> Backend:
+    """The Backend of a predict config group (conf/predict)."""
+    from omegaconf import OmegaConf
+
+    return option({key: OmegaConf.select(pcfg, key, default=None) for key in OPTION_KEYS})
+
+
+def check_backend(backend) -> str:
+    """The backend name (of a name or Backend), validated; PipelineError naming the choices otherwise."""
+    name = option(backend).name
     if name not in BACKENDS:
         raise PipelineError(f"predict.backend={name!r}: choose one of {', '.join(BACKENDS)}")
     return name
@@ -54,7 +90,7 @@ def available(backend: str) -> str | None:
     return None
 
 
-def resolve(backend: str | None, *, device: str = "cpu", quantize: str | None = None) -> str:
+def resolve(backend, *, device: str = "cpu", quantize: str | None = None) -> str:
     """The backend that will run: `auto` → the first available of AUTO_ORDER; an unavailable one is refused."""
     name = check_backend(backend)
     if name == "auto":
@@ -82,37 +118,54 @@ def load_kwargs(backend: str) -> dict:
     return {"attn_implementation": "sdpa"} if backend == "sdpa" else {}
 
 
-def prepare(model, backend: str, *, output: str):
+def prepare(model, backend: str, *, output: str, model_dir: Path | None = None, settings=None):
     """A callable standing for `model` in the forward pass (see the module docstring). `output`: the attribute the
-    caller reads (logits or last_hidden_state)."""
+    caller reads (logits or last_hidden_state); `model_dir`: where its weights were read from and `settings` (a
+    Backend) where the onnx export is cached."""
     if backend in ("eager", "sdpa"):
         return model
     if backend == "onnx":
-        return OnnxForward(model, output)
+        return OnnxForward(model, output, model_dir=model_dir, settings=option(settings))
     raise PipelineError(f"predict.backend={backend!r}: choose one of {', '.join(BACKENDS)}")
 
 
 class OnnxForward:
-    """The model exported to ONNX once (at load, into a temporary directory) and run by ONNX Runtime, fused for
-    transformers when the model is a BERT-like encoder (onnxruntime.transformers.optimizer)."""
+    """The model exported to ONNX and run by ONNX Runtime, fused for transformers when the model is a BERT-like
+    encoder (onnxruntime.transformers.optimizer). The export is read from the cache `settings.onnx_cache` when it
+    was made there before for the same weights, output, opset and versions (pipeline.models.onnx_cache); else made
+    there (or, with no cache, in a temporary directory)."""
 
-    def __init__(self, model, output: str):
+    def __init__(self, model, output: str, *, model_dir: Path | None = None, settings: Backend | None = None):
+        from pipeline.models import onnx_cache
+
+        settings = settings or Backend("onnx")
+        self.output = output
+        self.config = model.config
+        built_from = None
+        if settings.onnx_cache is not None and model_dir is not None:
+            built_from = onnx_cache.recipe(Path(model_dir), output=output, model_class=type(model).__name__,
+                                           opset=ONNX_OPSET, fused=fuses(model.config))
+
+        def build(directory: Path) -> Path:
+            path = directory / "model.onnx"
+            export(model, path, output)
+            return optimise(path, model.config)
+
+        self.session, self.path = onnx_cache.load(settings.onnx_cache, settings.onnx_cache_keep, built_from,
+                                                  build, self.open)
+        log.info("predict.backend=onnx: %s loaded in ONNX Runtime (%d threads)", type(model).__name__,
+                 self.session.get_session_options().intra_op_num_threads)
+
+    @staticmethod
+    def open(path: Path):
         import onnxruntime as ort
         import torch
 
-        self.output = output
-        self.config = model.config
-        self._dir = tempfile.TemporaryDirectory(prefix="pipeline-onnx-")
-        path = Path(self._dir.name) / "model.onnx"
-        export(model, path, output)
-        path = self.path = optimise(path, model.config)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        log.info("predict.backend=onnx: %s exported and loaded in ONNX Runtime (%d threads)",
-                 type(model).__name__, options.intra_op_num_threads)
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, input_ids, attention_mask=None, **_):
         import torch
@@ -146,9 +199,14 @@ def export(model, path: Path, output: str) -> None:
                           dynamo=False)
 
 
+def fuses(config) -> bool:
+    """Whether `optimise` fuses a model of this config (a BERT-like encoder)."""
+    return getattr(config, "model_type", "") in FUSED_TYPES
+
+
 def optimise(path: Path, config) -> Path:
     """ONNX Runtime's transformer fusions for a BERT-like encoder (the file as it is for another architecture)."""
-    if getattr(config, "model_type", "") not in ("bert", "roberta", "xlm-roberta", "electra", "distilbert"):
+    if not fuses(config):
         return path
     from onnxruntime.transformers import optimizer
 

@@ -167,10 +167,11 @@ class StancePredictor:
 
 
 def load_predictor(model_dir, *, quantize: str | None = None, device: str = "auto",
-                   max_batch_tokens: int | None = None, backend: str | None = "eager") -> StancePredictor:
+                   max_batch_tokens: int | None = None, backend=None) -> StancePredictor:
     """The predictor of a stance model directory; PipelineError if it is not one. `device`: auto (the GPU when
     there is one), cpu, cuda or cuda:<n>; `max_batch_tokens`: the token budget of a batch (see
-    batching.batch_token_budget); `backend`: how the encoder's forward pass runs (pipeline.models.backends). The kind the directory records chooses the module that loads it (kinds.py)."""
+    batching.batch_token_budget); `backend`: how the encoder's forward pass runs (a name or a backends.Backend, with the onnx cache; None = eager;
+    pipeline.models.backends). The kind the directory records chooses the module that loads it (kinds.py)."""
     model_dir = Path(model_dir)
     meta = read_model_metadata(model_dir)
     return kinds.loader(meta["kind"]).load(model_dir, meta, quantize=quantize, device=device,

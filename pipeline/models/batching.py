@@ -37,7 +37,7 @@ class TransformerPredictor(StancePredictor):
     output = "logits"  # what the forward pass reads from the model's output (pipeline.models.backends)
 
     def __init__(self, model_dir: Path, meta: dict, *, quantize: str | None = None, device: str = "auto",
-                 max_batch_tokens: int | None = None, backend: str | None = "eager"):
+                 max_batch_tokens: int | None = None, backend=None):
         super().__init__(model_dir, meta)
         from transformers import AutoTokenizer
 
@@ -65,7 +65,8 @@ class TransformerPredictor(StancePredictor):
         if quantize not in (None, "", "none", "int8"):
             raise PipelineError(f"predict.quantize={quantize!r}: choose null or int8")
         self.model = model.to(self.device)
-        self.forward = backends.prepare(self.model, self.backend, output=self.output)
+        self.forward = backends.prepare(self.model, self.backend, output=self.output, model_dir=Path(model_dir),
+                                        settings=backend)
         self.max_batch_tokens = batch_token_budget(max_batch_tokens, self.device)
         keep_freed_memory()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core import tracking
 from pipeline.core.errors import PipelineError
+from pipeline.models import backends
 from pipeline.models.base import METADATA_FILE, load_predictor, read_model_metadata
 from pipeline.models.trust import check_model_dir, nested_dir
 from pipeline.text.context import CONTEXT_COLUMN, article_contexts, table_contexts
@@ -123,19 +124,31 @@ def pinned_requirements() -> list[str]:
     return pins
 
 
-PYFUNC_OPTIONS = ("backend", "quantize")  # the predict.* options a pyfunc model takes from its model_config
+# The predict.* options a pyfunc model takes from its model_config (the backend's: backends.OPTION_KEYS).
+PYFUNC_OPTIONS = (*backends.OPTION_KEYS, "quantize")
+
+
+def model_config_of(model_config) -> dict:
+    """The PYFUNC_OPTIONS given in a model_config ("" as None), as a model is logged with them."""
+    config = dict(model_config or {})
+    return {key: None if config[key] == "" else config[key] for key in PYFUNC_OPTIONS if key in config}
 
 
 def predictor_options(model_config) -> dict:
     """load_predictor's options from a pyfunc model's model_config: logged with the model from predict.backend /
-    predict.quantize (log_stance_model), or given at load: mlflow.pyfunc.load_model(uri, model_config={...}),
-    mlflow.pyfunc.spark_udf(..., model_config={...}). `mlflow models serve` serves the logged ones."""
-    config = dict(model_config or {})
-    return {key: config[key] or None for key in PYFUNC_OPTIONS if key in config}
+    onnx_cache / onnx_cache_keep / quantize (log_stance_model), or given at load: mlflow.pyfunc.load_model(uri,
+    model_config={...}), mlflow.pyfunc.spark_udf(..., model_config={...}). `mlflow models serve` serves the logged
+    ones. A model logged without a key gets load_predictor's default (eager, no onnx cache, fp32)."""
+    config = model_config_of(model_config)
+    options = {"quantize": config["quantize"] or None} if "quantize" in config else {}
+    if any(key in config for key in backends.OPTION_KEYS):
+        options["backend"] = backends.option(config)
+    return options
 
 
 def served_options(cfg) -> dict:
-    """The model_config a trained model is logged with: predict.backend and predict.quantize of the run's config."""
+    """The model_config a trained model is logged with: predict.backend, onnx_cache, onnx_cache_keep and quantize
+    of the run's config."""
     from omegaconf import OmegaConf
 
     return {key: OmegaConf.select(cfg, f"predict.{key}", default=None) for key in PYFUNC_OPTIONS}
@@ -147,7 +160,7 @@ def log_stance_model(model_dir, *, name: str = "model", registered_model_name: s
 
     The pyfunc carries the model directory as an artifact and this package's code (code_paths), so
     `mlflow.pyfunc.load_model(info.model_uri)` works in a fresh process, in Spark and in `mlflow models serve`.
-    `model_config`: the predictor options it is served with (predictor_options; backend, quantize).
+    `model_config`: the predictor options it is served with (predictor_options: PYFUNC_OPTIONS).
     """
     import mlflow.pyfunc
     from mlflow.models import infer_signature
@@ -156,8 +169,7 @@ def log_stance_model(model_dir, *, name: str = "model", registered_model_name: s
     model_dir = Path(model_dir)
     # Refuses a broken directory or option before anything is logged. In a train run the model the fit left in
     # memory (pipeline.models.reuse): MLflow's own validation of the input example then loads the logged copy.
-    options = predictor_options(model_config)
-    predictor = load_predictor(model_dir, **options)
+    predictor = load_predictor(model_dir, **predictor_options(model_config))
     if mlflow.active_run() is None:
         raise PipelineError("log_stance_model needs an active MLflow run (use pipeline.core.tracking.start_run)")
     examples = [str(t) for t in (input_example or ["تم التوصل إلى اتفاق بين الجانبين."])][:5]
@@ -182,7 +194,7 @@ def log_stance_model(model_dir, *, name: str = "model", registered_model_name: s
         input_example=example_in,
         pip_requirements=pinned_requirements(),
         registered_model_name=registered_model_name,
-        model_config=options or None,
+        model_config=model_config_of(model_config) or None,
     )
 
 

@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from pipeline.core.errors import PipelineError
+from pipeline.models.backends import from_config
 from pipeline.models.base import load_predictor
 from pipeline.models.batching import set_threads
 from pipeline.core.io import TABLE_SUFFIXES, CsvStyle, read_table, write_table_atomic, write_text_atomic
@@ -131,7 +132,7 @@ def _predict(cfg: DictConfig, inputs: list[str], files: list[Path], written: dic
         check_resume(output, model_id)  # parts of another model: refused before the model loads
     try:
         predictor = load_predictor(model.model_dir, quantize=pcfg.quantize or None, device=str(pcfg.device),
-                                   max_batch_tokens=pcfg.max_batch_tokens, backend=str(pcfg.backend))
+                                   max_batch_tokens=pcfg.max_batch_tokens, backend=from_config(pcfg))
     except PipelineError as exc:
         raise model_error(exc)
     threads = set_threads(pcfg.threads)

@@ -5,14 +5,23 @@
 
 `--model` is a stance model directory written by `pipeline train` (transformer or encoder kind), e.g. the
 pretrained stand-in fine-tuned with `train model=e5-small`: agreement measured on random or from-scratch weights
-says little about a model whose probabilities are decisions. A model trained on a table (`data=arsarcasm`) has no
-seed sentences to hold out: give its test file (data.test_path) as --data. Sentences: the seed sentences the model never trained
-on — those of the test articles in its `split.json` (the first fit, `<run>/model`; a refit `<run>/final/model` has
-trained on every seed sentence and is refused: agreement on its own training sentences flatters int8) — plus, with
---data, up to --n other Arabic sentences. Both predictors run the stage's own
-code (`pipeline.models.base.load_predictor`, `predict.quantize=int8` = dynamic int8 Linear layers but those
-pipeline.models.int8 keeps in fp32; --all-linear adds the recipe before issue 21; --weights-only adds a
-diagnostic row, the int8 weights with fp32 activations: the ceiling of any int8 scheme with per-channel weights); the rounds are interleaved (fp32, int8, fp32, int8, …) and the speed-up is reported per round as median and min–max.
+says little about a model whose probabilities are decisions. Sentences: the seed sentences the model never trained
+on (those of the test articles in its `split.json`: the first fit, `<run>/model`; a refit `<run>/final/model` has
+trained on every seed sentence and is refused, agreement on its own training sentences flatters int8), plus, with
+--data, up to --n other Arabic sentences (from row --offset). A model trained on a table (`data=arsarcasm`) has no
+seed sentences to hold out: give its test file (data.test_path) as --data.
+
+Rows, each the stage's own code (`pipeline.models.base.load_predictor`):
+  int8               predict.quantize=int8: dynamic int8 Linear layers but those pipeline.models.int8 keeps in
+                     fp32, inputs smoothed; no re-check
+  int8_recheck       the same with predict.int8_recheck_margin (conf default, or --recheck-margin): close calls
+                     scored again in fp32
+  --unsmoothed       the same layers in int8 without input smoothing
+  --all-linear       the recipe before issue 21 (every Linear layer, per-tensor weights)
+  --weights-only     diagnostic, not timed: the int8 weights with fp32 activations, the ceiling of any int8 scheme
+                     with per-channel weights on this model
+The rounds are interleaved (fp32, int8, …, fp32, int8, …) and each speed-up is reported per round as median and
+min–max.
 """
 
 from __future__ import annotations
@@ -51,7 +60,8 @@ def unseen_seed_sentences(model_dir: str) -> tuple[list[str], list[str]]:
     return texts, articles
 
 
-def sentences(model_dir: str, data: str | None, column: str, n: int) -> tuple[list[str], int, list[str]]:
+def sentences(model_dir: str, data: str | None, column: str, n: int,
+              offset: int = 0) -> tuple[list[str], int, list[str]]:
     seeds, articles = unseen_seed_sentences(model_dir)
     if not articles and not data:
         raise SystemExit(f"error: {model_dir} was trained on a table, not the seed articles: give --data, a file of "
@@ -63,7 +73,7 @@ def sentences(model_dir: str, data: str | None, column: str, n: int) -> tuple[li
         frame = read_table(Path(data))
         if column not in frame.columns:
             raise SystemExit(f"error: {data}: no column {column!r}; pass --column")
-        extra = frame[column].dropna().astype(str).head(n).tolist()
+        extra = frame[column].dropna().astype(str).iloc[offset:offset + n].tolist()
     return seeds + extra, len(seeds), articles
 
 
@@ -83,6 +93,21 @@ def all_linear_int8(predictor):
         else:
             setattr(predictor.model, predictor.model.base_model_prefix,
                     torch.ao.quantization.quantize_dynamic(base, {torch.nn.Linear}, dtype=torch.qint8))
+    predictor.forward = predictor.model
+    return predictor
+
+
+def default_recheck_margin() -> float:
+    from omegaconf import OmegaConf
+
+    return float(OmegaConf.load(REPO / "conf" / "predict" / "default.yaml").int8_recheck_margin)
+
+
+def unsmoothed_int8(predictor):
+    """The int8 recipe before input smoothing, for comparison: the same layers dynamic int8, inputs as they are."""
+    from pipeline.models import int8
+
+    predictor.model = int8.quantize_dynamic(predictor.model, int8.int8_linear_names(predictor.model))
     predictor.forward = predictor.model
     return predictor
 
@@ -114,10 +139,15 @@ def main() -> int:
     parser.add_argument("--data", help="CSV/parquet of more Arabic sentences")
     parser.add_argument("--column", default="tweet")
     parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--offset", type=int, default=0, help="skip this many --data rows (another sample)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--all-linear", action="store_true",
                         help="also time the int8 recipe before issue 21 (every Linear layer, per-tensor weights)")
+    parser.add_argument("--recheck-margin", type=float, default=None,
+                        help="int8_recheck's margin (default: predict.int8_recheck_margin of conf/predict)")
+    parser.add_argument("--unsmoothed", action="store_true",
+                        help="also time the int8 recipe without input smoothing (the same layers in int8)")
     parser.add_argument("--weights-only", action="store_true",
                         help="also the diagnostic row: int8-rounded weights with fp32 activations (no timing)")
     args = parser.parse_args()
@@ -127,8 +157,12 @@ def main() -> int:
     from pipeline import LABELS
     from pipeline.models.base import load_predictor
 
-    texts, n_seed, articles = sentences(args.model, args.data, args.column, args.n)
-    predictors = {"fp32": load_predictor(args.model), "int8": load_predictor(args.model, quantize="int8")}
+    texts, n_seed, articles = sentences(args.model, args.data, args.column, args.n, args.offset)
+    recheck_margin = args.recheck_margin if args.recheck_margin is not None else default_recheck_margin()
+    predictors = {"fp32": load_predictor(args.model), "int8": load_predictor(args.model, quantize="int8"),
+                  "int8_recheck": load_predictor(args.model, quantize="int8", int8_recheck_margin=recheck_margin)}
+    if args.unsmoothed:
+        predictors["int8_unsmoothed"] = unsmoothed_int8(load_predictor(args.model))
     if args.all_linear:
         predictors["int8_all_linear"] = all_linear_int8(load_predictor(args.model))
     probs = {name: p.predict_proba(texts, batch_size=args.batch_size) for name, p in predictors.items()}  # warm-up
@@ -170,6 +204,9 @@ def main() -> int:
             for i, (lo, hi) in enumerate(zip(MARGIN_BINS, MARGIN_BINS[1:]))))
     for name in predictors:
         print(f"  {name}: {len(texts) / statistics.median(seconds[name]):.1f} sentences/s (median of rounds)")
+    scored, rechecked = predictors["int8_recheck"].int8_rechecked
+    print(f"  int8_recheck: {rechecked / max(scored, 1):.1%} of the sentences scored again in fp32 (their int8 top-two "
+          f"margin below {recheck_margin:g})")
     return 0
 
 

@@ -73,11 +73,12 @@ def test_weights_only_rounds_exactly_the_int8_weights_per_channel(bench, model_d
 
 def test_the_bench_runs_on_a_held_out_article_and_prints_every_row(model_dir):
     run = subprocess.run([sys.executable, str(BENCH), "--model", str(model_dir), "--rounds", "1", "--all-linear",
-                          "--weights-only"], capture_output=True, text=True, timeout=600,
+                          "--weights-only", "--unsmoothed", "--recheck-margin", "0.5"], capture_output=True, text=True, timeout=600,
                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.stdout
-    for row in ("int8: label agreement", "int8_all_linear: label agreement", "int8_weights_only: label agreement",
+    for row in ("int8: label agreement", "int8_recheck: label agreement", "int8_unsmoothed: label agreement",
+                "int8_all_linear: label agreement", "int8_weights_only: label agreement", "scored again in fp32",
                 "agreement by fp32 margin", "sentences by fp32 margin", "diagnostic, not timed"):
         assert row in out, out
     assert "fp32: " in out and "sentences/s" in out

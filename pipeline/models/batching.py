@@ -37,7 +37,7 @@ class TransformerPredictor(StancePredictor):
     output = "logits"  # what the forward pass reads from the model's output (pipeline.models.backends)
 
     def __init__(self, model_dir: Path, meta: dict, *, quantize: str | None = None, device: str = "auto",
-                 max_batch_tokens: int | None = None, backend=None):
+                 max_batch_tokens: int | None = None, backend=None, int8_recheck_margin: float | None = None):
         super().__init__(model_dir, meta)
         from transformers import AutoTokenizer
 
@@ -73,11 +73,18 @@ class TransformerPredictor(StancePredictor):
         # The Rust tokenizer itself (no copy: re-reading a large vocabulary costs seconds of start-up); `encode`
         # sets it to truncate only before each use, as the Python tokenizer sets it before each of its calls.
         self._backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        # int8: sentences whose int8 top-two margin is below this are scored again by the fp32 model (`reference`)
+        self.int8_recheck_margin = check_recheck_margin(int8_recheck_margin) if quantize == "int8" else 0.0
+        self.reference = None
+        self.int8_rechecked = [0, 0]  # sentences scored in int8, of which re-scored in fp32 (for the stage's log)
         if quantize == "int8":  # calibrated on fp32 forward passes of this predictor: everything above is set
             from pipeline.models.int8 import quantize_predictor
 
-            self.model = quantize_predictor(self)
+            fp32 = self.model
+            self.model = quantize_predictor(self)  # smooths `fp32` in place (the same function), returns int8
             self.forward = backends.prepare(self.model, self.backend, output=self.output)
+            if self.int8_recheck_margin > 0:
+                self.reference = backends.prepare(fp32, self.backend, output=self.output)
 
     def load_model(self, model_dir: Path, model=None):
         """The sequence-classification model (`model`: the one a fit wrote there, in memory), checked against the
@@ -96,9 +103,10 @@ class TransformerPredictor(StancePredictor):
                                 f"{self.labels} of {METADATA_FILE}")
         return model
 
-    def logits(self, input_ids, attention_mask):
-        """Class logits of one padded batch (torch tensors)."""
-        return self.forward(input_ids=input_ids, attention_mask=attention_mask).logits
+    def logits(self, input_ids, attention_mask, forward=None):
+        """Class logits of one padded batch (torch tensors); `forward`: another forward pass than the predictor's
+        (the fp32 reference of an int8 model)."""
+        return (forward or self.forward)(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def encode(self, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
         """Token ids with special tokens, cut to max_length: the ids of tokenizer(truncation=True), with
@@ -119,7 +127,20 @@ class TransformerPredictor(StancePredictor):
 
     def _scores(self, texts: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         ids, truncated = self.encode(texts)
-        return self.scores_from_ids(ids, batch_size), truncated
+        probs = self.scores_from_ids(ids, batch_size)
+        if self.reference is not None:
+            self.recheck(ids, probs, batch_size)
+        return probs, truncated
+
+    def recheck(self, ids: list[list[int]], probs: np.ndarray, batch_size: int) -> None:
+        """Score again in fp32, in place, the rows of `probs` (int8) whose top two labels are closer than
+        int8_recheck_margin: the only sentences whose label int8 moves (docs/train.md, int8)."""
+        top = np.sort(probs, axis=1)
+        rows = np.flatnonzero(top[:, -1] - top[:, -2] < self.int8_recheck_margin) if probs.shape[1] > 1 else []
+        self.int8_rechecked[0] += len(ids)
+        self.int8_rechecked[1] += len(rows)
+        if len(rows):
+            probs[rows] = self.scores_from_ids([ids[r] for r in rows], batch_size, forward=self.reference)
 
     def _truncated(self, texts: list[str]) -> np.ndarray:
         return self.encode(texts)[1]
@@ -146,11 +167,11 @@ class TransformerPredictor(StancePredictor):
             start = end
         return out
 
-    def scores_from_ids(self, ids: list[list[int]], batch_size: int) -> np.ndarray:
+    def scores_from_ids(self, ids: list[list[int]], batch_size: int, forward=None) -> np.ndarray:
         import torch
 
         return self.outputs_from_ids(ids, batch_size, len(self.labels),
-                                     lambda i, a: torch.softmax(self.logits(i, a).double(), dim=-1))
+                                     lambda i, a: torch.softmax(self.logits(i, a, forward).double(), dim=-1))
 
     def outputs_from_ids(self, ids: list[list[int]], batch_size: int, width: int, forward) -> np.ndarray:
         """(n, width) float64: `forward(input_ids, attention_mask)` over length-sorted, tightly padded batches."""
@@ -182,6 +203,18 @@ def context_separator(tokenizer) -> str | None:
 # A batch on a GPU holds up to this many padded tokens (rows x width) unless predict.max_batch_tokens says
 # otherwise: BERT-base activations for 65,536 tokens take well under 2 GiB in fp32.
 GPU_BATCH_TOKENS = 65536
+
+
+def check_recheck_margin(value) -> float:
+    """predict.int8_recheck_margin as a float in [0, 1); PipelineError naming the key otherwise."""
+    try:
+        margin = float(0.0 if value is None else value)
+    except (TypeError, ValueError):
+        margin = -1.0
+    if not 0.0 <= margin < 1.0:
+        raise PipelineError(f"predict.int8_recheck_margin={value!r}: set a probability margin in [0, 1) (0 = re-score "
+                            "nothing in fp32)")
+    return margin
 
 
 def resolve_device(requested: str | None, quantize: str | None = None, *, cuda: bool | None = None) -> str:

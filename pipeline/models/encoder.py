@@ -212,14 +212,14 @@ class EncoderHeadPredictor(TransformerPredictor):
                                 f"{len(self.labels)} labels and hidden size {model.config.hidden_size}")
         return model
 
-    def pooled(self, input_ids, attention_mask):
-        hidden = self.forward(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def pooled(self, input_ids, attention_mask, forward=None):
+        hidden = (forward or self.forward)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return pool(hidden, attention_mask, self.head.pooling)
 
-    def logits(self, input_ids, attention_mask):
+    def logits(self, input_ids, attention_mask, forward=None):
         import torch
 
-        return torch.from_numpy(self.head.logits(self.pooled(input_ids, attention_mask).double().cpu().numpy()))
+        return torch.from_numpy(self.head.logits(self.pooled(input_ids, attention_mask, forward).double().cpu().numpy()))
 
     def embed(self, texts: Sequence[str], batch_size: int = 64, context: Sequence[str] | None = None) -> np.ndarray:
         """(n, hidden) pooled embeddings of raw sentences (preprocessed as the model was trained, with their

@@ -56,6 +56,10 @@ from pipeline.core.write_guard import output_lock, refuse_clashes
 
 log = logging.getLogger(__name__)
 
+# int8 runs ~1.4x fp32 on the CPU (docs/train.md, int8): once more than this share of the sentences is scored again
+# in fp32 (predict.int8_recheck_margin), int8 plus the re-check is no faster than fp32 alone.
+INT8_RECHECK_WORTH = 0.3
+
 
 def _sibling(output: Path, configured, tail: str) -> Path:
     return Path(sibling_path(output, configured, tail, replace_suffix=True))
@@ -132,7 +136,8 @@ def _predict(cfg: DictConfig, inputs: list[str], files: list[Path], written: dic
         check_resume(output, model_id)  # parts of another model: refused before the model loads
     try:
         predictor = load_predictor(model.model_dir, quantize=pcfg.quantize or None, device=str(pcfg.device),
-                                   max_batch_tokens=pcfg.max_batch_tokens, backend=from_config(pcfg))
+                                   max_batch_tokens=pcfg.max_batch_tokens, backend=from_config(pcfg),
+                                   int8_recheck_margin=pcfg.int8_recheck_margin)
     except PipelineError as exc:
         raise model_error(exc)
     threads = set_threads(pcfg.threads)
@@ -165,6 +170,14 @@ def _predict(cfg: DictConfig, inputs: list[str], files: list[Path], written: dic
     writer.flush()
     progress.close()
     counts.update(sentences=writer.sentences, truncated=writer.truncated)
+    scored, rechecked = getattr(getattr(predictor, "inner", predictor), "int8_rechecked", (0, 0))
+    if scored:
+        log.info("predict: int8: %d of %d sentences (%.1f%%) scored again in fp32, their two most probable labels "
+                 "within predict.int8_recheck_margin=%g", rechecked, scored, 100 * rechecked / scored,
+                 float(pcfg.int8_recheck_margin))
+        if rechecked > INT8_RECHECK_WORTH * scored:
+            log.warning("predict: the model hesitates on %.0f%% of these sentences, so int8 gained little or nothing "
+                        "here: fp32 (predict.quantize=null) gives the same labels as fast", 100 * rechecked / scored)
 
     if counts["articles"] == 0 and not writer.done:
         write_table_atomic(errors.frame(), errors_path, csv=csv)

@@ -128,6 +128,7 @@ def _spark_predict(cfg: DictConfig, source: str, written: dict[str, str], failed
             batch_size=int(pcfg.batch_size), arrow_batch=int(scfg.arrow_batch_articles),
             threads=int(scfg.executor_threads), device=str(pcfg.device), max_batch_tokens=pcfg.max_batch_tokens,
             quantize=pcfg.quantize or None, backend=from_config(pcfg),
+            int8_recheck_margin=pcfg.int8_recheck_margin,
             code=bool(scfg.ship_code), enrich=Enricher.settings(cfg), carry=carry_setting(cfg),
             date_column=str(OmegaConf.select(pcfg, "date_column", default="date") or ""),
             chunk_sentences=int(pcfg.chunk_sentences))

@@ -45,11 +45,16 @@ def test_stage_help_leads_with_its_own_keys_and_what_they_mean(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("python -m pipeline predict: batch-predict new articles")
     end = lines.index("", 3)
-    own = [line.split(None, 1) for line in lines[3:end]]
-    keys = [row[0].split("=")[0] for row in own]
+    meaning: dict[str, str] = {}   # a key=value too wide for its column has its meaning on the next, indented line
+    for line in lines[3:end]:
+        if line.startswith("   "):
+            meaning[key] = (meaning[key] + " " + line.strip()).strip()
+        else:
+            key, _, text = line.strip().partition(" ")
+            meaning[key] = text.strip()
+    keys = [k.split("=")[0] for k in meaning]
     assert keys[:3] == ["input", "output", "model_uri"]                   # the stage's own keys first
-    assert {"predict.batch_size", "predict.report", "predict.min_confidence"} <= set(keys)
-    meaning = {row[0]: row[1] if len(row) > 1 else "" for row in own}
+    assert {"predict.batch_size", "predict.report", "predict.min_confidence", "predict.onnx_cache"} <= set(keys)
     assert meaning["input=null"].startswith("article file, directory, glob")  # conf/config.yaml's comment
     assert meaning["predict.batch_size=8"].startswith("sentences per forward pass")  # with the override applied
     assert all(meaning[k] for k in meaning), [k for k in meaning if not meaning[k]]  # every key says what it is

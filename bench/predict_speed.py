@@ -13,6 +13,8 @@ Everything is measured side by side in one run, on the same model and the same s
   * pipe bs64   the same with batch_size=64 (padding every batch to its longest sentence, unsorted)
   * limit       matmul FLOP/s (fp32 torch.mm, best of several) ÷ (2 × non-embedding parameters × mean tokens)
   * int8        the predictor with predict.quantize=int8, and its label agreement with fp32
+  * bf16        the predictor with predict.quantize=bf16 (the model in bfloat16; AMX or AVX512-BF16 on a CPU,
+                else it runs fp32 and the row says so), and its label agreement with fp32
 Models: BERT-base size (AraBERT's shape: hidden 768, 12 layers, 12 heads, intermediate 3072) with random
 weights (speed does not depend on the weights), and the tiny test model. Their tokenizers are WordPiece models
 trained on the benchmark's own corpus (no hub here); the embedding matrix is sized to that vocabulary, which
@@ -140,7 +142,9 @@ def agreement(model_dir: Path, texts: list[str], labels: list[str] | None, batch
 
     fp32 = load_predictor(model_dir).predict(texts, batch_size=batch_size)
     int8 = load_predictor(model_dir, quantize="int8").predict(texts, batch_size=batch_size)
+    bf16 = load_predictor(model_dir, quantize="bf16").predict(texts, batch_size=batch_size)
     out = {"int8_agreement": float((fp32["label"] == int8["label"]).mean()),
+           "bf16_agreement": float((fp32["label"] == bf16["label"]).mean()),
            "label_shares": fp32["label"].value_counts(normalize=True).round(3).to_dict()}
     if labels is not None:
         names = arsarcasm_label_map()
@@ -162,6 +166,7 @@ def bench_model(name: str, model_dir: Path, texts: list[str], args) -> dict:
 
     predictor = load_predictor(model_dir)
     int8 = load_predictor(model_dir, quantize="int8")
+    bf16 = load_predictor(model_dir, quantize="bf16")
     pipe = hf_pipeline("text-classification", model=str(model_dir), tokenizer=str(model_dir), device="cpu")
     ids, _ = predictor.encode(predictor.preprocessor(texts))
     mean_tokens = float(np.mean([len(x) for x in ids]))
@@ -171,6 +176,7 @@ def bench_model(name: str, model_dir: Path, texts: list[str], args) -> dict:
         "pipe_default": lambda t: pipe(t),
         "pipe_bs64": lambda t: pipe(t, batch_size=64),
         "int8": lambda t: int8.predict(t, batch_size=args.batch_size),
+        "bf16": lambda t: bf16.predict(t, batch_size=args.batch_size),
     }
     methods.update(backend_methods(model_dir, texts, args, predictor))
     rates: dict[str, list[float]] = {k: [] for k in methods}
@@ -195,10 +201,13 @@ def bench_model(name: str, model_dir: Path, texts: list[str], args) -> dict:
               "rates_per_round": {k: [round(x, 2) for x in v] for k, v in rates.items()},
               "ratio_to_adjacent_limit_per_round": {k: [round(x, 3) for x in v] for k, v in adjacent.items()}}
     result.update({k: max(v) for k, v in rates.items()})
-    fp32, q = outputs["predictor"], outputs["int8"]
-    result["int8_agreement_random_head"] = float((q["label"] == fp32["label"]).mean())
-    result["int8_max_abs_prob_diff_random_head"] = float(np.abs(
-        q[predictor.prob_columns].to_numpy() - fp32[predictor.prob_columns].to_numpy()).max())
+    fp32 = outputs["predictor"]
+    for key in ("int8", "bf16"):
+        q = outputs[key]
+        result[f"{key}_agreement_random_head"] = float((q["label"] == fp32["label"]).mean())
+        result[f"{key}_max_abs_prob_diff_random_head"] = float(np.abs(
+            q[predictor.prob_columns].to_numpy() - fp32[predictor.prob_columns].to_numpy()).max())
+    result["bf16_ran_fp32"] = bf16.quantize is None
     return result
 
 
@@ -286,9 +295,10 @@ def main(argv=None) -> int:
                                       [labels[i] for i in rest], args.train_epochs)
             trained = {"train_sentences": len(rest), "train_seconds": time.perf_counter() - t,
                        **agreement(small, texts, timed_labels, args.batch_size)}
-            print(f"\n== int8 agreement on a trained model (4-layer BERT, hidden 256, trained from scratch on "
+            print(f"\n== int8 / bf16 agreement on a trained model (4-layer BERT, hidden 256, trained from scratch on "
                   f"{len(rest)} labelled sentences in {trained['train_seconds']:.0f} s): "
-                  f"{trained['int8_agreement']:.1%} identical labels on the {len(texts)} timed sentences "
+                  f"{trained['int8_agreement']:.1%} / {trained['bf16_agreement']:.1%} identical labels on the "
+                  f"{len(texts)} timed sentences "
                   f"(accuracy fp32 {trained['fp32_accuracy']:.1%}, int8 {trained['int8_accuracy']:.1%}; "
                   f"fp32 label shares {trained['label_shares']})")
             results.append({"model": "small-trained", **trained})
@@ -305,7 +315,8 @@ def print_result(r: dict) -> None:
     limit = r["limit"]
     print(f"  {'method':<38} {'sent/s':>9}   {'÷ limit':>7}   {'÷ adjacent limit, per round':<28} vs pipeline default")
     rows = [("predictor", "predictor (fp32, backend eager)"), ("pipe_default", "transformers.pipeline default"),
-            ("pipe_bs64", "transformers.pipeline batch_size=64"), ("int8", "predictor int8")]
+            ("pipe_bs64", "transformers.pipeline batch_size=64"), ("int8", "predictor int8"),
+            ("bf16", "predictor bf16" + (" (ran fp32: no bf16 unit)" if r.get("bf16_ran_fp32") else ""))]
     rows += [(k, f"predictor (fp32, backend {k.split('_', 1)[1]})") for k in r if k.startswith("backend_")]
     rows += [("manual_attention", "predictor, manual attention")] if "manual_attention" in r else []
     for key, label in rows:
@@ -313,8 +324,8 @@ def print_result(r: dict) -> None:
         print(f"  {label:<38} {r[key]:>9.1f}   {r[key] / limit:7.1%}   {per_round:<28} "
               f"{r[key] / r['pipe_default']:5.2f}x")
     print(f"  {'fp32 limit':<38} {limit:>9.1f} sentences/s")
-    print(f"  int8 label agreement with fp32 (random weights: near-tied probabilities, see the trained model below): "
-          f"{r['int8_agreement_random_head']:.1%}")
+    print(f"  label agreement with fp32 (random weights: near-tied probabilities, see the trained model below): "
+          f"int8 {r['int8_agreement_random_head']:.1%}, bf16 {r['bf16_agreement_random_head']:.1%}")
 
 
 if __name__ == "__main__":

@@ -152,9 +152,30 @@ def test_int8_keeps_the_feed_forward_down_projections_pooler_and_head_in_fp32(ki
     assert not any(isinstance(m, Int8Linear) for n, m in predictor.model.named_modules() if "pooler" in n)
 
 
-def test_auto_picks_a_backend_that_runs_with_int8(transformer_dir):
-    assert load_predictor(transformer_dir, backend="auto", quantize="int8").backend == "eager"
+@pytest.mark.parametrize("quantize", ["int8", "bf16"])
+def test_auto_picks_a_backend_that_runs_with_the_lower_precision(transformer_dir, quantize, monkeypatch):
+    from pipeline.models import batching
+
+    monkeypatch.setattr(batching, "bf16_runs_fast", lambda device: True)  # bf16 stays bf16 on any CPU here
+    assert load_predictor(transformer_dir, backend="auto", quantize=quantize).backend == "eager"
     assert backends.resolve("auto", device="cpu") == ("onnx" if installed("onnx") else "eager")
     if installed("onnx"):
-        with pytest.raises(PipelineError, match="int8"):
-            load_predictor(transformer_dir, backend="onnx", quantize="int8")
+        with pytest.raises(PipelineError, match=f"runs the fp32 model only .*quantize={quantize}"):
+            load_predictor(transformer_dir, backend="onnx", quantize=quantize)
+
+
+def test_an_encoder_kind_pools_a_bf16_model_in_fp32(encoder_dir, monkeypatch):
+    """The encoder kind's head reads pooled states: a bf16 model's states are pooled in fp32, close to fp32's."""
+    import torch
+
+    from pipeline.models import batching
+
+    monkeypatch.setattr(batching, "bf16_runs_fast", lambda device: True)
+    texts = seed_sentences()
+    fp32 = load_predictor(encoder_dir)
+    bf16 = load_predictor(encoder_dir, quantize="bf16", recheck_margin=0)
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+    pooled = bf16.embed(texts[:5])
+    assert pooled.dtype == np.float64 and np.abs(pooled - fp32.embed(texts[:5])).max() < 0.05
+    difference = np.abs(bf16.predict_proba(texts) - fp32.predict_proba(texts)).max()
+    assert 0 < difference < 0.05

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import SEEDS
 from pipeline.core.errors import PipelineError
+from pipeline import LABELS
 from test_inference import make_stance_model
 
 pytestmark = pytest.mark.slow
@@ -207,3 +208,27 @@ def test_a_context_model_reads_the_same_contexts_on_spark_as_in_the_local_stage(
     local_rows = pd.read_parquet(local["output"])
     assert_same_rows(pd.read_parquet(tmp_path / "spark"), local_rows, ["article_id", "idx"])
     assert "sentence_context_previous+first" not in local_rows.columns
+
+
+def test_spark_takes_the_precision_and_its_recheck_margin_to_the_executors(spark, make_cfg, logged_model, tmp_path):
+    """int8 with a margin that re-scores every sentence of this hesitant tiny model: the local stage's rows are
+    fp32's probabilities; executors that lost the margin (or the precision) would write int8's or differ."""
+    from pipeline.stages.predict import predict
+    from pipeline.stages.spark_predict import spark_predict
+
+    uri, store = logged_model
+    settings = ["predict.quantize=int8", "predict.recheck_margin.int8=0.9"]
+    local = predict(make_cfg("predict", *store, f"input={SEEDS}", f"output={tmp_path}/local.parquet",
+                             f"model_uri={uri}", *settings))
+    fp32 = predict(make_cfg("predict", *store, f"input={SEEDS}", f"output={tmp_path}/fp32.parquet", f"model_uri={uri}"))
+    int8 = predict(make_cfg("predict", *store, f"input={SEEDS}", f"output={tmp_path}/int8.parquet", f"model_uri={uri}",
+                            "predict.quantize=int8", "predict.recheck_margin.int8=0"))
+    spark_predict(make_cfg("spark_predict", *store, f"input={SEEDS}", f"output={tmp_path}/spark", f"model_uri={uri}",
+                           *settings))
+    probs = [f"p_{label}" for label in LABELS]
+    rows = {name: sentence_rows(pd.read_parquet(out["output"])) for name, out in
+            {"local": local, "fp32": fp32, "int8": int8}.items()}
+    # int8 moves this model's probabilities by more than the row comparison's 1e-6; the re-checked rows are fp32's
+    assert np.abs(rows["int8"][probs].to_numpy() - rows["fp32"][probs].to_numpy()).max() > 4e-6
+    np.testing.assert_allclose(rows["local"][probs].to_numpy(), rows["fp32"][probs].to_numpy(), atol=5e-7)
+    assert_same_rows(pd.read_parquet(tmp_path / "spark"), pd.read_parquet(local["output"]), ["article_id", "idx"])

@@ -300,7 +300,7 @@ def test_the_logged_model_is_served_with_the_runs_predict_backend(make_cfg, labe
     model = mlflow.pyfunc.load_model(result["model_uri"])
     assert model.model_config == {"backend": "sdpa", "onnx_cache": cfg.predict.onnx_cache,
                                   "onnx_cache_keep": cfg.predict.onnx_cache_keep, "quantize": None,
-                                  "int8_recheck_margin": cfg.predict.int8_recheck_margin}
+                                  "recheck_margin": cfg.predict.recheck_margin}
     assert model.unwrap_python_model().predictor.backend == "sdpa"
     override = mlflow.pyfunc.load_model(result["model_uri"], model_config={"backend": "eager"})
     assert override.unwrap_python_model().predictor.backend == "eager"

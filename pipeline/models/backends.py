@@ -5,7 +5,7 @@
     sdpa     the same, attention forced to torch's scaled_dot_product_attention at load (`attn_implementation`)
     onnx     the model exported to ONNX (torch.onnx) and run by ONNX Runtime with its transformer graph fusions
              (attention, LayerNorm, GELU); needs the `onnx` extra: pip install -e ".[onnx]"
-    auto     the fastest measured choice that can run here (AUTO_ORDER: onnx when installed, on the CPU, not int8;
+    auto     the fastest measured choice that can run here (AUTO_ORDER: onnx when installed, on the CPU, in fp32;
              else eager)
 
 `prepare(model, backend, ...)` returns a callable with the model's own call signature (input_ids=, attention_mask=)
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("eager", "sdpa", "onnx", "auto")
 # Not kept: torch.compile (dynamic shapes) took 145 s to warm up on the tiny model and recompiles for new shapes,
 # for no measured gain worth it (docs/predict.md, Speed).
-# `auto` takes the first of these that can run here (installed; CPU; not int8): ONNX Runtime was the fastest on the
+# `auto` takes the first of these that can run here (installed; CPU; fp32): ONNX Runtime was the fastest on the
 # BERT-base shape and the tiny model (docs/predict.md, Speed); eager is always there.
 AUTO_ORDER = ("onnx", "eager")
 ONNX_OPSET = 17  # ONNX opset of the export (LayerNormalization needs ≥ 17)
@@ -100,16 +100,16 @@ def resolve(backend, *, device: str = "cpu", quantize: str | None = None) -> str
         raise PipelineError(why)
     if name == "onnx" and str(device).startswith("cuda"):
         raise PipelineError("predict.backend=onnx runs on the CPU here; drop it, or set predict.device=cpu")
-    if name == "onnx" and quantize == "int8":
-        raise PipelineError("predict.backend=onnx does not run the int8 model (predict.quantize=int8 is torch's "
-                            "dynamic int8); use predict.backend=eager with it")
+    if name == "onnx" and quantize:
+        raise PipelineError(f"predict.backend=onnx runs the fp32 model only (predict.quantize={quantize} is torch's "
+                            f"{quantize}); use predict.backend=eager with it")
     return name
 
 
 def runs(backend: str, device: str, quantize: str | None) -> bool:
     """Whether `backend` can run here for this device and quantisation (what `auto` may pick)."""
     if backend == "onnx":
-        return available(backend) is None and not str(device).startswith("cuda") and quantize != "int8"
+        return available(backend) is None and not str(device).startswith("cuda") and not quantize
     return available(backend) is None
 
 

@@ -168,15 +168,16 @@ class StancePredictor:
 
 def load_predictor(model_dir, *, quantize: str | None = None, device: str = "auto",
                    max_batch_tokens: int | None = None, backend=None,
-                   int8_recheck_margin: float | None = None) -> StancePredictor:
+                   recheck_margin: float | None = None) -> StancePredictor:
     """The predictor of a stance model directory; PipelineError if it is not one. `device`: auto (the GPU when
     there is one), cpu, cuda or cuda:<n>; `max_batch_tokens`: the token budget of a batch (see
     batching.batch_token_budget); `backend`: how the encoder's forward pass runs (a name or a backends.Backend, with the onnx cache; None = eager;
-    pipeline.models.backends); `int8_recheck_margin`: with quantize=int8, sentences whose int8 top-two margin is
-    below it are scored again in fp32 (pipeline.models.int8; None = no re-check).
+    pipeline.models.backends); `quantize`: None (fp32), int8 or bf16 (batching.QUANTIZE);
+    `recheck_margin`: with int8 or bf16, sentences whose top-two margin is below it are scored again in fp32
+    (None = no re-check).
     The kind the directory records chooses the module that loads it (kinds.py)."""
     model_dir = Path(model_dir)
     meta = read_model_metadata(model_dir)
-    options = {"int8_recheck_margin": int8_recheck_margin} if int8_recheck_margin else {}
+    options = {"recheck_margin": recheck_margin} if recheck_margin else {}
     return kinds.loader(meta["kind"]).load(model_dir, meta, quantize=quantize, device=device,
                                            max_batch_tokens=max_batch_tokens, backend=backend, **options)

@@ -1,8 +1,8 @@
 """The transformer predictor's fast path, shared by every kind that runs an encoder (transformer, encoder): it
 tokenises once, sorts by length and pads each batch only to its own longest sentence, under
 `torch.inference_mode`: on CPU that is what gets close to the machine's matmul limit (bench/predict_speed.py).
-Also the device (`predict.device`), the token budget of a batch and the intra-op threads; int8 is
-pipeline.models.int8."""
+Also the device (`predict.device`), the token budget of a batch, the intra-op threads and the lower precisions
+(`predict.quantize`): bf16 here, int8 in pipeline.models.int8."""
 
 from __future__ import annotations
 
@@ -37,18 +37,23 @@ class TransformerPredictor(StancePredictor):
     output = "logits"  # what the forward pass reads from the model's output (pipeline.models.backends)
 
     def __init__(self, model_dir: Path, meta: dict, *, quantize: str | None = None, device: str = "auto",
-                 max_batch_tokens: int | None = None, backend=None, int8_recheck_margin: float | None = None):
+                 max_batch_tokens: int | None = None, backend=None, recheck_margin: float | None = None):
         super().__init__(model_dir, meta)
         from transformers import AutoTokenizer
 
         from pipeline.models import backends, reuse
 
+        quantize = check_quantize(quantize)
         self.device = resolve_device(device, quantize)
+        if quantize == "bf16" and not bf16_runs_fast(self.device):
+            log.warning("predict.quantize=bf16: this %s has no bf16 matrix unit (AMX or AVX512-BF16; a GPU with "
+                        "bf16), where bf16 runs slower than fp32: running fp32", self.device)
+            quantize = None
         self.backend = backends.resolve(backend, device=self.device, quantize=quantize)
         self.load_kwargs = backends.load_kwargs(self.backend)
-        # In a train run, the model a fit just wrote is taken from memory; never when int8 or the backend's
+        # In a train run, the model a fit just wrote is taken from memory; never when int8 / bf16 or the backend's
         # loading arguments would make it another model than the one in memory.
-        plain = quantize in (None, "", "none") and not self.load_kwargs
+        plain = quantize is None and not self.load_kwargs
         kept = reuse.recall(model_dir) if plain else None
         try:
             self.tokenizer = kept.tokenizer if kept else AutoTokenizer.from_pretrained(str(model_dir))
@@ -62,8 +67,6 @@ class TransformerPredictor(StancePredictor):
                         model_dir, self.max_length, positions, positions)
             self.max_length = int(positions)
         self.quantize = quantize
-        if quantize not in (None, "", "none", "int8"):
-            raise PipelineError(f"predict.quantize={quantize!r}: choose null or int8")
         self.model = model.to(self.device)
         self.forward = backends.prepare(self.model, self.backend, output=self.output, model_dir=Path(model_dir),
                                         settings=backend)
@@ -73,17 +76,20 @@ class TransformerPredictor(StancePredictor):
         # The Rust tokenizer itself (no copy: re-reading a large vocabulary costs seconds of start-up); `encode`
         # sets it to truncate only before each use, as the Python tokenizer sets it before each of its calls.
         self._backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        # int8: sentences whose int8 top-two margin is below this are scored again by the fp32 model (`reference`)
-        self.int8_recheck_margin = check_recheck_margin(int8_recheck_margin) if quantize == "int8" else 0.0
+        # int8 / bf16: sentences whose top-two margin is below this are scored again by the fp32 model (`reference`)
+        self.recheck_margin = check_recheck_margin(recheck_margin, quantize) if quantize else 0.0
         self.reference = None
-        self.int8_rechecked = [0, 0]  # sentences scored in int8, of which re-scored in fp32 (for the stage's log)
-        if quantize == "int8":  # calibrated on fp32 forward passes of this predictor: everything above is set
-            from pipeline.models.int8 import quantize_predictor
-
+        self.rechecked = [0, 0]  # sentences scored in int8 / bf16, of which re-scored in fp32 (for the stage's log)
+        if quantize:
             fp32 = self.model
-            self.model = quantize_predictor(self)  # smooths `fp32` in place (the same function), returns int8
+            if quantize == "int8":  # calibrated on fp32 forward passes of this predictor: everything above is set
+                from pipeline.models.int8 import quantize_predictor
+
+                self.model = quantize_predictor(self)  # smooths `fp32` in place (the same function), returns int8
+            else:
+                self.model = to_bf16(fp32, keep=self.recheck_margin > 0)
             self.forward = backends.prepare(self.model, self.backend, output=self.output)
-            if self.int8_recheck_margin > 0:
+            if self.recheck_margin > 0:
                 self.reference = backends.prepare(fp32, self.backend, output=self.output)
 
     def load_model(self, model_dir: Path, model=None):
@@ -105,7 +111,7 @@ class TransformerPredictor(StancePredictor):
 
     def logits(self, input_ids, attention_mask, forward=None):
         """Class logits of one padded batch (torch tensors); `forward`: another forward pass than the predictor's
-        (the fp32 reference of an int8 model)."""
+        (the fp32 reference of an int8 or bf16 model)."""
         return (forward or self.forward)(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def encode(self, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
@@ -133,12 +139,12 @@ class TransformerPredictor(StancePredictor):
         return probs, truncated
 
     def recheck(self, ids: list[list[int]], probs: np.ndarray, batch_size: int) -> None:
-        """Score again in fp32, in place, the rows of `probs` (int8) whose top two labels are closer than
-        int8_recheck_margin: the only sentences whose label int8 moves (docs/train.md, int8)."""
+        """Score again in fp32, in place, the rows of `probs` (int8 or bf16) whose top two labels are closer than
+        recheck_margin: the only sentences whose label the lower precision moves (docs/train.md, int8 and bf16)."""
         top = np.sort(probs, axis=1)
-        rows = np.flatnonzero(top[:, -1] - top[:, -2] < self.int8_recheck_margin) if probs.shape[1] > 1 else []
-        self.int8_rechecked[0] += len(ids)
-        self.int8_rechecked[1] += len(rows)
+        rows = np.flatnonzero(top[:, -1] - top[:, -2] < self.recheck_margin) if probs.shape[1] > 1 else []
+        self.rechecked[0] += len(ids)
+        self.rechecked[1] += len(rows)
         if len(rows):
             probs[rows] = self.scores_from_ids([ids[r] for r in rows], batch_size, forward=self.reference)
 
@@ -205,15 +211,68 @@ def context_separator(tokenizer) -> str | None:
 GPU_BATCH_TOKENS = 65536
 
 
-def check_recheck_margin(value) -> float:
-    """predict.int8_recheck_margin as a float in [0, 1); PipelineError naming the key otherwise."""
+QUANTIZE = ("int8", "bf16")  # predict.quantize choices besides null (fp32)
+
+
+def check_quantize(value) -> str | None:
+    """predict.quantize as None (fp32), "int8" or "bf16"; PipelineError naming the choices otherwise."""
+    if value in (None, "", "none", "null"):
+        return None
+    if value not in QUANTIZE:
+        raise PipelineError(f"predict.quantize={value!r}: choose null (fp32), {' or '.join(QUANTIZE)}")
+    return str(value)
+
+
+def bf16_runs_fast(device: str) -> bool:
+    """Whether bf16 matrix products run faster than fp32 on `device`: a CPU with AMX or AVX512-BF16, a GPU with
+    bf16 (measured with bench/predict_speed.py; elsewhere torch emulates bf16, slower than fp32)."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+
+
+def to_bf16(model, *, keep: bool):
+    """The model in bfloat16 (weights and activations; the logits are read back in float64): a copy when `keep`
+    (the fp32 model stays, to re-score close calls), else the model itself, converted in place."""
+    import copy
+
+    import torch
+
+    return (copy.deepcopy(model) if keep else model).to(torch.bfloat16)
+
+
+def recheck_option(value):
+    """predict.recheck_margin as load_predictor takes it: a number (any precision), a plain {precision: margin}
+    mapping (conf/predict: one margin per precision), or None."""
+    from collections.abc import Mapping
+
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+def check_recheck_margin(value, quantize: str | None = None) -> float:
+    """The re-check margin of precision `quantize` (a number, or its entry of a {precision: margin} mapping; none =
+    0) as a float in [0, 1); PipelineError naming the key otherwise."""
+    value = recheck_option(value)
+    key = "predict.recheck_margin"
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(QUANTIZE))
+        if unknown:
+            raise PipelineError(f"{key}: {', '.join(map(str, unknown))} is not a precision; set "
+                                f"{' / '.join(f'{key}.{q}' for q in QUANTIZE)}")
+        key, value = f"{key}.{quantize}", value.get(quantize)
     try:
         margin = float(0.0 if value is None else value)
     except (TypeError, ValueError):
         margin = -1.0
     if not 0.0 <= margin < 1.0:
-        raise PipelineError(f"predict.int8_recheck_margin={value!r}: set a probability margin in [0, 1) (0 = re-score "
-                            "nothing in fp32)")
+        raise PipelineError(f"{key}={value!r}: set a probability margin in [0, 1) (0 = re-score nothing in fp32)")
     return margin
 
 

@@ -214,7 +214,7 @@ class EncoderHeadPredictor(TransformerPredictor):
 
     def pooled(self, input_ids, attention_mask, forward=None):
         hidden = (forward or self.forward)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return pool(hidden, attention_mask, self.head.pooling)
+        return pool(hidden.float(), attention_mask, self.head.pooling)  # a bf16 model's states pooled in fp32
 
     def logits(self, input_ids, attention_mask, forward=None):
         import torch

@@ -124,7 +124,7 @@ class HybridPredictor:
         self.max_length = self.inner.max_length
         self.base_model = f"rules + {self.inner.base_model}"
         self.preprocessor = self.inner.preprocessor
-        self.quantize = quantize
+        self.quantize = getattr(self.inner, "quantize", quantize)
 
     @property
     def prob_columns(self) -> list[str]:

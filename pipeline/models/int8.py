@@ -1,6 +1,6 @@
 """`predict.quantize=int8`: dynamic int8 Linear layers on the CPU, with activation outliers smoothed into the weights.
 
-The recipe (measured with bench/int8_agreement.py on sentences the model never trained on; docs/train.md, int8):
+The recipe (measured with bench/precision_agreement.py on sentences the model never trained on; docs/train.md, int8):
   * weights int8 with one scale per output channel; each layer input quantised on the fly (torch's dynamic int8);
   * kept in fp32: each layer's feed-forward down-projection (its GELU inputs carry a few very large values that
     no input scaling tames), the pooler and the classification head (one token per sentence, nothing to gain);

@@ -125,7 +125,7 @@ def pinned_requirements() -> list[str]:
 
 
 # The predict.* options a pyfunc model takes from its model_config (the backend's: backends.OPTION_KEYS).
-PYFUNC_OPTIONS = (*backends.OPTION_KEYS, "quantize", "int8_recheck_margin")
+PYFUNC_OPTIONS = (*backends.OPTION_KEYS, "quantize", "recheck_margin")
 
 
 def model_config_of(model_config) -> dict:
@@ -136,13 +136,13 @@ def model_config_of(model_config) -> dict:
 
 def predictor_options(model_config) -> dict:
     """load_predictor's options from a pyfunc model's model_config: logged with the model from predict.backend /
-    onnx_cache / onnx_cache_keep / quantize / int8_recheck_margin (log_stance_model), or given at load: mlflow.pyfunc.load_model(uri,
+    onnx_cache / onnx_cache_keep / quantize / recheck_margin (log_stance_model), or given at load: mlflow.pyfunc.load_model(uri,
     model_config={...}), mlflow.pyfunc.spark_udf(..., model_config={...}). `mlflow models serve` serves the logged
     ones. A model logged without a key gets load_predictor's default (eager, no onnx cache, fp32)."""
     config = model_config_of(model_config)
     options = {"quantize": config["quantize"] or None} if "quantize" in config else {}
-    if config.get("int8_recheck_margin") is not None:
-        options["int8_recheck_margin"] = config["int8_recheck_margin"]
+    if config.get("recheck_margin") is not None:
+        options["recheck_margin"] = config["recheck_margin"]
     if any(key in config for key in backends.OPTION_KEYS):
         options["backend"] = backends.option(config)
     return options
@@ -150,10 +150,13 @@ def predictor_options(model_config) -> dict:
 
 def served_options(cfg) -> dict:
     """The model_config a trained model is logged with: predict.backend, onnx_cache, onnx_cache_keep, quantize and
-    int8_recheck_margin of the run's config."""
+    recheck_margin of the run's config."""
     from omegaconf import OmegaConf
 
-    return {key: OmegaConf.select(cfg, f"predict.{key}", default=None) for key in PYFUNC_OPTIONS}
+    from pipeline.models.batching import recheck_option
+
+    options = {key: OmegaConf.select(cfg, f"predict.{key}", default=None) for key in PYFUNC_OPTIONS}
+    return {**options, "recheck_margin": recheck_option(options["recheck_margin"])}
 
 
 def log_stance_model(model_dir, *, name: str = "model", registered_model_name: str | None = None,

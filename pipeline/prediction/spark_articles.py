@@ -82,7 +82,7 @@ def predict_articles(articles, model_dir: Path | str, *, rules: SegmentRules, mo
                      batch_size: int = 64, arrow_batch: int = 64, threads: int = 1, device: str = "auto",
                      max_batch_tokens: int | None = None, code: bool = True, enrich: dict | None = None,
                      quantize: str | None = None, backend=None, carry: Sequence[str] | None = None, date_column: str = "date",
-                     chunk_sentences: int = 2048, int8_recheck_margin: float | None = None) -> SparkPrediction:
+                     chunk_sentences: int = 2048, recheck_margin: float | None = None) -> SparkPrediction:
     """Predict whole articles on Spark as the local predict stage does; see the module docstring.
 
     `articles` holds `id_column` and either `text_column` (text) or `content_column` (a file's bytes, decoded like
@@ -96,7 +96,7 @@ def predict_articles(articles, model_dir: Path | str, *, rules: SegmentRules, mo
     `keep_first` maps an article id that several rows share to the one source kept; the other copies become
     `duplicate_article` error rows (the local stage keeps the first file of that id in path order).
     `chunk_sentences`: the most sentences predicted at once (predict.chunk_sentences), however long an article.
-    `quantize`, `int8_recheck_margin`, `backend`: as predict.* (load_predictor)."""
+    `quantize`, `recheck_margin`, `backend`: as predict.* (load_predictor)."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -106,7 +106,7 @@ def predict_articles(articles, model_dir: Path | str, *, rules: SegmentRules, mo
     model_dir = Path(model_dir)
     # checked on the driver: a bad model, backend or quantisation fails before Spark work
     predictor = load_predictor(model_dir, device="cpu", quantize=quantize, backend=backend,
-                               int8_recheck_margin=int8_recheck_margin)
+                               recheck_margin=recheck_margin)
     settings = dict(enrich or {})
     enricher = Enricher(predictor, **settings)  # a lexicon that cannot be loaded is warned about here, once
     labels, extra = list(predictor.labels), extra_columns(predictor, enricher.added)
@@ -152,7 +152,7 @@ def predict_articles(articles, model_dir: Path | str, *, rules: SegmentRules, mo
                             as_bytes=files, keep_first=keep, batch_size=int(batch_size),
                             threads=int(threads), device=device, max_batch_tokens=max_batch_tokens,
                             quantize=quantize, backend=backend, enrich=settings, date_column=str(date_column or ""),
-                            chunk=int(chunk_sentences), int8_recheck_margin=int8_recheck_margin)
+                            chunk=int(chunk_sentences), recheck_margin=recheck_margin)
 
     mapped = prepared.mapInPandas(mapper, schema=mapped_schema).persist(StorageLevel.MEMORY_AND_DISK)
     sentences = mapped.filter(F.col(KIND) == "sentence").select(*sentence_dtypes(labels, extra, metadata))
@@ -263,10 +263,10 @@ _PREDICTORS: dict[str, object] = {}  # model name -> predictor, one per executor
 
 
 def executor_predictor(name: str, threads: int, device: str = "auto", max_batch_tokens: int | None = None,
-                       quantize: str | None = None, backend=None, int8_recheck_margin: float | None = None):
+                       quantize: str | None = None, backend=None, recheck_margin: float | None = None):
     """The shipped model, loaded once per Python worker process (Spark reuses workers across tasks), on the
     executor's GPU when it has one (predict.device), quantised and run by the backend the stage asks for
-    (predict.quantize, predict.int8_recheck_margin, predict.backend)."""
+    (predict.quantize, predict.recheck_margin, predict.backend)."""
     if name not in _PREDICTORS:
         import torch
         from pyspark import SparkFiles
@@ -277,7 +277,7 @@ def executor_predictor(name: str, threads: int, device: str = "auto", max_batch_
             torch.set_num_threads(threads)
         _PREDICTORS[name] = load_predictor(SparkFiles.get(name), device=device, max_batch_tokens=max_batch_tokens,
                                            quantize=quantize, backend=backend,
-                                           int8_recheck_margin=int8_recheck_margin)
+                                           recheck_margin=recheck_margin)
     return _PREDICTORS[name]
 
 
@@ -304,12 +304,12 @@ def map_articles(batches: Iterator[pd.DataFrame], *, model_name: str, rules: Seg
                  as_bytes: bool, keep_first: dict[str, str], batch_size: int, threads: int, device: str = "auto",
                  max_batch_tokens: int | None = None, quantize: str | None = None, backend=None,
                  enrich: dict | None = None, date_column: str = "", chunk: int = 2048,
-                 int8_recheck_margin: float | None = None) -> Iterator[pd.DataFrame]:
+                 recheck_margin: float | None = None) -> Iterator[pd.DataFrame]:
     """mapInPandas body: Arrow batches of articles → sentence, summary and error rows (column `row_kind`).
     `metadata`: the carried table columns (files also carry their path). Sentences are predicted `chunk` at a time
     (a long article too), the summary accumulated over the chunks."""
     predictor = executor_predictor(model_name, threads, device, max_batch_tokens, quantize, backend,
-                                   int8_recheck_margin)
+                                   recheck_margin)
     enricher = executor_enricher(model_name, predictor, dict(enrich or {}))
     labels, extra = list(predictor.labels), extra_columns(predictor, enricher.added)
     carried = (["path"] if as_bytes else []) + list(metadata)

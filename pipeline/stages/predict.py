@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from pipeline.core.errors import PipelineError
 from pipeline.models.backends import from_config
 from pipeline.models.base import load_predictor
-from pipeline.models.batching import set_threads
+from pipeline.models.batching import recheck_option, set_threads
 from pipeline.core.io import TABLE_SUFFIXES, CsvStyle, read_table, write_table_atomic, write_text_atomic
 from pipeline.models.store import model_identity, resolve_model, segment_rules_for
 from pipeline.prediction.extras import (SUMMARY_NAMES, Enricher, report_path, report_sample, summary_path,
@@ -56,9 +56,10 @@ from pipeline.core.write_guard import output_lock, refuse_clashes
 
 log = logging.getLogger(__name__)
 
-# int8 runs ~1.4x fp32 on the CPU (docs/train.md, int8): once more than this share of the sentences is scored again
-# in fp32 (predict.int8_recheck_margin), int8 plus the re-check is no faster than fp32 alone.
-INT8_RECHECK_WORTH = 0.3
+# int8 runs ~1.4x fp32 on the CPU, bf16 ~2.9x where the CPU has AMX (docs/train.md, int8 and bf16): once more than
+# 1 - 1/speed-up of the sentences is scored again in fp32 (predict.recheck_margin), the re-check makes it no faster
+# than fp32 alone.
+RECHECK_WORTH = {"int8": 0.3, "bf16": 0.65}
 
 
 def _sibling(output: Path, configured, tail: str) -> Path:
@@ -137,12 +138,12 @@ def _predict(cfg: DictConfig, inputs: list[str], files: list[Path], written: dic
     try:
         predictor = load_predictor(model.model_dir, quantize=pcfg.quantize or None, device=str(pcfg.device),
                                    max_batch_tokens=pcfg.max_batch_tokens, backend=from_config(pcfg),
-                                   int8_recheck_margin=pcfg.int8_recheck_margin)
+                                   recheck_margin=recheck_option(pcfg.recheck_margin))
     except PipelineError as exc:
         raise model_error(exc)
     threads = set_threads(pcfg.threads)
     log.info("predict: model %s (%s, labels %s, max_length %d%s, backend %s) on %s, %d threads", model.uri,
-             predictor.kind, ",".join(predictor.labels), predictor.max_length, ", int8" if pcfg.quantize else "",
+             predictor.kind, ",".join(predictor.labels), predictor.max_length, f", {quantize}" if (quantize := getattr(getattr(predictor, "inner", predictor), "quantize", None)) else "",
              getattr(predictor, "backend", "-"), getattr(predictor, "device", "cpu"), threads)
     rules = segment_rules_for(cfg, model)
 
@@ -170,14 +171,16 @@ def _predict(cfg: DictConfig, inputs: list[str], files: list[Path], written: dic
     writer.flush()
     progress.close()
     counts.update(sentences=writer.sentences, truncated=writer.truncated)
-    scored, rechecked = getattr(getattr(predictor, "inner", predictor), "int8_rechecked", (0, 0))
+    inner = getattr(predictor, "inner", predictor)
+    scored, rechecked = getattr(inner, "rechecked", (0, 0))
     if scored:
-        log.info("predict: int8: %d of %d sentences (%.1f%%) scored again in fp32, their two most probable labels "
-                 "within predict.int8_recheck_margin=%g", rechecked, scored, 100 * rechecked / scored,
-                 float(pcfg.int8_recheck_margin))
-        if rechecked > INT8_RECHECK_WORTH * scored:
-            log.warning("predict: the model hesitates on %.0f%% of these sentences, so int8 gained little or nothing "
-                        "here: fp32 (predict.quantize=null) gives the same labels as fast", 100 * rechecked / scored)
+        log.info("predict: %s: %d of %d sentences (%.1f%%) scored again in fp32, their two most probable labels "
+                 "within predict.recheck_margin.%s=%g", quantize, rechecked, scored, 100 * rechecked / scored,
+                 quantize, inner.recheck_margin)
+        if rechecked > RECHECK_WORTH[quantize] * scored:
+            log.warning("predict: the model hesitates on %.0f%% of these sentences, so %s gained little or nothing "
+                        "here: fp32 (predict.quantize=null) gives the same labels as fast", 100 * rechecked / scored,
+                        quantize)
 
     if counts["articles"] == 0 and not writer.done:
         write_table_atomic(errors.frame(), errors_path, csv=csv)

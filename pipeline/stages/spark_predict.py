@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import CsvStyle, write_table_atomic, write_text_atomic
 from pipeline.models.backends import from_config
+from pipeline.models.batching import recheck_option
 from pipeline.models.store import model_identity, resolve_model, segment_rules_for
 from pipeline.prediction.extras import Enricher
 from pipeline.prediction.inputs import as_list, carry_setting, drop_empty, expand_inputs, no_usable_article
@@ -128,7 +129,7 @@ def _spark_predict(cfg: DictConfig, source: str, written: dict[str, str], failed
             batch_size=int(pcfg.batch_size), arrow_batch=int(scfg.arrow_batch_articles),
             threads=int(scfg.executor_threads), device=str(pcfg.device), max_batch_tokens=pcfg.max_batch_tokens,
             quantize=pcfg.quantize or None, backend=from_config(pcfg),
-            int8_recheck_margin=pcfg.int8_recheck_margin,
+            recheck_margin=recheck_option(pcfg.recheck_margin),
             code=bool(scfg.ship_code), enrich=Enricher.settings(cfg), carry=carry_setting(cfg),
             date_column=str(OmegaConf.select(pcfg, "date_column", default="date") or ""),
             chunk_sentences=int(pcfg.chunk_sentences))

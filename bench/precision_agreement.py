@@ -1,6 +1,6 @@
-"""int8 against fp32 on a trained stance model: label agreement and the speed-up, side by side in one run.
+"""int8 and bf16 against fp32 on a trained stance model: label agreement and the speed-up, side by side in one run.
 
-    .venv/bin/python bench/int8_agreement.py --model outputs/train/<run>/model \
+    .venv/bin/python bench/precision_agreement.py --model outputs/train/<run>/model \
         [--data ../shared/data/arsarcasm_v2/testing_data.csv --column tweet --n 500] [--rounds 5]
 
 `--model` is a stance model directory written by `pipeline train` (transformer or encoder kind), e.g. the
@@ -14,14 +14,16 @@ seed sentences to hold out: give its test file (data.test_path) as --data.
 Rows, each the stage's own code (`pipeline.models.base.load_predictor`):
   int8               predict.quantize=int8: dynamic int8 Linear layers but those pipeline.models.int8 keeps in
                      fp32, inputs smoothed; no re-check
-  int8_recheck       the same with predict.int8_recheck_margin (conf default, or --recheck-margin): close calls
+  int8_recheck       the same with predict.recheck_margin.int8 (conf default, or --recheck-margin): close calls
                      scored again in fp32
+  bf16, bf16_recheck predict.quantize=bf16 (the model in bfloat16), without and with the re-check; on a CPU without
+                     a bf16 unit (AMX, AVX512-BF16) the predictor runs fp32 and the row says so
   --unsmoothed       the same layers in int8 without input smoothing
   --all-linear       the recipe before issue 21 (every Linear layer, per-tensor weights)
   --weights-only     diagnostic, not timed: the int8 weights with fp32 activations, the ceiling of any int8 scheme
                      with per-channel weights on this model
 The rounds are interleaved (fp32, int8, …, fp32, int8, …) and each speed-up is reported per round as median and
-min–max.
+min–max. Threads: torch's default (every core), unless OMP_NUM_THREADS says otherwise.
 """
 
 from __future__ import annotations
@@ -97,10 +99,13 @@ def all_linear_int8(predictor):
     return predictor
 
 
-def default_recheck_margin() -> float:
+def default_recheck_margin() -> dict:
+    """predict.recheck_margin of conf/predict: {precision: margin}."""
     from omegaconf import OmegaConf
 
-    return float(OmegaConf.load(REPO / "conf" / "predict" / "default.yaml").int8_recheck_margin)
+    from pipeline.models.batching import recheck_option
+
+    return recheck_option(OmegaConf.load(REPO / "conf" / "predict" / "default.yaml").recheck_margin)
 
 
 def unsmoothed_int8(predictor):
@@ -145,7 +150,7 @@ def main() -> int:
     parser.add_argument("--all-linear", action="store_true",
                         help="also time the int8 recipe before issue 21 (every Linear layer, per-tensor weights)")
     parser.add_argument("--recheck-margin", type=float, default=None,
-                        help="int8_recheck's margin (default: predict.int8_recheck_margin of conf/predict)")
+                        help="one margin for int8_recheck and bf16_recheck (default: each precision's predict.recheck_margin of conf/predict)")
     parser.add_argument("--unsmoothed", action="store_true",
                         help="also time the int8 recipe without input smoothing (the same layers in int8)")
     parser.add_argument("--weights-only", action="store_true",
@@ -159,8 +164,10 @@ def main() -> int:
 
     texts, n_seed, articles = sentences(args.model, args.data, args.column, args.n, args.offset)
     recheck_margin = args.recheck_margin if args.recheck_margin is not None else default_recheck_margin()
-    predictors = {"fp32": load_predictor(args.model), "int8": load_predictor(args.model, quantize="int8"),
-                  "int8_recheck": load_predictor(args.model, quantize="int8", int8_recheck_margin=recheck_margin)}
+    predictors = {"fp32": load_predictor(args.model)}
+    for quantize in ("int8", "bf16"):
+        predictors[quantize] = load_predictor(args.model, quantize=quantize)
+        predictors[f"{quantize}_recheck"] = load_predictor(args.model, quantize=quantize, recheck_margin=recheck_margin)
     if args.unsmoothed:
         predictors["int8_unsmoothed"] = unsmoothed_int8(load_predictor(args.model))
     if args.all_linear:
@@ -197,16 +204,20 @@ def main() -> int:
             speed = f"speed-up {statistics.median(ratios):.2f}x (min {min(ratios):.2f}, max {max(ratios):.2f})"
         else:
             speed = "diagnostic, not timed"
+        ran_fp32 = name in predictors and name != "fp32" and not name.startswith("int8_") and \
+            getattr(predictors[name], "quantize", None) is None
+        note = " (ran fp32: this CPU has no bf16 unit)" if ran_fp32 else ""
         print(f"  {name}: label agreement with fp32 {agree.mean():.3f} overall, {seed} on the seed sentences, "
-              f"{rest} on --data; max |p - p_fp32| {np.abs(probs[name] - probs['fp32']).max():.3f}; {speed}")
+              f"{rest} on --data; max |p - p_fp32| {np.abs(probs[name] - probs['fp32']).max():.3f}; {speed}{note}")
         print("    agreement by fp32 margin: " + ", ".join(
             f"[{lo:g}, {min(hi, 1):g}) {agree[bins == i].mean():.3f}" if np.any(bins == i) else f"[{lo:g}, {min(hi, 1):g}) -"
             for i, (lo, hi) in enumerate(zip(MARGIN_BINS, MARGIN_BINS[1:]))))
     for name in predictors:
         print(f"  {name}: {len(texts) / statistics.median(seconds[name]):.1f} sentences/s (median of rounds)")
-    scored, rechecked = predictors["int8_recheck"].int8_rechecked
-    print(f"  int8_recheck: {rechecked / max(scored, 1):.1%} of the sentences scored again in fp32 (their int8 top-two "
-          f"margin below {recheck_margin:g})")
+    for name in ("int8_recheck", "bf16_recheck"):
+        scored, rechecked = predictors[name].rechecked
+        print(f"  {name}: {rechecked / max(scored, 1):.1%} of the sentences scored again in fp32 (their "
+              f"{name.split('_')[0]} top-two margin below {predictors[name].recheck_margin:g})")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""bench/int8_agreement.py on a tiny model (no ../shared): the weights-only diagnostic rounds exactly the weights
+"""bench/precision_agreement.py on a tiny model (no ../shared): the weights-only diagnostic rounds exactly the weights
 int8 quantises, to int8 values, and leaves the rest alone; the bench runs end to end on a model held out from one
 seed article, and refuses a model that trained on every seed sentence."""
 
@@ -18,12 +18,12 @@ from pipeline.models.base import load_predictor, write_model_metadata
 from pipeline.text.preprocess import TextPreprocessor
 from pipeline.text.segmentation import SEEDS_DIR, article_id_for, seed_sentences
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "int8_agreement.py"
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "precision_agreement.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("int8_agreement", BENCH)
+    spec = importlib.util.spec_from_file_location("precision_agreement", BENCH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -78,6 +78,7 @@ def test_the_bench_runs_on_a_held_out_article_and_prints_every_row(model_dir):
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.stdout
     for row in ("int8: label agreement", "int8_recheck: label agreement", "int8_unsmoothed: label agreement",
+                "bf16: label agreement", "bf16_recheck: label agreement", "bf16_recheck: ",
                 "int8_all_linear: label agreement", "int8_weights_only: label agreement", "scored again in fp32",
                 "agreement by fp32 margin", "sentences by fp32 margin", "diagnostic, not timed"):
         assert row in out, out

@@ -191,3 +191,21 @@ def test_an_unknown_precision_is_one_line_naming_the_choices(model_dir, value):
     with pytest.raises(PipelineError, match=r"predict.quantize=.*choose null \(fp32\), int8 or bf16"):
         load_predictor(model_dir, quantize=value)
 
+
+
+def test_bf16_batches_hold_more_tokens_before_padding_cuts_them(model_dir, bf16_unit):
+    """AMX needs rows: a bf16 batch is cut for padding only once it holds BF16_MIN_BATCH_TOKENS (fp32: MIN_BATCH_TOKENS);
+    every sentence is in exactly one batch either way."""
+    from pipeline.models.batching import BF16_MIN_BATCH_TOKENS, MIN_BATCH_TOKENS
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(8, 120, size=600)
+    batch_size = 256
+    fp32 = load_predictor(model_dir).batches(lengths, batch_size)
+    bf16 = load_predictor(model_dir, quantize="bf16", recheck_margin=0).batches(lengths, batch_size)
+    for batches, least in ((fp32, MIN_BATCH_TOKENS), (bf16, BF16_MIN_BATCH_TOKENS)):
+        assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+        for rows in batches[:-1]:  # a batch ends full, or cut for padding once it held the floor's tokens
+            width = lengths[rows].max()
+            assert len(rows) == batch_size or len(rows) * width >= least, (len(rows), width, least)
+    assert len(bf16) < len(fp32)

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 # multiplications to run at full speed); never more than batch_size sentences.
 PAD_TOLERANCE = 0.08
 MIN_BATCH_TOKENS = 768
+# bf16 on AMX runs its matrix products ~7x fp32's and needs more rows to do so: batches of at least this many tokens
+# took BERT-base from 2.0x to 2.8x the fp32 limit (pad tolerance kept; docs/predict.md, Speed); fp32 gained nothing.
+BF16_MIN_BATCH_TOKENS = 2048
 
 # glibc allocator thresholds for keep_freed_memory: freed blocks up to 512 MiB stay in the heap (above the largest
 # batch's activation buffers), and the heap is given back to the kernel only when 1 GiB of it is free at the top.
@@ -161,12 +164,13 @@ class TransformerPredictor(StancePredictor):
         order = np.argsort(-lengths, kind="stable")
         out, start, n = [], 0, len(order)
         budget = getattr(self, "max_batch_tokens", None)
+        min_tokens = BF16_MIN_BATCH_TOKENS if getattr(self, "quantize", None) == "bf16" else MIN_BATCH_TOKENS
         while start < n:
             width = int(lengths[order[start]])
             end = start + 1
             cap = batch_size if not budget else max(1, min(batch_size, budget // max(width, 1)))
             while end < n and end - start < cap:
-                if lengths[order[end]] < width * (1 - PAD_TOLERANCE) and (end - start) * width >= MIN_BATCH_TOKENS:
+                if lengths[order[end]] < width * (1 - PAD_TOLERANCE) and (end - start) * width >= min_tokens:
                     break
                 end += 1
             out.append(order[start:end])

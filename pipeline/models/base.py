@@ -168,7 +168,7 @@ class StancePredictor:
 
 def load_predictor(model_dir, *, quantize: str | None = None, device: str = "auto",
                    max_batch_tokens: int | None = None, backend=None,
-                   recheck_margin: float | None = None) -> StancePredictor:
+                   recheck_margin: float | dict | None = None) -> StancePredictor:
     """The predictor of a stance model directory; PipelineError if it is not one. `device`: auto (the GPU when
     there is one), cpu, cuda or cuda:<n>; `max_batch_tokens`: the token budget of a batch (see
     batching.batch_token_budget); `backend`: how the encoder's forward pass runs (a name or a backends.Backend, with the onnx cache; None = eager;

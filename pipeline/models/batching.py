@@ -40,7 +40,7 @@ class TransformerPredictor(StancePredictor):
     output = "logits"  # what the forward pass reads from the model's output (pipeline.models.backends)
 
     def __init__(self, model_dir: Path, meta: dict, *, quantize: str | None = None, device: str = "auto",
-                 max_batch_tokens: int | None = None, backend=None, recheck_margin: float | None = None):
+                 max_batch_tokens: int | None = None, backend=None, recheck_margin: float | dict | None = None):
         super().__init__(model_dir, meta)
         from transformers import AutoTokenizer
 

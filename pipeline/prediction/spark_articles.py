@@ -82,7 +82,7 @@ def predict_articles(articles, model_dir: Path | str, *, rules: SegmentRules, mo
                      batch_size: int = 64, arrow_batch: int = 64, threads: int = 1, device: str = "auto",
                      max_batch_tokens: int | None = None, code: bool = True, enrich: dict | None = None,
                      quantize: str | None = None, backend=None, carry: Sequence[str] | None = None, date_column: str = "date",
-                     chunk_sentences: int = 2048, recheck_margin: float | None = None) -> SparkPrediction:
+                     chunk_sentences: int = 2048, recheck_margin: float | dict | None = None) -> SparkPrediction:
     """Predict whole articles on Spark as the local predict stage does; see the module docstring.
 
     `articles` holds `id_column` and either `text_column` (text) or `content_column` (a file's bytes, decoded like
@@ -263,7 +263,7 @@ _PREDICTORS: dict[str, object] = {}  # model name -> predictor, one per executor
 
 
 def executor_predictor(name: str, threads: int, device: str = "auto", max_batch_tokens: int | None = None,
-                       quantize: str | None = None, backend=None, recheck_margin: float | None = None):
+                       quantize: str | None = None, backend=None, recheck_margin: float | dict | None = None):
     """The shipped model, loaded once per Python worker process (Spark reuses workers across tasks), on the
     executor's GPU when it has one (predict.device), quantised and run by the backend the stage asks for
     (predict.quantize, predict.recheck_margin, predict.backend)."""
@@ -304,7 +304,7 @@ def map_articles(batches: Iterator[pd.DataFrame], *, model_name: str, rules: Seg
                  as_bytes: bool, keep_first: dict[str, str], batch_size: int, threads: int, device: str = "auto",
                  max_batch_tokens: int | None = None, quantize: str | None = None, backend=None,
                  enrich: dict | None = None, date_column: str = "", chunk: int = 2048,
-                 recheck_margin: float | None = None) -> Iterator[pd.DataFrame]:
+                 recheck_margin: float | dict | None = None) -> Iterator[pd.DataFrame]:
     """mapInPandas body: Arrow batches of articles → sentence, summary and error rows (column `row_kind`).
     `metadata`: the carried table columns (files also carry their path). Sentences are predicted `chunk` at a time
     (a long article too), the summary accumulated over the chunks."""

@@ -142,8 +142,10 @@ def _predict(cfg: DictConfig, inputs: list[str], files: list[Path], written: dic
     except PipelineError as exc:
         raise model_error(exc)
     threads = set_threads(pcfg.threads)
+    inner = getattr(predictor, "inner", predictor)  # a hybrid's model
+    quantize = getattr(inner, "quantize", None)  # None where bf16 was asked for but runs fp32 here
     log.info("predict: model %s (%s, labels %s, max_length %d%s, backend %s) on %s, %d threads", model.uri,
-             predictor.kind, ",".join(predictor.labels), predictor.max_length, f", {quantize}" if (quantize := getattr(getattr(predictor, "inner", predictor), "quantize", None)) else "",
+             predictor.kind, ",".join(predictor.labels), predictor.max_length, f", {quantize}" if quantize else "",
              getattr(predictor, "backend", "-"), getattr(predictor, "device", "cpu"), threads)
     rules = segment_rules_for(cfg, model)
 
@@ -171,7 +173,6 @@ def _predict(cfg: DictConfig, inputs: list[str], files: list[Path], written: dic
     writer.flush()
     progress.close()
     counts.update(sentences=writer.sentences, truncated=writer.truncated)
-    inner = getattr(predictor, "inner", predictor)
     scored, rechecked = getattr(inner, "rechecked", (0, 0))
     if scored:
         log.info("predict: %s: %d of %d sentences (%.1f%%) scored again in fp32, their two most probable labels "

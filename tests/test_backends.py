@@ -16,19 +16,14 @@ from pipeline.models import backends
 from pipeline.models.base import load_predictor, write_model_metadata
 from pipeline.text.preprocess import TextPreprocessor
 from pipeline.text.segmentation import seed_sentences
+from test_inference import make_stance_model
 
 TOLERANCE = 1e-4  # the promise of conf/predict/default.yaml: same probabilities to 1e-4
 
 
 @pytest.fixture(scope="module")
 def transformer_dir(tmp_path_factory) -> Path:
-    from pipeline.models.tiny import build_tiny_bert
-
-    out = tmp_path_factory.mktemp("backend") / "transformer"
-    build_tiny_bert(seed_sentences(), out, LABELS, seed=5)
-    write_model_metadata(out, kind="transformer", labels=LABELS, max_length=32, base_model="tiny",
-                         preprocessor=TextPreprocessor(None))
-    return out
+    return make_stance_model(tmp_path_factory.mktemp("backend") / "transformer", max_length=32, seed=5)
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import LABELS
-from pipeline.models.base import load_predictor, write_model_metadata
-from pipeline.text.preprocess import TextPreprocessor
+from pipeline.models.base import load_predictor
 from pipeline.text.segmentation import SEEDS_DIR, article_id_for, seed_sentences
+from test_inference import make_stance_model
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "precision_agreement.py"
 
@@ -31,12 +30,7 @@ def bench():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    from pipeline.models.tiny import build_tiny_bert
-
-    out = tmp_path_factory.mktemp("int8bench") / "model"
-    build_tiny_bert(seed_sentences(), out, LABELS, seed=3)
-    write_model_metadata(out, kind="transformer", labels=LABELS, max_length=32, base_model="tiny",
-                         preprocessor=TextPreprocessor(None))
+    out = make_stance_model(tmp_path_factory.mktemp("int8bench") / "model", max_length=32, seed=3)
     articles = sorted(article_id_for(p) for p in SEEDS_DIR.glob("*.txt"))
     (out / "split.json").write_text(json.dumps({"by": "group", "test": articles[:1], "val": [],
                                                 "train": articles[1:], "seen_all": False}), encoding="utf-8")

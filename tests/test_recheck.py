@@ -15,9 +15,9 @@ import pytest
 
 from pipeline import LABELS
 from pipeline.core.errors import PipelineError
-from pipeline.models.base import load_predictor, write_model_metadata
-from pipeline.text.preprocess import TextPreprocessor
+from pipeline.models.base import load_predictor
 from pipeline.text.segmentation import seed_sentences
+from test_inference import make_stance_model
 
 FP32_TOLERANCE = 1e-4  # smoothing is the same function in fp32 (tests/test_int8.py)
 
@@ -26,15 +26,11 @@ def _tiny_model(out: Path, head_scale: float) -> Path:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from pipeline.models.tiny import build_tiny_bert
-
-    build_tiny_bert(seed_sentences(), out, LABELS, seed=2)
+    make_stance_model(out, max_length=48, seed=2)
     model = AutoModelForSequenceClassification.from_pretrained(str(out))
     with torch.no_grad():
         model.classifier.weight.mul_(head_scale)
     model.save_pretrained(out)
-    write_model_metadata(out, kind="transformer", labels=LABELS, max_length=48, base_model="tiny",
-                         preprocessor=TextPreprocessor(None))
     return out
 
 

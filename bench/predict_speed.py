@@ -74,6 +74,49 @@ def load_corpus(args) -> tuple[list[str], list[str] | None]:
     return seed_sentences(), None
 
 
+def add_sample_arguments(parser, *, rounds: int, shape: bool = False) -> None:
+    """The sentences, batch size, rounds, model shape and threads every predictor bench shares (bench/fp32_headroom.py,
+    bench/int8_amx.py time this bench's sample); `shape`: a --shape option (one model: base or tiny)."""
+    parser.add_argument("--data", help="CSV of real Arabic sentences (e.g. ../shared/data/arsarcasm_v2/testing_data.csv)")
+    parser.add_argument("--column", default="tweet", help="text column of --data")
+    parser.add_argument("--label-column", default="sentiment", help="raw labels, mapped by conf/data/arsarcasm.yaml, for the trained agreement model")
+    parser.add_argument("--n", type=int, default=300, help="sentences timed per method")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--base-vocab", type=int, default=8000,
+                        help="WordPiece vocabulary of the BERT-base tokenizer (8000 on tweets gives AraBERT-like "
+                             "token counts; the model's embedding is sized to it, which does not change its speed)")
+    parser.add_argument("--threads", type=int, default=0, help="0 = every core this process may use")
+    parser.add_argument("--rounds", type=int, default=rounds, help="interleaved timing rounds; each method keeps its best")
+    if shape:
+        parser.add_argument("--shape", choices=("base", "tiny"), default="base",
+                            help="base: the BERT-base shape; tiny: the test model (fast, for the bench's own test)")
+
+
+def sample_order(n: int) -> np.ndarray:
+    return np.random.default_rng(0).permutation(n)
+
+
+def timed_sentences(corpus: list[str], n: int) -> list[str]:
+    """The n sentences every predictor bench times: a fixed random sample of the corpus (cycled when it is smaller)."""
+    texts = [corpus[i] for i in sample_order(len(corpus))[:n]]
+    while len(texts) < n:
+        texts += texts[: n - len(texts)]
+    return texts
+
+
+def build_model(corpus: list[str], root: Path, name: str, base_vocab: int) -> Path:
+    """A stance model directory of shape `name`: "base" (BERT_BASE, random weights) or "tiny" (the test model)."""
+    from pipeline.models.base import write_model_metadata
+    from pipeline.models.tiny import build_tiny_bert
+    from pipeline.text.preprocess import TextPreprocessor
+
+    shape = {**BERT_BASE, "vocab_size": base_vocab} if name == "base" else {}
+    model_dir = build_tiny_bert(corpus, root / name, LABELS, **shape)
+    write_model_metadata(model_dir, kind="transformer", labels=LABELS, max_length=128, base_model=name,
+                         preprocessor=TextPreprocessor(None))
+    return model_dir
+
+
 def matmul_flops(n: int = 2048, repeats: int = 8) -> float:
     """Best fp32 matmul rate of this machine with the current thread setting, in FLOP/s."""
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -239,18 +282,9 @@ def backend_methods(model_dir: Path, texts: list[str], args, reference) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="CSV of real Arabic sentences (e.g. ../shared/data/arsarcasm_v2/testing_data.csv)")
-    parser.add_argument("--column", default="tweet", help="text column of --data")
-    parser.add_argument("--label-column", default="sentiment", help="raw labels, mapped by conf/data/arsarcasm.yaml, for the trained agreement model")
-    parser.add_argument("--n", type=int, default=300, help="sentences timed per method")
+    add_sample_arguments(parser, rounds=2)
     parser.add_argument("--train-n", type=int, default=1500, help="other labelled sentences to train the agreement model on (0 = skip)")
     parser.add_argument("--train-epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds; each method keeps its best")
-    parser.add_argument("--base-vocab", type=int, default=8000,
-                        help="WordPiece vocabulary of the BERT-base tokenizer (8000 on tweets gives AraBERT-like "
-                             "token counts; the model's embedding is sized to it, which does not change its speed)")
-    parser.add_argument("--threads", type=int, default=0, help="0 = every core this process may use")
     parser.add_argument("--models", default="tiny,base", help="comma list of tiny,base")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--backends", default="onnx",
@@ -259,20 +293,15 @@ def main(argv=None) -> int:
                         help="also time eager with transformers' manual attention (its default is sdpa)")
     args = parser.parse_args(argv)
 
-    from pipeline.models.base import write_model_metadata
     from pipeline.models.batching import set_threads
     from pipeline.text.preprocess import TextPreprocessor
-    from pipeline.models.tiny import build_tiny_bert
 
     threads = set_threads(args.threads or len(os.sched_getaffinity(0)))
     corpus, labels = load_corpus(args)
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(corpus))
-    texts = [corpus[i] for i in order[: args.n]]
+    order = sample_order(len(corpus))
+    texts = timed_sentences(corpus, args.n)
     timed_labels = [labels[i] for i in order[: args.n]] if labels is not None else None
     rest = order[args.n: args.n + args.train_n]
-    while len(texts) < args.n:  # seed fallback: fewer sentences than asked, cycle them
-        texts += texts[: args.n - len(texts)]
     print(f"{len(texts)} sentences from {args.data or 'seeds/'}; {threads} threads; torch {torch.__version__}")
 
     pre = TextPreprocessor("bert-base-arabertv02")
@@ -283,10 +312,7 @@ def main(argv=None) -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            shape = {**BERT_BASE, "vocab_size": args.base_vocab} if name == "base" else {}
-            model_dir = build_tiny_bert(corpus, Path(tmp) / name, LABELS, **shape)
-            write_model_metadata(model_dir, kind="transformer", labels=LABELS, max_length=128, base_model=name,
-                                 preprocessor=TextPreprocessor(None))
+            model_dir = build_model(corpus, Path(tmp), name, args.base_vocab)
             results.append(bench_model(name, model_dir, texts, args))
             print_result(results[-1])
         if labels is not None and args.train_n and len(rest):

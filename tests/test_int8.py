@@ -102,3 +102,42 @@ def test_the_calibration_sentences_ship_with_the_package():
         "package-data"]["pipeline"]
     relative = int8.CALIBRATION_FILE.relative_to(REPO / "pipeline").as_posix()
     assert any(Path(relative).match(pattern) for pattern in package_data), package_data
+
+
+@pytest.mark.parametrize("amx, expected", [(True, "onednn"), (False, None)])
+def test_int8_layers_are_packed_for_onednn_only_on_a_cpu_with_amx(monkeypatch, outlier_dir, texts, amx, expected):
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    previous = torch.backends.quantized.engine
+    packed_under = []
+    real = torch.ao.quantization.quantize_dynamic
+
+    def spy(*args, **kwargs):
+        packed_under.append(torch.backends.quantized.engine)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.ao.quantization, "quantize_dynamic", spy)
+    reference = _hidden_states(load_predictor(outlier_dir), texts)
+    quantized = load_predictor(outlier_dir, quantize="int8")
+    assert packed_under == [expected or previous]
+    assert torch.backends.quantized.engine == previous  # the process-wide setting is left as it was
+    # whichever engine packed them, the layers run after the setting is restored and stay close to fp32
+    states = _hidden_states(quantized, texts)
+    error = np.mean([np.linalg.norm(s - r) / np.linalg.norm(r) for s, r in zip(states, reference)])
+    assert error < 0.01, error
+
+
+def test_a_failed_quantisation_leaves_the_engine_as_it_was(monkeypatch, outlier_dir):
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    previous = torch.backends.quantized.engine
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("packing failed")
+
+    monkeypatch.setattr(torch.ao.quantization, "quantize_dynamic", fail)
+    with pytest.raises(RuntimeError, match="packing failed"):
+        int8.quantize_dynamic(load_predictor(outlier_dir).model, ["bert.encoder.layer.0.attention.self.query"])
+    assert torch.backends.quantized.engine == previous

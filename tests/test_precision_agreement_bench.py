@@ -4,7 +4,6 @@ seed article, and refuses a model that trained on every seed sentence."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import load_bench
 from pipeline.models.base import load_predictor
 from pipeline.text.segmentation import SEEDS_DIR, article_id_for, seed_sentences
 from test_inference import make_stance_model
@@ -22,10 +22,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "precision_agreement.
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("precision_agreement", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("precision_agreement")
 
 
 @pytest.fixture(scope="module")

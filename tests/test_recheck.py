@@ -171,6 +171,19 @@ def test_bf16_without_a_bf16_unit_runs_fp32_and_says_so(model_dir, monkeypatch, 
     np.testing.assert_array_equal(predictor.predict_proba(texts), load_predictor(model_dir).predict_proba(texts))
 
 
+@pytest.mark.parametrize("bf16_unit", [True, False])
+def test_int8_on_a_cpu_with_a_bf16_unit_points_to_bf16(model_dir, monkeypatch, caplog, bf16_unit):
+    import logging
+
+    from pipeline.models import batching
+
+    monkeypatch.setattr(batching, "bf16_runs_fast", lambda device: bf16_unit)
+    with caplog.at_level(logging.INFO, logger="pipeline.models.batching"):
+        predictor = load_predictor(model_dir, quantize="int8")
+    assert predictor.quantize == "int8"  # advice only: int8 still runs
+    assert ("predict.quantize=bf16 runs about twice int8's speed" in caplog.text) is bf16_unit
+
+
 def test_the_cpu_probe_reads_torchs_own_feature_flags(monkeypatch):
     import torch
 

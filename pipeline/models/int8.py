@@ -10,7 +10,8 @@ The recipe (measured with bench/precision_agreement.py on sentences the model ne
     weight reading it) and the weight column multiplied by s_j: the same function in fp32, an input that int8
     represents evenly. In a post-LayerNorm encoder the scaled input is also the residual stream, so the division is
     a multiply before the layer (`SmoothedLinear`), not folded into the LayerNorm.
-The calibration sentences ship with the code (CALIBRATION_FILE, every other seed sentence): the same scales wherever
+On a CPU with AMX the int8 layers are packed for oneDNN (`int8_engine`), whose int8 kernels use the AMX tiles; elsewhere
+for torch's default engine (x86: fbgemm's AVX2 / AVX512-VNNI kernels). The calibration sentences ship with the code (CALIBRATION_FILE, every other seed sentence): the same scales wherever
 a model is loaded (predict, Spark executors, the pyfunc model, serve), from one fp32 pass over them at load.
 """
 
@@ -114,9 +115,26 @@ def smooth(model, ranges: dict, alpha: float) -> None:
             setattr(model.get_submodule(parent) if parent else model, child, SmoothedLinear(linear, scale))
 
 
+def int8_engine() -> str | None:
+    """The quantized engine to pack int8 layers for: oneDNN on a CPU with AMX (bench/predict_speed.py, BERT-base
+    shape: 1.2x the int8 speed of the default engine, fbgemm; docs/predict.md), else None (torch's default).
+    Only where it was measured: on CPUs without AMX fbgemm's kernels are the ones torch's x86 engine prefers."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "onednn" if amx and "onednn" in torch.backends.quantized.supported_engines else None
+
+
 def quantize_dynamic(model, names: list[str]):
-    """torch's dynamic int8 (CPU) of the named Linear layers, one weight scale per output channel."""
+    """torch's dynamic int8 (CPU) of the named Linear layers, one weight scale per output channel, packed for
+    `int8_engine()`. The packed weights keep their engine, so torch's process-wide engine setting is switched only
+    while packing and then restored."""
+    engine, previous = int8_engine(), torch.backends.quantized.engine
     with warnings.catch_warnings():  # torch marks torch.ao as deprecated; it is still the CPU int8 path
         warnings.simplefilter("ignore")
         qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
-        return torch.ao.quantization.quantize_dynamic(model, {name: qconfig for name in names}, dtype=torch.qint8)
+        try:
+            if engine:
+                torch.backends.quantized.engine = engine
+            return torch.ao.quantization.quantize_dynamic(model, {name: qconfig for name in names},
+                                                          dtype=torch.qint8)
+        finally:
+            torch.backends.quantized.engine = previous

@@ -1,0 +1,60 @@
+"""bench/int8_amx.py (no ../shared): its oneDNN int8 layer computes the fp32 layer's function to int8 precision, the
+input channels it keeps out of int8 are added back exactly, and the bench runs end to end on the tiny model."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conftest import load_bench
+
+torch = pytest.importorskip("torch")
+if "onednn" not in torch.backends.quantized.supported_engines:
+    pytest.skip("this torch build has no oneDNN quantized engine", allow_module_level=True)
+
+WIDE_CHANNEL = 3
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_bench("int8_amx")
+
+
+def _layer_and_input(wide: float):
+    generator = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(64, 32)
+    x = torch.randn(40, 64, generator=generator)
+    x[:, WIDE_CHANNEL] *= wide
+    return linear, x
+
+
+def _relative_error(layer, linear, x) -> float:
+    with torch.no_grad():
+        expected = linear(x)
+        return float((layer(x) - expected).norm() / expected.norm())
+
+
+def test_the_onednn_int8_layer_is_the_fp32_layer_to_int8_precision(bench):
+    linear, x = _layer_and_input(wide=1.0)
+    layer = bench.OnednnInt8Linear(linear, float(x.min()), float(x.max()))
+    assert _relative_error(layer, linear, x) < 0.02
+    assert layer(x.reshape(4, 10, 64)).shape == (4, 10, 32)  # batch and sequence axes kept
+
+
+def test_channels_kept_out_of_int8_are_added_back_in_fp32(bench):
+    linear, x = _layer_and_input(wide=200.0)
+    rest = torch.ones(64, dtype=torch.bool)
+    rest[WIDE_CHANNEL] = False
+    whole = bench.OnednnInt8Linear(linear, float(x.min()), float(x.max()))
+    split = bench.OnednnInt8Linear(linear, float(x[:, rest].min()), float(x[:, rest].max()),
+                                   outliers=torch.tensor([WIDE_CHANNEL]))
+    error_split, error_whole = _relative_error(split, linear, x), _relative_error(whole, linear, x)
+    assert error_split < 0.02 and error_split < 0.25 * error_whole, (error_split, error_whole)
+
+
+def test_the_bench_runs_on_the_tiny_model(bench, capsys):
+    assert bench.main(["--shape", "tiny", "--n", "24", "--rounds", "1", "--batch-size", "8"]) == 0
+    out = capsys.readouterr().out
+    for row in ("fp32", "bf16", "int8 (shipped)", "amx-int8"):
+        assert re.search(rf"^  {re.escape(row)}\s+\d+%\s+best \d+%$", out, re.M), (row, out)

@@ -1,5 +1,6 @@
-"""An int8 encoder on oneDNN's AMX int8 kernels, against what ships: the experiment behind docs/predict.md's "int8
-headroom" (issue 21 asks for int8 at >= 3x the fp32 limit with >= 99 % of fp32's labels). Not a predict option.
+"""int8 on the CPU's AMX int8 kernels: the eager experiment and predict.backend=inductor's int8 against bf16 and the
+default int8, behind docs/predict.md's "Headroom" (issue 21 asks for int8 at >= 3x the fp32 limit with >= 99 % of
+fp32's labels). The `amx-int8` rows are an experiment, not a predict option.
 
     .venv/bin/python bench/int8_amx.py --data ../shared/data/arsarcasm_v2/testing_data.csv --column tweet \
         [--model outputs/train/<run>/model --agreement-offset 2000]
@@ -12,14 +13,11 @@ headroom" (issue 21 asks for int8 at >= 3x the fp32 limit with >= 99 % of fp32's
    quantised to uint8 with one static scale per layer (ranges from the shipped calibration sentences), inputs
    smoothed as the shipped int8 smooths them, the feed-forward down-projection's --outlier-channels widest input
    channels kept in fp32 beside it (--keep-down: the whole down-projection in fp32, as shipped); the rest fp32.
-   And, where torchao is installed (`pip install torchao==0.18.0`; not a project dependency), `pt2e-int8`: the model
-   exported (`torch.export`, dynamic batch and length), quantised by torchao's PT2E `X86InductorQuantizer` (static
-   uint8 inputs calibrated on the shipped calibration sentences, int8 weights per channel; inputs smoothed as
-   shipped; the feed-forward down-projections, the pooler and the head not quantised) and compiled by inductor
-   (weight freezing; its int8 kernels fuse the quantisation into the neighbouring operations), run under bf16
-   autocast so that what is not int8 runs in bf16. Its compile time is printed, not timed.
+   And `int8 (inductor)`: the predictor with predict.quantize=int8 and predict.backend=inductor (torchao's PT2E
+   quantiser, inductor-compiled, what is not int8 in bf16; pipeline.models.int8.export_int8), where it can run
+   (torchao installed: pip install -e ".[inductor]"; a C++ compiler). Its compile time is printed, not timed.
 3. With --model (a stance model directory, e.g. a fine-tuned stand-in): label agreement with fp32 of bf16, the shipped
-   int8, amx-int8 and pt2e-int8 on --agreement-n sentences of --data from row --agreement-offset (sentences the model never trained on).
+   int8, amx-int8 and int8 (inductor) on --agreement-n sentences of --data from row --agreement-offset (sentences the model never trained on).
 """
 
 from __future__ import annotations
@@ -147,72 +145,10 @@ def amx_int8(predictor, *, outlier_channels: int, keep_down: bool):
 
 
 def pt2e_available() -> str | None:
-    """Why the pt2e-int8 row cannot run here, or None."""
-    import importlib.util
+    """Why the int8 (inductor) row (predict.quantize=int8 with predict.backend=inductor) cannot run here, or None."""
+    from pipeline.models import backends
 
-    if importlib.util.find_spec("torchao") is None:
-        return "torchao is not installed; `pip install torchao==0.18.0` adds the pt2e-int8 row"
-    return None
-
-
-class Pt2eForward:
-    """The quantised, compiled graph standing for the model in the predictor's forward pass."""
-
-    def __init__(self, compiled, output: str):
-        self.compiled, self.output = compiled, output
-
-    def __call__(self, input_ids, attention_mask=None):
-        from types import SimpleNamespace
-
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return SimpleNamespace(**{self.output: self.compiled(input_ids, attention_mask).float()})
-
-
-class _Outputs(torch.nn.Module):
-    """model(input_ids, attention_mask) -> the tensor the predictor reads, for torch.export."""
-
-    def __init__(self, model, output: str):
-        super().__init__()
-        self.model, self.output = model, output
-
-    def forward(self, input_ids, attention_mask):
-        return getattr(self.model(input_ids=input_ids, attention_mask=attention_mask), self.output)
-
-
-def pt2e_int8(predictor):
-    """Replace the predictor's forward pass by the PT2E int8 model compiled by inductor (module docstring, 2.)."""
-    import torch._inductor.config as inductor
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
-
-    from pipeline.models import int8
-
-    model = predictor.model
-    names = int8.int8_linear_names(model)
-    int8.smooth(model, int8.input_ranges(predictor, names), int8.SMOOTHING_ALPHA)
-    positions = int(getattr(model.config, "max_position_embeddings", predictor.max_length))
-    batch, length = torch.export.Dim("batch", min=1, max=1 << 14), torch.export.Dim("length", min=2, max=positions)
-    example = (torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long))
-    graph = torch.export.export(_Outputs(model, predictor.output).eval(), example, dynamic_shapes={
-        "input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}}).module()
-    graph.graph.eliminate_dead_code()  # e.g. a pooler whose output the predictor does not read
-    graph.recompile()
-    quantizer = x86.X86InductorQuantizer()
-    quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
-    for name in int8.fp32_linear_names(model):
-        quantizer.set_module_name_qconfig(f"model.{name}", None)
-    prepared = prepare_pt2e(graph, quantizer)
-    texts = predictor.preprocessor.inputs(int8.calibration_sentences(), None, predictor.context_separator)
-    with torch.no_grad():
-        for row in predictor.encode(texts)[0]:
-            ids = torch.tensor([row])
-            prepared(ids, torch.ones_like(ids))
-    inductor.freezing = True
-    predictor.forward = Pt2eForward(torch.compile(convert_pt2e(prepared), dynamic=True), predictor.output)
-    predictor.quantize = AMX_BATCHES
-    return predictor
+    return backends.available("inductor", "int8")
 
 
 def best_seconds(fn, repeats: int = 8) -> float:
@@ -280,12 +216,12 @@ def main(argv=None) -> int:
                       "int8 (shipped)": load_predictor(model_dir, quantize="int8", recheck_margin=0),
                       "amx-int8": amx_int8(load_predictor(model_dir), **options)}
         if why_not:
-            print(f"\n(no pt2e-int8 row: {why_not})")
+            print(f"\n(no int8 (inductor) row: {why_not})")
         else:
-            predictors["pt2e-int8"] = pt2e_int8(load_predictor(model_dir))
             started = time.perf_counter()
-            predictors["pt2e-int8"].predict(texts, batch_size=args.batch_size)  # compiles what the batches need
-            print(f"\n(pt2e-int8: quantised and compiled in {time.perf_counter() - started:.0f} s before the rounds)")
+            predictors["int8 (inductor)"] = load_predictor(model_dir, quantize="int8", backend="inductor", recheck_margin=0)
+            predictors["int8 (inductor)"].predict(texts, batch_size=args.batch_size)  # compiles what the batches need
+            print(f"\n(int8 (inductor): quantised and compiled in {time.perf_counter() - started:.0f} s before the rounds)")
         ids, _ = predictors["fp32"].encode(predictors["fp32"].preprocessor(texts))
         mean_tokens = float(np.mean([len(x) for x in ids]))
         params = predict_speed.non_embedding_params(predictors["fp32"].model)
@@ -316,7 +252,7 @@ def main(argv=None) -> int:
                 "int8 (shipped)": load_predictor(args.model, quantize="int8", recheck_margin=0),
                 "amx-int8": amx_int8(load_predictor(args.model), **options)}
         if not why_not:
-            rows["pt2e-int8"] = pt2e_int8(load_predictor(args.model))
+            rows["int8 (inductor)"] = load_predictor(args.model, quantize="int8", backend="inductor", recheck_margin=0)
         print(f"\n3. label agreement with fp32, {args.model}, {len(sample)} sentences"
               + (f" of --data from row {args.agreement_offset}" if args.data else "") + ":")
         for key, predictor in rows.items():

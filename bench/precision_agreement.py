@@ -11,7 +11,7 @@ trained on every seed sentence and is refused, agreement on its own training sen
 --data, up to --n other Arabic sentences (from row --offset). A model trained on a table (`data=arsarcasm`) has no
 seed sentences to hold out: give its test file (data.test_path) as --data.
 
-Rows, each the stage's own code (`pipeline.models.base.load_predictor`):
+Rows, each the stage's own code (`pipeline.models.base.load_predictor`; the int8 rows with --int8-backend):
   int8               predict.quantize=int8: dynamic int8 Linear layers but those pipeline.models.int8 keeps in
                      fp32, inputs smoothed; no re-check
   int8_recheck       the same with predict.recheck_margin.int8 (conf default, or --recheck-margin): close calls
@@ -153,6 +153,9 @@ def main() -> int:
                         help="one margin for int8_recheck and bf16_recheck (default: each precision's predict.recheck_margin of conf/predict)")
     parser.add_argument("--unsmoothed", action="store_true",
                         help="also time the int8 recipe without input smoothing (the same layers in int8)")
+    parser.add_argument("--int8-backend", default="eager",
+                        help="predict.backend of the int8 rows (inductor: torchao's PT2E int8, compiled; its compile "
+                             "is the warm-up pass, not timed)")
     parser.add_argument("--weights-only", action="store_true",
                         help="also the diagnostic row: int8-rounded weights with fp32 activations (no timing)")
     args = parser.parse_args()
@@ -166,8 +169,10 @@ def main() -> int:
     recheck_margin = args.recheck_margin if args.recheck_margin is not None else default_recheck_margin()
     predictors = {"fp32": load_predictor(args.model)}
     for quantize in ("int8", "bf16"):
-        predictors[quantize] = load_predictor(args.model, quantize=quantize)
-        predictors[f"{quantize}_recheck"] = load_predictor(args.model, quantize=quantize, recheck_margin=recheck_margin)
+        backend = args.int8_backend if quantize == "int8" else "eager"
+        predictors[quantize] = load_predictor(args.model, quantize=quantize, backend=backend)
+        predictors[f"{quantize}_recheck"] = load_predictor(args.model, quantize=quantize, backend=backend,
+                                                           recheck_margin=recheck_margin)
     if args.unsmoothed:
         predictors["int8_unsmoothed"] = unsmoothed_int8(load_predictor(args.model))
     if args.all_linear:
@@ -188,7 +193,7 @@ def main() -> int:
     seeds = (f"{n_seed} seed news sentences of its test article(s) {', '.join(articles)}" if articles
              else "no seed sentences: a model trained on a table")
     print(f"model {args.model}: {len(texts)} sentences ({seeds}, never trained on; the rest from --data), "
-          f"{args.rounds} interleaved rounds")
+          f"{args.rounds} interleaved rounds; int8 rows with predict.backend={args.int8_backend}")
     print(f"  fp32 label shares: " + ", ".join(f"{LABELS[i]} {np.mean(labels['fp32'] == i):.2f}"
                                              for i in range(len(LABELS)))
           + f"; fp32 top-two probability margin < 0.02 on {np.mean(margin < 0.02):.1%} of the sentences")

@@ -174,3 +174,54 @@ def test_an_encoder_kind_pools_a_bf16_model_in_fp32(encoder_dir, monkeypatch):
     assert pooled.dtype == np.float64 and np.abs(pooled - fp32.embed(texts[:5])).max() < 0.05
     difference = np.abs(bf16.predict_proba(texts) - fp32.predict_proba(texts)).max()
     assert 0 < difference < 0.05
+
+
+@pytest.mark.parametrize("kind", ["transformer", "encoder"])
+def test_inductor_int8_is_the_fp32_model_to_int8_precision_with_its_close_calls_rechecked(kind, transformer_dir,
+                                                                                         encoder_dir):
+    """predict.backend=inductor with int8: torchao's PT2E graph, compiled; its logits stay close to fp32's, the layers
+    int8 keeps in fp32 are not quantised, and the re-check scores close calls with the (eager) fp32 model."""
+    import torch
+
+    why = backends.available("inductor", "int8")
+    if why:
+        pytest.skip(why)
+    model_dir = transformer_dir if kind == "transformer" else encoder_dir
+    reference = load_predictor(model_dir)
+    quantized = load_predictor(model_dir, quantize="int8", backend="inductor", recheck_margin=0)
+    assert isinstance(quantized.forward, backends.InductorForward) and quantized.forward.graph
+    assert isinstance(quantized.model, torch.fx.GraphModule)
+    prepacked = [n for n in quantized.model.graph.nodes if "quantize" in str(n.target)]
+    assert prepacked, "no quantisation in the exported graph"
+    if kind == "encoder":  # its output is the hidden states (the tiny model's logits are too flat to show int8 noise)
+        errors = []
+        with torch.inference_mode():
+            for row in reference.encode(seed_sentences()[:12])[0]:  # one sentence at a time: no padding
+                ids = torch.tensor([row])
+                expected = reference.forward(input_ids=ids, attention_mask=None).last_hidden_state
+                got = quantized.forward(input_ids=ids, attention_mask=None).last_hidden_state
+                errors.append(float((got - expected).norm() / expected.norm()))
+        assert max(errors) < 0.1, errors
+    checked = load_predictor(model_dir, quantize="int8", backend="inductor", recheck_margin=0.999)  # ~every sentence
+    assert checked.reference is not None and not isinstance(checked.reference, backends.InductorForward)
+    texts = seed_sentences()[:20]
+    np.testing.assert_allclose(checked.predict_proba(texts), reference.predict_proba(texts), atol=TOLERANCE)
+    assert checked.matrix_unit_batches and not reference.matrix_unit_batches
+
+
+def test_inductor_refuses_the_gpu_and_names_what_int8_needs(transformer_dir, monkeypatch):
+    with pytest.raises(PipelineError, match="predict.backend=inductor runs on the CPU"):
+        backends.resolve("inductor", device="cuda", quantize=None)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else real(name, *a))
+    if backends.available("inductor") is None:  # a C++ compiler is here: only torchao is missing
+        assert backends.resolve("inductor", device="cpu", quantize=None) == "inductor"  # fp32 needs no torchao
+    with pytest.raises(PipelineError) as info:
+        load_predictor(transformer_dir, quantize="int8", backend="inductor")
+    message = str(info.value)
+    assert "\n" not in message and "predict.backend=inductor" in message
+    assert 'pip install -e ".[inductor]"' in message or "C++ compiler" in message
+    monkeypatch.setattr(backends.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    assert "no C++ compiler" in backends.available("inductor")
+    assert "inductor" not in backends.AUTO_ORDER  # auto never pays its warm-up

@@ -182,6 +182,7 @@ def test_int8_on_a_cpu_with_a_bf16_unit_points_to_bf16(model_dir, monkeypatch, c
         predictor = load_predictor(model_dir, quantize="int8")
     assert predictor.quantize == "int8"  # advice only: int8 still runs
     assert ("predict.quantize=bf16 runs about twice int8's speed" in caplog.text) is bf16_unit
+    assert ("predict.backend=inductor compiles int8" in caplog.text) is bf16_unit
 
 
 def test_the_cpu_probe_reads_torchs_own_feature_flags(monkeypatch):

@@ -5,6 +5,11 @@
     sdpa     the same, attention forced to torch's scaled_dot_product_attention at load (`attn_implementation`)
     onnx     the model exported to ONNX (torch.onnx) and run by ONNX Runtime with its transformer graph fusions
              (attention, LayerNorm, GELU); needs the `onnx` extra: pip install -e ".[onnx]"
+    inductor the model compiled by torch.compile (inductor, dynamic shapes, weights frozen into the graph); CPU,
+             needs a C++ compiler; with predict.quantize=int8 the int8 model is torchao's PT2E one
+             (pipeline.models.int8.export_int8), which inductor runs on the CPU's int8 units with each
+             quantisation fused; needs the `inductor` extra for that: pip install -e ".[inductor]". It compiles
+             in every process that loads the model (~20-30 s for BERT-base): worth it for long runs only
     auto     the fastest measured choice that can run here (AUTO_ORDER: onnx when installed, on the CPU, in fp32;
              else eager)
 
@@ -21,6 +26,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +37,9 @@ from pipeline.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("eager", "sdpa", "onnx", "auto")
-# Not kept: torch.compile (dynamic shapes) took 145 s to warm up on the tiny model and recompiles for new shapes,
-# for no measured gain worth it (docs/predict.md, Speed).
-# `auto` takes the first of these that can run here (installed; CPU; fp32): ONNX Runtime was the fastest on the
+BACKENDS = ("eager", "sdpa", "onnx", "inductor", "auto")
+# `auto` never takes inductor (its warm-up is paid in every process; fp32 gains ~2 % from it, docs/predict.md,
+# Headroom). `auto` takes the first of these that can run here (installed; CPU; fp32): ONNX Runtime was the fastest on the
 # BERT-base shape and the tiny model (docs/predict.md, Speed); eager is always there.
 AUTO_ORDER = ("onnx", "eager")
 ONNX_OPSET = 17  # ONNX opset of the export (LayerNormalization needs ≥ 17)
@@ -80,13 +86,20 @@ def check_backend(backend) -> str:
     return name
 
 
-def available(backend: str) -> str | None:
-    """None when `backend` can run here, else why not (one line, with the fix)."""
+def available(backend: str, quantize: str | None = None) -> str | None:
+    """None when `backend` can run here (for `quantize`), else why not (one line, with the fix)."""
     if backend == "onnx":
         missing = [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
         if missing:
             return (f"predict.backend=onnx needs {' and '.join(missing)}: pip install -e \".[onnx]\" "
                     "(or choose predict.backend=eager)")
+    if backend == "inductor":
+        if not any(shutil.which(c) for c in (os.environ.get("CXX") or "", "g++", "c++", "clang++") if c):
+            return ("predict.backend=inductor compiles C++ at run time and found no C++ compiler (g++, c++ or "
+                    "clang++ on PATH, or $CXX): install one, or choose predict.backend=eager")
+        if quantize == "int8" and importlib.util.find_spec("torchao") is None:
+            return ("predict.backend=inductor with predict.quantize=int8 needs torchao: pip install -e "
+                    "\".[inductor]\" (or choose predict.backend=eager)")
     return None
 
 
@@ -95,11 +108,11 @@ def resolve(backend, *, device: str = "cpu", quantize: str | None = None) -> str
     name = check_backend(backend)
     if name == "auto":
         return next((b for b in AUTO_ORDER if runs(b, device, quantize)), "eager")
-    why = available(name)
+    why = available(name, quantize)
     if why:
         raise PipelineError(why)
-    if name == "onnx" and str(device).startswith("cuda"):
-        raise PipelineError("predict.backend=onnx runs on the CPU here; drop it, or set predict.device=cpu")
+    if name in ("onnx", "inductor") and str(device).startswith("cuda"):
+        raise PipelineError(f"predict.backend={name} runs on the CPU here; drop it, or set predict.device=cpu")
     if name == "onnx" and quantize:
         raise PipelineError(f"predict.backend=onnx runs the fp32 model only (predict.quantize={quantize} is torch's "
                             f"{quantize}); use predict.backend=eager with it")
@@ -110,7 +123,7 @@ def runs(backend: str, device: str, quantize: str | None) -> bool:
     """Whether `backend` can run here for this device and quantisation (what `auto` may pick)."""
     if backend == "onnx":
         return available(backend) is None and not str(device).startswith("cuda") and not quantize
-    return available(backend) is None
+    return available(backend, quantize) is None
 
 
 def load_kwargs(backend: str) -> dict:
@@ -126,6 +139,8 @@ def prepare(model, backend: str, *, output: str, model_dir: Path | None = None, 
         return model
     if backend == "onnx":
         return OnnxForward(model, output, model_dir=model_dir, settings=option(settings))
+    if backend == "inductor":
+        return InductorForward(model, output)
     raise PipelineError(f"predict.backend={backend!r}: choose one of {', '.join(BACKENDS)}")
 
 
@@ -175,6 +190,39 @@ class OnnxForward:
         out = self.session.run(None, {"input_ids": input_ids.cpu().numpy(),
                                       "attention_mask": attention_mask.cpu().numpy()})[0]
         return SimpleNamespace(**{self.output: torch.from_numpy(out)})
+
+
+class InductorForward:
+    """`model` compiled by torch.compile (inductor; dynamic batch and sequence axes, so one compilation serves every
+    batch; the weights frozen into the graph). `model` is a transformers model, or a graph exported by
+    torch.export (int8.export_int8) that takes (input_ids, attention_mask) and returns the output tensor; such a graph
+    runs under bf16 autocast where bf16 is fast (what is not int8 in it runs in bf16)."""
+
+    def __init__(self, model, output: str):
+        import torch
+        import torch._inductor.config as inductor
+
+        from pipeline.models.batching import bf16_runs_fast
+
+        # Freezing (the weights become constants, packed once for the CPU's kernels) is what lets inductor lower
+        # the int8 graph's weight packing at all; torch.compile's per-call `options` do not reach that pass, so it
+        # is set process-wide (it acts only on graphs compiled without gradients).
+        inductor.freezing = True
+        self.output = output
+        self.config = getattr(model, "config", None)
+        self.graph = isinstance(model, torch.fx.GraphModule)
+        self.autocast = self.graph and bf16_runs_fast("cpu")
+        self.compiled = torch.compile(model, dynamic=True)
+
+    def __call__(self, input_ids, attention_mask=None, **_):
+        import torch
+
+        if not self.graph:
+            return self.compiled(input_ids=input_ids, attention_mask=attention_mask)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            return SimpleNamespace(**{self.output: self.compiled(input_ids, attention_mask).float()})
 
 
 def export(model, path: Path, output: str) -> None:

@@ -52,10 +52,11 @@ class TransformerPredictor(StancePredictor):
             log.warning("predict.quantize=bf16: this %s has no bf16 matrix unit (AMX or AVX512-BF16; a GPU with "
                         "bf16), where bf16 runs slower than fp32: running fp32", self.device)
             quantize = None
-        elif quantize == "int8" and self.device == "cpu" and bf16_runs_fast(self.device):
-            log.info("predict.quantize=int8: this CPU has a bf16 matrix unit, where predict.quantize=bf16 runs about "
-                     "twice int8's speed and moves fewer labels (docs/train.md, int8 and bf16)")
         self.backend = backends.resolve(backend, device=self.device, quantize=quantize)
+        if quantize == "int8" and self.backend != "inductor" and self.device == "cpu" and bf16_runs_fast(self.device):
+            log.info("predict.quantize=int8: this CPU has a bf16 matrix unit, where predict.quantize=bf16 runs about "
+                     "twice int8's speed and moves fewer labels, and predict.backend=inductor compiles int8 for its "
+                     "int8 unit, faster than bf16 (docs/predict.md, Headroom)")
         self.load_kwargs = backends.load_kwargs(self.backend)
         # In a train run, the model a fit just wrote is taken from memory; never when int8 / bf16 or the backend's
         # loading arguments would make it another model than the one in memory.
@@ -74,8 +75,9 @@ class TransformerPredictor(StancePredictor):
             self.max_length = int(positions)
         self.quantize = quantize
         self.model = model.to(self.device)
-        self.forward = backends.prepare(self.model, self.backend, output=self.output, model_dir=Path(model_dir),
-                                        settings=backend)
+        # With int8 / bf16 this fp32 forward pass is only the calibration's (eager: nothing compiled for it)
+        self.forward = backends.prepare(self.model, "eager" if quantize else self.backend, output=self.output,
+                                        model_dir=Path(model_dir), settings=backend)
         self.max_batch_tokens = batch_token_budget(max_batch_tokens, self.device)
         keep_freed_memory()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -89,14 +91,16 @@ class TransformerPredictor(StancePredictor):
         if quantize:
             fp32 = self.model
             if quantize == "int8":  # calibrated on fp32 forward passes of this predictor: everything above is set
-                from pipeline.models.int8 import quantize_predictor
+                from pipeline.models.int8 import export_int8, quantize_predictor
 
-                self.model = quantize_predictor(self)  # smooths `fp32` in place (the same function), returns int8
+                # both smooth `fp32` in place (the same function) and return the int8 model
+                self.model = export_int8(self) if self.backend == "inductor" else quantize_predictor(self)
             else:
                 self.model = to_bf16(fp32, keep=self.recheck_margin > 0)
             self.forward = backends.prepare(self.model, self.backend, output=self.output)
-            if self.recheck_margin > 0:
-                self.reference = backends.prepare(fp32, self.backend, output=self.output)
+            if self.recheck_margin > 0:  # the close calls, in fp32; compiling a second model is not worth it
+                reference = "eager" if self.backend == "inductor" else self.backend
+                self.reference = backends.prepare(fp32, reference, output=self.output)
 
     def load_model(self, model_dir: Path, model=None):
         """The sequence-classification model (`model`: the one a fit wrote there, in memory), checked against the
@@ -167,7 +171,7 @@ class TransformerPredictor(StancePredictor):
         order = np.argsort(-lengths, kind="stable")
         out, start, n = [], 0, len(order)
         budget = getattr(self, "max_batch_tokens", None)
-        min_tokens = BF16_MIN_BATCH_TOKENS if getattr(self, "quantize", None) == "bf16" else MIN_BATCH_TOKENS
+        min_tokens = BF16_MIN_BATCH_TOKENS if self.matrix_unit_batches else MIN_BATCH_TOKENS
         while start < n:
             width = int(lengths[order[start]])
             end = start + 1
@@ -179,6 +183,13 @@ class TransformerPredictor(StancePredictor):
             out.append(order[start:end])
             start = end
         return out
+
+    @property
+    def matrix_unit_batches(self) -> bool:
+        """Whether batches wait for BF16_MIN_BATCH_TOKENS: bf16, and int8 compiled for the CPU's int8 unit (AMX
+        wants many rows; bench/int8_amx.py)."""
+        quantize = getattr(self, "quantize", None)
+        return quantize == "bf16" or (quantize == "int8" and getattr(self, "backend", None) == "inductor")
 
     def scores_from_ids(self, ids: list[list[int]], batch_size: int, forward=None) -> np.ndarray:
         import torch

@@ -11,7 +11,9 @@ The recipe (measured with bench/precision_agreement.py on sentences the model ne
     represents evenly. In a post-LayerNorm encoder the scaled input is also the residual stream, so the division is
     a multiply before the layer (`SmoothedLinear`), not folded into the LayerNorm.
 On a CPU with AMX the int8 layers are packed for oneDNN (`int8_engine`), whose int8 kernels use the AMX tiles; elsewhere
-for torch's default engine (x86: fbgemm's AVX2 / AVX512-VNNI kernels). The calibration sentences ship with the code (CALIBRATION_FILE, every other seed sentence): the same scales wherever
+for torch's default engine (x86: fbgemm's AVX2 / AVX512-VNNI kernels). With predict.backend=inductor the int8 model is torchao's PT2E one instead (`export_int8`): the same smoothing, the
+same layers kept out of int8, static input scales from the same calibration, exported and compiled so that inductor
+fuses each quantisation into the operation before it (backends.InductorForward). The calibration sentences ship with the code (CALIBRATION_FILE, every other seed sentence): the same scales wherever
 a model is loaded (predict, Spark executors, the pyfunc model, serve), from one fp32 pass over them at load.
 """
 
@@ -45,6 +47,54 @@ def quantize_predictor(predictor):
     smooth(model, ranges, SMOOTHING_ALPHA)
     log.debug("int8: %d Linear layers smoothed on %d calibration sentences", len(names), len(calibration_sentences()))
     return quantize_dynamic(model, [f"{name}.linear" for name in names])
+
+
+def export_int8(predictor):
+    """The int8 graph of `predictor` for predict.backend=inductor: its model (still fp32) smoothed as
+    `quantize_predictor` smooths it, exported with dynamic batch and sequence axes (input_ids, attention_mask ->
+    the predictor's output tensor), quantised by torchao's PT2E X86InductorQuantizer (int8 weights per output
+    channel, uint8 inputs with static scales from the calibration sentences; the layers of `fp32_linear_names` left
+    out) and converted: a torch.fx.GraphModule that backends.InductorForward compiles."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+
+    model = predictor.model
+    names = int8_linear_names(model)
+    smooth(model, input_ranges(predictor, names), SMOOTHING_ALPHA)
+    positions = int(getattr(model.config, "max_position_embeddings", None) or predictor.max_length)
+    batch = torch.export.Dim("batch", min=1, max=EXPORT_MAX_BATCH)
+    length = torch.export.Dim("length", min=2, max=positions)
+    # two tensors: one passed twice would be traced as one input (the mask read as the ids)
+    example = (torch.ones((2, 8), dtype=torch.long), torch.ones((2, 8), dtype=torch.long))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        graph = torch.export.export(_OutputOf(model, predictor.output).eval(), example, dynamic_shapes={
+            "input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}}).module()
+        graph.graph.eliminate_dead_code()  # a pooler whose output is not read would leave a dangling pattern
+        graph.recompile()
+        quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
+        for name in fp32_linear_names(model):
+            quantizer.set_module_name_qconfig(f"model.{name}", None)
+        prepared = prepare_pt2e(graph, quantizer)
+        texts = predictor.preprocessor.inputs(calibration_sentences(), None, predictor.context_separator)
+        for row in predictor.encode(texts)[0]:  # one sentence at a time: no padding positions in the ranges
+            ids = torch.tensor([row])
+            prepared(ids, torch.ones_like(ids))
+        return convert_pt2e(prepared)
+
+
+EXPORT_MAX_BATCH = 1 << 16  # the exported graph's largest batch (torch.export needs a bound)
+
+
+class _OutputOf(torch.nn.Module):
+    """model(input_ids, attention_mask) -> its `output` tensor (what torch.export traces)."""
+
+    def __init__(self, model, output: str):
+        super().__init__()
+        self.model, self.output = model, output
+
+    def forward(self, input_ids, attention_mask):
+        return getattr(self.model(input_ids=input_ids, attention_mask=attention_mask), self.output)
 
 
 def int8_linear_names(model) -> list[str]:

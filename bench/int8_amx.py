@@ -17,7 +17,8 @@ fp32's labels). The `amx-int8` rows are an experiment, not a predict option.
    quantiser, inductor-compiled, what is not int8 in bf16; pipeline.models.int8.export_int8), where it can run
    (torchao installed: pip install -e ".[inductor]"; a C++ compiler). Its compile time is printed, not timed.
 3. With --model (a stance model directory, e.g. a fine-tuned stand-in): label agreement with fp32 of bf16, the shipped
-   int8, amx-int8 and int8 (inductor) on --agreement-n sentences of --data from row --agreement-offset (sentences the model never trained on).
+   int8, amx-int8 and int8 (inductor) on --agreement-n sentences of --data from row --agreement-offset (sentences
+   the model never trained on).
 """
 
 from __future__ import annotations
@@ -219,9 +220,12 @@ def main(argv=None) -> int:
             print(f"\n(no int8 (inductor) row: {why_not})")
         else:
             started = time.perf_counter()
-            predictors["int8 (inductor)"] = load_predictor(model_dir, quantize="int8", backend="inductor", recheck_margin=0)
-            predictors["int8 (inductor)"].predict(texts, batch_size=args.batch_size)  # compiles what the batches need
-            print(f"\n(int8 (inductor): quantised and compiled in {time.perf_counter() - started:.0f} s before the rounds)")
+            predictors["int8 (inductor)"] = load_predictor(model_dir, quantize="int8", backend="inductor",
+                                                           recheck_margin=0)
+            # compiles what the batches need
+            predictors["int8 (inductor)"].predict(texts, batch_size=args.batch_size)
+            print(f"\n(int8 (inductor): quantised and compiled in {time.perf_counter() - started:.0f} s "
+                  "before the rounds)")
         ids, _ = predictors["fp32"].encode(predictors["fp32"].preprocessor(texts))
         mean_tokens = float(np.mean([len(x) for x in ids]))
         params = predict_speed.non_embedding_params(predictors["fp32"].model)

@@ -150,7 +150,8 @@ def main() -> int:
     parser.add_argument("--all-linear", action="store_true",
                         help="also time the int8 recipe before issue 21 (every Linear layer, per-tensor weights)")
     parser.add_argument("--recheck-margin", type=float, default=None,
-                        help="one margin for int8_recheck and bf16_recheck (default: each precision's predict.recheck_margin of conf/predict)")
+                        help="one margin for int8_recheck and bf16_recheck (default: each precision's "
+                             "predict.recheck_margin of conf/predict)")
     parser.add_argument("--unsmoothed", action="store_true",
                         help="also time the int8 recipe without input smoothing (the same layers in int8)")
     parser.add_argument("--int8-backend", default="eager",
@@ -194,7 +195,7 @@ def main() -> int:
              else "no seed sentences: a model trained on a table")
     print(f"model {args.model}: {len(texts)} sentences ({seeds}, never trained on; the rest from --data), "
           f"{args.rounds} interleaved rounds; int8 rows with predict.backend={args.int8_backend}")
-    print(f"  fp32 label shares: " + ", ".join(f"{LABELS[i]} {np.mean(labels['fp32'] == i):.2f}"
+    print("  fp32 label shares: " + ", ".join(f"{LABELS[i]} {np.mean(labels['fp32'] == i):.2f}"
                                              for i in range(len(LABELS)))
           + f"; fp32 top-two probability margin < 0.02 on {np.mean(margin < 0.02):.1%} of the sentences")
     bins = np.digitize(margin, MARGIN_BINS[1:-1])

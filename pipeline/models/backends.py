@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("eager", "sdpa", "onnx", "inductor", "auto")
 # `auto` never takes inductor (its warm-up is paid in every process; fp32 gains ~2 % from it, docs/predict.md,
-# Headroom). `auto` takes the first of these that can run here (installed; CPU; fp32): ONNX Runtime was the fastest on the
-# BERT-base shape and the tiny model (docs/predict.md, Speed); eager is always there.
+# Headroom). `auto` takes the first of these that can run here (installed; CPU; fp32): ONNX Runtime was the fastest
+# on the BERT-base shape and the tiny model (docs/predict.md, Speed); eager is always there.
 AUTO_ORDER = ("onnx", "eager")
 ONNX_OPSET = 17  # ONNX opset of the export (LayerNormalization needs ≥ 17)
 FUSED_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert")  # model_types ORT's "bert" fusions fit

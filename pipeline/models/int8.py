@@ -10,11 +10,13 @@ The recipe (measured with bench/precision_agreement.py on sentences the model ne
     weight reading it) and the weight column multiplied by s_j: the same function in fp32, an input that int8
     represents evenly. In a post-LayerNorm encoder the scaled input is also the residual stream, so the division is
     a multiply before the layer (`SmoothedLinear`), not folded into the LayerNorm.
-On a CPU with AMX the int8 layers are packed for oneDNN (`int8_engine`), whose int8 kernels use the AMX tiles; elsewhere
-for torch's default engine (x86: fbgemm's AVX2 / AVX512-VNNI kernels). With predict.backend=inductor the int8 model is torchao's PT2E one instead (`export_int8`): the same smoothing, the
-same layers kept out of int8, static input scales from the same calibration, exported and compiled so that inductor
-fuses each quantisation into the operation before it (backends.InductorForward). The calibration sentences ship with the code (CALIBRATION_FILE, every other seed sentence): the same scales wherever
-a model is loaded (predict, Spark executors, the pyfunc model, serve), from one fp32 pass over them at load.
+On a CPU with AMX the int8 layers are packed for oneDNN (`int8_engine`), whose int8 kernels use the AMX tiles;
+elsewhere for torch's default engine (x86: fbgemm's AVX2 / AVX512-VNNI kernels). With predict.backend=inductor the
+int8 model is torchao's PT2E one instead (`export_int8`): the same smoothing, the same layers kept out of int8, static
+input scales from the same calibration, exported and compiled so that inductor fuses each quantisation into the
+operation before it (backends.InductorForward). The calibration sentences ship with the code (CALIBRATION_FILE, every
+other seed sentence): the same scales wherever a model is loaded (predict, Spark executors, the pyfunc model, serve),
+from one fp32 pass over them at load.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import LABELS
 from pipeline.core.errors import PipelineError
-from pipeline.models import backends
+from pipeline.models import backends, batching
 from pipeline.models.base import load_predictor, write_model_metadata
 from pipeline.text.preprocess import TextPreprocessor
 from pipeline.text.segmentation import seed_sentences
@@ -149,7 +149,6 @@ def test_int8_keeps_the_feed_forward_down_projections_pooler_and_head_in_fp32(ki
 
 @pytest.mark.parametrize("quantize", ["int8", "bf16"])
 def test_auto_picks_a_backend_that_runs_with_the_lower_precision(transformer_dir, quantize, monkeypatch):
-    from pipeline.models import batching
 
     monkeypatch.setattr(batching, "bf16_runs_fast", lambda device: True)  # bf16 stays bf16 on any CPU here
     assert load_predictor(transformer_dir, backend="auto", quantize=quantize).backend == "eager"
@@ -163,7 +162,6 @@ def test_an_encoder_kind_pools_a_bf16_model_in_fp32(encoder_dir, monkeypatch):
     """The encoder kind's head reads pooled states: a bf16 model's states are pooled in fp32, close to fp32's."""
     import torch
 
-    from pipeline.models import batching
 
     monkeypatch.setattr(batching, "bf16_runs_fast", lambda device: True)
     texts = seed_sentences()
@@ -190,6 +188,7 @@ def test_inductor_int8_is_the_fp32_model_to_int8_precision_with_its_close_calls_
     reference = load_predictor(model_dir)
     quantized = load_predictor(model_dir, quantize="int8", backend="inductor", recheck_margin=0)
     assert isinstance(quantized.forward, backends.InductorForward) and quantized.forward.graph
+    assert quantized.forward.autocast is batching.bf16_runs_fast("cpu")  # what is not int8: bf16 where fast
     assert isinstance(quantized.model, torch.fx.GraphModule)
     prepacked = [n for n in quantized.model.graph.nodes if "quantize" in str(n.target)]
     assert prepacked, "no quantisation in the exported graph"

@@ -131,16 +131,18 @@ def load_kwargs(backend: str) -> dict:
     return {"attn_implementation": "sdpa"} if backend == "sdpa" else {}
 
 
-def prepare(model, backend: str, *, output: str, model_dir: Path | None = None, settings=None):
+def prepare(model, backend: str, *, output: str, model_dir: Path | None = None, settings=None,
+            bf16_fast: bool = False):
     """A callable standing for `model` in the forward pass (see the module docstring). `output`: the attribute the
     caller reads (logits or last_hidden_state); `model_dir`: where its weights were read from and `settings` (a
-    Backend) where the onnx export is cached."""
+    Backend) where the onnx export is cached; `bf16_fast`: whether bf16 runs fast on the device (batching.bf16_runs_fast;
+    an exported int8 graph then runs what is not int8 in bf16)."""
     if backend in ("eager", "sdpa"):
         return model
     if backend == "onnx":
         return OnnxForward(model, output, model_dir=model_dir, settings=option(settings))
     if backend == "inductor":
-        return InductorForward(model, output)
+        return InductorForward(model, output, bf16_fast=bf16_fast)
     raise PipelineError(f"predict.backend={backend!r}: choose one of {', '.join(BACKENDS)}")
 
 
@@ -198,11 +200,9 @@ class InductorForward:
     torch.export (int8.export_int8) that takes (input_ids, attention_mask) and returns the output tensor; such a graph
     runs under bf16 autocast where bf16 is fast (what is not int8 in it runs in bf16)."""
 
-    def __init__(self, model, output: str):
+    def __init__(self, model, output: str, *, bf16_fast: bool = False):
         import torch
         import torch._inductor.config as inductor
-
-        from pipeline.models.batching import bf16_runs_fast
 
         # Freezing (the weights become constants, packed once for the CPU's kernels) is what lets inductor lower
         # the int8 graph's weight packing at all; torch.compile's per-call `options` do not reach that pass, so it
@@ -211,7 +211,7 @@ class InductorForward:
         self.output = output
         self.config = getattr(model, "config", None)
         self.graph = isinstance(model, torch.fx.GraphModule)
-        self.autocast = self.graph and bf16_runs_fast("cpu")
+        self.autocast = self.graph and bf16_fast
         self.compiled = torch.compile(model, dynamic=True)
 
     def __call__(self, input_ids, attention_mask=None, **_):

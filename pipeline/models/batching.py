@@ -97,7 +97,8 @@ class TransformerPredictor(StancePredictor):
                 self.model = export_int8(self) if self.backend == "inductor" else quantize_predictor(self)
             else:
                 self.model = to_bf16(fp32, keep=self.recheck_margin > 0)
-            self.forward = backends.prepare(self.model, self.backend, output=self.output)
+            self.forward = backends.prepare(self.model, self.backend, output=self.output,
+                                            bf16_fast=bf16_runs_fast(self.device))
             if self.recheck_margin > 0:  # the close calls, in fp32; compiling a second model is not worth it
                 reference = "eager" if self.backend == "inductor" else self.backend
                 self.reference = backends.prepare(fp32, reference, output=self.output)

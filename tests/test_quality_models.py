@@ -40,7 +40,8 @@ FROZEN_TINY = ["model=frozen", "model.name_or_path=null", TINY_SETTINGS, "model.
 def test_linear_head_from_logistic_regression_matches_sklearn():
     from sklearn.linear_model import LogisticRegression
 
-    from pipeline.models.encoder import LinearHead, softmax
+    from pipeline.models.calibration import softmax
+    from pipeline.models.encoder import LinearHead
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 5))
@@ -55,7 +56,8 @@ def test_linear_head_from_logistic_regression_matches_sklearn():
 def test_linear_head_gives_an_unseen_class_no_probability():
     from sklearn.linear_model import LogisticRegression
 
-    from pipeline.models.encoder import LinearHead, softmax
+    from pipeline.models.calibration import softmax
+    from pipeline.models.encoder import LinearHead
 
     x = np.array([[0.0, 1.0], [1.0, 0.0], [0.1, 0.9], [0.9, 0.1]])
     clf = LogisticRegression().fit(x, ["negative", "positive", "negative", "positive"])

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pipeline.core import distributed
 from pipeline.core.io import read_json_file

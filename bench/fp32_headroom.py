@@ -17,7 +17,14 @@ Rows timed side by side in interleaved rounds, each ÷ the limit of the probes b
   predictor      the predict stage's predictor (predict.backend=eager)
   compiled       the same predictor with its forward pass compiled by torch.compile (dynamic shapes, inductor with
                  weight freezing): what fusing the elementwise work gives; its warm-up is reported, not timed
-(--no-compile drops the second row.) It prints ratios of one run; nothing here is a selection.
+  packed         an experiment, not a predict option: the sentences packed into rows of --pack-length tokens
+                 (first-fit by decreasing length, --pack-rows rows per batch, the last batch filled with empty rows),
+                 each sentence attending to itself only (a block-diagonal mask), positions restarting per sentence,
+                 and its [CLS] state read back through the model's pooler and classifier: every batch has one shape
+                 and almost no padding. BERT models only (the bench's).
+  packed+compiled  the same compiled by torch.compile with static shapes (one shape, so inductor packs every
+                 weight for it; the warm-up is reported, not timed)
+(--no-compile drops the compiled rows.) It prints ratios of one run; nothing here is a selection.
 """
 
 from __future__ import annotations
@@ -42,6 +49,10 @@ import torch  # noqa: E402
 
 GEMM_OPS = ("aten::addmm", "aten::mm")  # what a Linear layer runs on the CPU
 LISTED_OPS = 6  # other operators listed by their share of the pass
+# The packed rows' shape: 128 tokens (the bench model's max_length) x 8 rows = 1,024 rows per matrix product; in a
+# scratch sweep on the BERT-base shape (3 Dec) 256 x 4 ran as fast, and 128 x 16 slower on 300 sentences (its last
+# batch mostly empty).
+PACK_LENGTH, PACK_ROWS = 128, 8
 
 
 def linear_flops(model, run) -> float:
@@ -74,6 +85,73 @@ def profile_pass(predictor, texts: list[str], batch_size: int) -> dict:
     return {"total_s": total, "gemm_s": gemm, "others": others[:LISTED_OPS]}
 
 
+def pack(lengths, row_length: int) -> list[list[int]]:
+    """Sentence indices by row: first fit by decreasing length, each row at most `row_length` tokens."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if lengths[i] > row_length:
+            raise ValueError(f"a sentence of {lengths[i]} tokens does not fit a row of {row_length}")
+        row = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if row is None:
+            rows.append([])
+            room.append(row_length)
+            row = len(rows) - 1
+        rows[row].append(i)
+        room[row] -= lengths[i]
+    return rows
+
+
+def packed_batches(ids: list[list[int]], row_length: int, rows_per_batch: int, pad_id: int = 0) -> list[tuple]:
+    """(input_ids, position_ids, mask, starts) per batch of `rows_per_batch` packed rows, every batch one shape:
+    mask[b, 0, q, k] is True where token q may attend to token k (the same sentence; a padding position attends to
+    itself, so that no softmax row is empty); starts: (sentence, row, first position) of each sentence."""
+    rows = pack([len(x) for x in ids], row_length)
+    batches = []
+    for first in range(0, len(rows), rows_per_batch):
+        input_ids = torch.full((rows_per_batch, row_length), pad_id, dtype=torch.long)
+        positions = torch.zeros((rows_per_batch, row_length), dtype=torch.long)
+        sentence = torch.zeros((rows_per_batch, row_length), dtype=torch.long)  # 0: padding
+        starts = []
+        for r, members in enumerate(rows[first:first + rows_per_batch]):
+            at = 0
+            for k, i in enumerate(members):
+                n = len(ids[i])
+                input_ids[r, at:at + n] = torch.tensor(ids[i])
+                positions[r, at:at + n] = torch.arange(n)
+                sentence[r, at:at + n] = k + 1
+                starts.append((i, r, at))
+                at += n
+        mask = (sentence[:, :, None] == sentence[:, None, :]) & (sentence[:, None, :] > 0)
+        mask |= torch.eye(row_length, dtype=torch.bool)
+        batches.append((input_ids, positions, mask[:, None], starts))
+    return batches
+
+
+class PackedEncoder(torch.nn.Module):
+    """A BERT sequence classifier's encoder on packed rows: (input_ids, position_ids, mask) -> hidden states."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.bert = model.bert
+
+    def forward(self, input_ids, position_ids, mask):
+        return self.bert(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
+                         token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
+
+
+def packed_probabilities(model, encoder, batches, n: int) -> np.ndarray:
+    """(n, labels) softmax probabilities: each sentence's [CLS] state through the model's pooler and classifier."""
+    probs = np.empty((n, model.config.num_labels))
+    with torch.inference_mode():
+        for input_ids, positions, mask, starts in batches:
+            hidden = encoder(input_ids, positions, mask)
+            first = torch.stack([hidden[r, at] for _, r, at in starts])
+            logits = model.classifier(model.bert.pooler(first[:, None, :]))
+            probs[[i for i, _, _ in starts]] = torch.softmax(logits.double(), dim=-1).numpy()
+    return probs
+
+
 def compiled_predictor(model_dir: Path):
     """The predictor with its forward pass compiled (dynamic shapes, inductor weight freezing), and its warm-up time
     is paid by the caller's first call."""
@@ -90,7 +168,9 @@ def compiled_predictor(model_dir: Path):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     predict_speed.add_sample_arguments(parser, rounds=3, shape=True)
-    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile row")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
+    parser.add_argument("--pack-length", type=int, default=PACK_LENGTH, help="tokens per packed row")
+    parser.add_argument("--pack-rows", type=int, default=PACK_ROWS, help="packed rows per batch")
     args = parser.parse_args(argv)
 
     from pipeline.models.base import load_predictor
@@ -115,6 +195,25 @@ def main(argv=None) -> int:
             warmup = time.perf_counter() - t
             diff = float(np.abs(compiled.predict_proba(texts[:64]) - predictor.predict_proba(texts[:64])).max())
             rows["compiled"] = lambda t: compiled.predict(t, batch_size=args.batch_size)
+        packed = {}
+        if hasattr(predictor.model, "bert"):
+            def packed_row(encoder):
+                # what the stage does per call: tokenise, pack, run
+                def run(t):
+                    token_ids, _ = predictor.encode(predictor.preprocessor(t))
+                    batches = packed_batches(token_ids, args.pack_length, args.pack_rows, predictor.pad_id)
+                    return packed_probabilities(predictor.model, encoder, batches, len(t))
+                return run
+
+            encoder = PackedEncoder(predictor.model).eval()
+            rows["packed"] = packed_row(encoder)
+            packed["packed"] = float(np.abs(rows["packed"](texts) - predictor.predict_proba(texts)).max())
+            if not args.no_compile:
+                t = time.perf_counter()
+                rows["packed+compiled"] = packed_row(torch.compile(encoder, dynamic=False))
+                probs = rows["packed+compiled"](texts)
+                packed["warm-up"] = time.perf_counter() - t
+                packed["packed+compiled"] = float(np.abs(probs - predictor.predict_proba(texts)).max())
 
         adjacent: dict[str, list[float]] = {k: [] for k in rows}
         probes: list[float] = []
@@ -136,11 +235,17 @@ def main(argv=None) -> int:
     gemm_share = prof["gemm_s"] / prof["total_s"]
     print(f"{len(texts)} sentences, {lengths.mean():.1f} tokens each; {args.shape} shape, {params / 1e6:.1f}M "
           f"non-embedding params; {threads} threads; best matmul probe {probe / 1e9:.0f} GFLOP/s; torch {torch.__version__}")
-    print(f"\n  {'row':<12} {'÷ adjacent limit, per round':<30} best")
+    print(f"\n  {'row':<16} {'÷ adjacent limit, per round':<30} best")
     for key, values in adjacent.items():
-        print(f"  {key:<12} {' '.join(f'{v:.0%}' for v in values):<30} {max(values):.0%}")
+        print(f"  {key:<16} {' '.join(f'{v:.0%}' for v in values):<30} {max(values):.0%}")
     if "compiled" in rows:
         print(f"  (compiled: warm-up {warmup:.0f} s before the rounds; max |p - p_eager| on 64 sentences {diff:.1e})")
+    if packed:
+        fill = float(lengths.sum()) / (len(packed_batches(ids, args.pack_length, args.pack_rows))
+                                        * args.pack_rows * args.pack_length)
+        print(f"  (packed: rows of {args.pack_length} tokens x {args.pack_rows}, real ÷ packed tokens {fill:.1%}; "
+              + "; ".join(f"{k}: max |p - p_eager| {v:.1e}" for k, v in packed.items() if k != "warm-up")
+              + (f"; packed+compiled: warm-up {packed['warm-up']:.0f} s" if "warm-up" in packed else "") + ")")
     print("\n  the predictor's ratio to the limit, as a product (one profiled pass):")
     print(f"    real tokens ÷ padded tokens     {padding_factor:6.1%}   ({int(real)} of {padded})")
     print(f"    matrix-product rate ÷ probe     {gemm_rate:6.1%}   ({flops / prof['gemm_s'] / 1e9:.0f} GFLOP/s in "

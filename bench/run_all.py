@@ -76,7 +76,7 @@ def main() -> int:
               [*speed, "--data", str(args.arsarcasm), "--train-n", "300", "--train-epochs", "1"])
     else:
         bench("prediction speed (tiny model, seed sentences)", [*speed, "--train-n", "0"])
-    bench("fp32 headroom: where the predictor's time goes (BERT-base shape, no torch.compile row)",
+    bench("fp32 headroom: where the predictor's time goes (BERT-base shape, no compiled rows)",
           ["bench/fp32_headroom.py", "--n", "100", "--rounds", "1", "--no-compile",
            *(["--data", str(args.arsarcasm)] if args.arsarcasm else [])])
     bench("int8 headroom: oneDNN's AMX int8 kernels vs bf16 and the shipped int8 (BERT-base shape)",

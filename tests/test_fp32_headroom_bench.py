@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import load_bench
 
@@ -43,3 +45,50 @@ def test_the_bench_prints_the_factors_of_the_predictors_ratio(bench, capsys):
     assert factors["product"] == pytest.approx(product, abs=0.002)
     assert re.search(r"predictor\s+\d+%\s+\d+%", out)  # the timed row, per round and best
     assert "compiled" not in out
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(1, 16), min_size=1, max_size=40), row_length=st.integers(16, 40))
+def test_packing_places_every_sentence_once_within_its_row(bench, lengths, row_length):
+    rows = bench.pack(lengths, row_length)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= row_length for row in rows)
+
+
+def test_packed_rows_give_each_sentence_its_own_unpacked_encoding(bench, tmp_path):
+    """A sentence packed beside others (block-diagonal mask, positions from 0) is encoded as it is alone, and its
+    probabilities are the predictor's; the last batch is filled up to the one shape with empty rows."""
+    import numpy as np
+    import torch
+
+    from pipeline.models.base import load_predictor
+    from pipeline.text.segmentation import seed_sentences
+
+    sentences = seed_sentences()
+    model_dir = bench.predict_speed.build_model(sentences, tmp_path, "tiny", 0)
+    predictor = load_predictor(model_dir)
+    texts = sentences[:11]
+    ids, _ = predictor.encode(predictor.preprocessor(texts))
+    row_length = max(len(x) for x in ids) + 8
+    batches = bench.packed_batches(ids, row_length, 3, predictor.pad_id)
+    assert {tuple(b[0].shape) for b in batches} == {(3, row_length)}
+    assert sorted(i for b in batches for i, _, _ in b[3]) == list(range(len(texts)))
+    encoder = bench.PackedEncoder(predictor.model).eval()
+    with torch.inference_mode():
+        for input_ids, positions, mask, starts in batches:
+            hidden = encoder(input_ids, positions, mask)
+            for i, r, at in starts:
+                alone = predictor.model.bert(input_ids=torch.tensor([ids[i]])).last_hidden_state[0]
+                torch.testing.assert_close(hidden[r, at:at + len(ids[i])], alone, atol=1e-5, rtol=1e-5)
+    probs = bench.packed_probabilities(predictor.model, encoder, batches, len(texts))
+    np.testing.assert_allclose(probs, predictor.predict_proba(texts), atol=1e-6)
+
+
+def test_the_bench_times_the_packed_row(bench, capsys):
+    assert bench.main(["--shape", "tiny", "--n", "24", "--rounds", "1", "--no-compile", "--batch-size", "8",
+                       "--pack-rows", "2"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"packed\s+\d+%\s+\d+%", out)
+    match = re.search(r"packed: max \|p - p_eager\| ([\d.e+-]+)", out)
+    assert match and float(match.group(1)) < 1e-5, out
+    assert "packed+compiled" not in out

@@ -224,3 +224,21 @@ def test_inductor_refuses_the_gpu_and_names_what_int8_needs(transformer_dir, mon
     monkeypatch.delenv("CXX", raising=False)
     assert "no C++ compiler" in backends.available("inductor")
     assert "inductor" not in backends.AUTO_ORDER  # auto never pays its warm-up
+
+
+def test_torchao_is_imported_without_its_import_time_warnings():
+    """On a CPU build of torch, importing torchao logs a 'Failed to load' warning per CUDA-only kernel library and an
+    Enum deprecation warning: noise in every int8 inductor run. import_pt2e holds them back (a fresh process, since
+    torchao warns on its first import only)."""
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("torchao") is None:
+        pytest.skip("torchao is not installed: pip install -e \".[inductor]\" runs this test")
+    code = ("import logging; logging.basicConfig(); from pipeline.models.int8 import import_pt2e; import_pt2e(); "
+            "print(logging.getLogger('torchao').level, logging.getLogger('torch.utils._pytree').level)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert "Failed to load" not in done.stderr and "Enum subclass" not in done.stderr, done.stderr
+    assert done.stdout.split() == ["0", "0"]  # the loggers' levels are set back

@@ -242,3 +242,13 @@ def test_torchao_is_imported_without_its_import_time_warnings():
     assert done.returncode == 0, done.stderr
     assert "Failed to load" not in done.stderr and "Enum subclass" not in done.stderr, done.stderr
     assert done.stdout.split() == ["0", "0"]  # the loggers' levels are set back
+
+
+def test_the_readme_names_every_backend():
+    """The README's list of predict.backend choices is written by hand: it must match BACKENDS."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"`predict\.backend` \(([^)]*)\)", readme)
+    assert match, "the README no longer lists predict.backend's choices"
+    assert [name.strip() for name in match.group(1).replace("\n", " ").split(",")] == list(backends.BACKENDS)

@@ -208,11 +208,17 @@ class InductorForward:
         # the int8 graph's weight packing at all; torch.compile's per-call `options` do not reach that pass, so it
         # is set process-wide (it acts only on graphs compiled without gradients).
         inductor.freezing = True
+        # inductor's own lowering of the int8 weights' zero points copies a tensor with torch.tensor() and warns
+        # about it at every compile: torch's internals, nothing a user can act on
+        warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning,
+                                module=r"torch\._inductor")
         self.output = output
         self.config = getattr(model, "config", None)
         self.graph = isinstance(model, torch.fx.GraphModule)
         self.autocast = self.graph and bf16_fast
         self.compiled = torch.compile(model, dynamic=True)
+        log.info("predict.backend=inductor: the model compiles on its first batches (about half a minute for "
+                 "BERT-base, once per process)")
 
     def __call__(self, input_ids, attention_mask=None, **_):
         import torch

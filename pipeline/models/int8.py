@@ -57,7 +57,9 @@ def export_int8(predictor):
     the predictor's output tensor), quantised by torchao's PT2E X86InductorQuantizer (int8 weights per output
     channel, uint8 inputs with static scales from the calibration sentences; the layers of `fp32_linear_names` left
     out) and converted: a torch.fx.GraphModule that backends.InductorForward compiles."""
-    convert_pt2e, prepare_pt2e, x86 = import_pt2e()
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+
     model = predictor.model
     names = int8_linear_names(model)
     smooth(model, input_ranges(predictor, names), SMOOTHING_ALPHA)
@@ -83,25 +85,6 @@ def export_int8(predictor):
         return convert_pt2e(prepared)
 
 
-def import_pt2e():
-    """torchao's (convert_pt2e, prepare_pt2e, x86_inductor_quantizer), imported without its import-time warnings:
-    on a CPU build of torch its CUDA-only kernels (mxfp8, cutlass) fail to load, each logged as a warning, and its
-    Enum registrations trip a deprecation warning of torch's pytree; neither touches the x86 int8 path. Both loggers
-    are set back as they were."""
-    loggers = [logging.getLogger(name) for name in QUIET_AT_IMPORT]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-    return convert_pt2e, prepare_pt2e, x86_inductor_quantizer
-
-
-QUIET_AT_IMPORT = ("torchao", "torch.utils._pytree")  # loggers whose import-time warnings import_pt2e holds back
 EXPORT_MAX_BATCH = 1 << 16  # the exported graph's largest batch (torch.export needs a bound)
 
 

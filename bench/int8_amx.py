@@ -125,8 +125,7 @@ def amx_int8(predictor, *, outlier_channels: int, keep_down: bool):
 
     hooks = [modules[n].register_forward_pre_hook(record(n)) for n in names]
     try:
-        texts = predictor.preprocessor.inputs(int8.calibration_sentences(), None, predictor.context_separator)
-        predictor.scores_from_ids(predictor.encode(texts)[0], 1)
+        predictor.scores_from_ids(int8.calibration_ids(predictor), 1)
     finally:
         for hook in hooks:
             hook.remove()

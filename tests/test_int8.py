@@ -58,8 +58,7 @@ def texts() -> list[str]:
 def test_smoothing_alone_changes_nothing_in_fp32(outlier_dir, texts):
     predictor = load_predictor(outlier_dir)
     before = predictor.predict_proba(texts)
-    names = int8.int8_linear_names(predictor.model)
-    int8.smooth(predictor.model, int8.input_ranges(predictor, names), int8.SMOOTHING_ALPHA)
+    names = int8.smooth_predictor(predictor)
     assert sum(isinstance(m, int8.SmoothedLinear) for m in predictor.model.modules()) == len(names) > 0
     np.testing.assert_allclose(predictor.predict_proba(texts), before, atol=1e-5)
 

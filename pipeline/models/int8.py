@@ -40,15 +40,26 @@ def calibration_sentences() -> list[str]:
     return [line for line in CALIBRATION_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def quantize_predictor(predictor):
-    """The int8 model of `predictor` (a batching.TransformerPredictor whose model is still fp32): input ranges
-    measured on the calibration sentences, smoothing applied, then dynamic int8."""
-    model = predictor.model
-    names = int8_linear_names(model)
-    ranges = input_ranges(predictor, names)
-    smooth(model, ranges, SMOOTHING_ALPHA)
+def calibration_ids(predictor) -> list[list[int]]:
+    """The calibration sentences as `predictor` encodes its inputs (its preprocessing, context separator, cut)."""
+    texts = predictor.preprocessor.inputs(calibration_sentences(), None, predictor.context_separator)
+    return predictor.encode(texts)[0]
+
+
+def smooth_predictor(predictor) -> list[str]:
+    """Smooth the int8 layers of `predictor`'s model (still fp32) in place, on input ranges measured on the
+    calibration sentences; their names (the layers either int8 path quantises)."""
+    names = int8_linear_names(predictor.model)
+    smooth(predictor.model, input_ranges(predictor, names), SMOOTHING_ALPHA)
     log.debug("int8: %d Linear layers smoothed on %d calibration sentences", len(names), len(calibration_sentences()))
-    return quantize_dynamic(model, [f"{name}.linear" for name in names])
+    return names
+
+
+def quantize_predictor(predictor):
+    """The int8 model of `predictor` (a batching.TransformerPredictor whose model is still fp32): smoothed
+    (`smooth_predictor`), then dynamic int8."""
+    names = smooth_predictor(predictor)
+    return quantize_dynamic(predictor.model, [f"{name}.linear" for name in names])
 
 
 def export_int8(predictor):
@@ -61,8 +72,7 @@ def export_int8(predictor):
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
 
     model = predictor.model
-    names = int8_linear_names(model)
-    smooth(model, input_ranges(predictor, names), SMOOTHING_ALPHA)
+    smooth_predictor(predictor)
     positions = int(getattr(model.config, "max_position_embeddings", None) or predictor.max_length)
     batch = torch.export.Dim("batch", min=1, max=EXPORT_MAX_BATCH)
     length = torch.export.Dim("length", min=2, max=positions)
@@ -78,8 +88,7 @@ def export_int8(predictor):
         for name in fp32_linear_names(model):
             quantizer.set_module_name_qconfig(f"model.{name}", None)
         prepared = prepare_pt2e(graph, quantizer)
-        texts = predictor.preprocessor.inputs(calibration_sentences(), None, predictor.context_separator)
-        for row in predictor.encode(texts)[0]:  # one sentence at a time: no padding positions in the ranges
+        for row in calibration_ids(predictor):  # one sentence at a time: no padding positions in the ranges
             ids = torch.tensor([row])
             prepared(ids, torch.ones_like(ids))
         return convert_pt2e(prepared)
@@ -134,9 +143,7 @@ def input_ranges(predictor, names: list[str]) -> dict:
 
     hooks = [modules[name].register_forward_pre_hook(record(name)) for name in names]
     try:
-        texts = predictor.preprocessor.inputs(calibration_sentences(), None, predictor.context_separator)
-        ids, _ = predictor.encode(texts)
-        predictor.scores_from_ids(ids, 1)
+        predictor.scores_from_ids(calibration_ids(predictor), 1)
     finally:
         for hook in hooks:
             hook.remove()

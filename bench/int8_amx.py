@@ -103,8 +103,9 @@ def amx_int8(predictor, *, outlier_channels: int, keep_down: bool):
     inverse = {}
     for name in smoothed:
         widest_weight = modules[name].weight.detach().abs().amax(dim=0).float().clamp_min(int8.SCALE_FLOOR)
-        s = (ranges[name].clamp_min(int8.SCALE_FLOOR) ** int8.SMOOTHING_ALPHA
-             / widest_weight ** (1 - int8.SMOOTHING_ALPHA)).clamp_min(int8.SCALE_FLOOR)
+        alpha = int8.SMOOTHING_ALPHA["static"]  # static input ranges, as the inductor int8's
+        s = (ranges[name].clamp_min(int8.SCALE_FLOOR) ** alpha
+             / widest_weight ** (1 - alpha)).clamp_min(int8.SCALE_FLOOR)
         inverse[name] = 1.0 / s
     outliers = {n: torch.topk(ranges[n], outlier_channels).indices.sort().values
                 for n in downs if outlier_channels}

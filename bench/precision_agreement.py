@@ -19,6 +19,8 @@ Rows, each the stage's own code (`pipeline.models.base.load_predictor`; the int8
   bf16, bf16_recheck predict.quantize=bf16 (the model in bfloat16), without and with the re-check; on a CPU without
                      a bf16 unit (AMX, AVX512-BF16) the predictor runs fp32 and the row says so
   --unsmoothed       the same layers in int8 without input smoothing
+  --nearest          the int8 recipe before GPTQ rounding (same backend): each weight rounded to the nearest int8
+                     value, inputs smoothed by alpha 0.85 on both paths
   --all-linear       the recipe before issue 21 (every Linear layer, per-tensor weights)
   --weights-only     diagnostic, not timed: the int8 weights with fp32 activations, the ceiling of any int8 scheme
                      with per-channel weights on this model
@@ -117,6 +119,24 @@ def unsmoothed_int8(predictor):
     return predictor
 
 
+ALPHA_BEFORE_GPTQ = 0.85  # both int8 paths' smoothing before GPTQ rounding
+
+
+def nearest_rounding_int8(model_dir: str, backend: str, recheck_margin=None):
+    """The int8 predictor as it was before GPTQ rounding: its weights left as the quantiser rounds them (to the
+    nearest int8 value) and its inputs smoothed by ALPHA_BEFORE_GPTQ."""
+    from unittest import mock
+
+    from pipeline.models import int8
+    from pipeline.models.base import load_predictor
+
+    before = dict.fromkeys(int8.SMOOTHING_ALPHA, ALPHA_BEFORE_GPTQ)
+    with mock.patch.object(int8, "regptq_dynamic", lambda *a: None), \
+            mock.patch.object(int8, "regptq_graph", lambda *a: None), \
+            mock.patch.dict(int8.SMOOTHING_ALPHA, before):
+        return load_predictor(model_dir, quantize="int8", backend=backend, recheck_margin=recheck_margin)
+
+
 def weights_only_int8(predictor):
     """Diagnostic, not a speed path: the Linear weights that predict.quantize=int8 quantises, rounded to their int8
     values (one scale per output channel, as pipeline.models.int8 does), activations left in fp32. What these labels
@@ -154,6 +174,8 @@ def main() -> int:
                              "predict.recheck_margin of conf/predict)")
     parser.add_argument("--unsmoothed", action="store_true",
                         help="also time the int8 recipe without input smoothing (the same layers in int8)")
+    parser.add_argument("--nearest", action="store_true",
+                        help="also time the int8 rows' recipe with weights rounded to the nearest (before GPTQ)")
     parser.add_argument("--int8-backend", default="eager",
                         help="predict.backend of the int8 rows (inductor: torchao's PT2E int8, compiled; its compile "
                              "is the warm-up pass, not timed)")
@@ -176,6 +198,8 @@ def main() -> int:
                                                            recheck_margin=recheck_margin)
     if args.unsmoothed:
         predictors["int8_unsmoothed"] = unsmoothed_int8(load_predictor(args.model))
+    if args.nearest:
+        predictors["int8_nearest"] = nearest_rounding_int8(args.model, args.int8_backend)
     if args.all_linear:
         predictors["int8_all_linear"] = all_linear_int8(load_predictor(args.model))
     probs = {name: p.predict_proba(texts, batch_size=args.batch_size) for name, p in predictors.items()}  # warm-up
@@ -214,7 +238,8 @@ def main() -> int:
             getattr(predictors[name], "quantize", None) is None
         note = " (ran fp32: this CPU has no bf16 unit)" if ran_fp32 else ""
         print(f"  {name}: label agreement with fp32 {agree.mean():.3f} overall, {seed} on the seed sentences, "
-              f"{rest} on --data; max |p - p_fp32| {np.abs(probs[name] - probs['fp32']).max():.3f}; {speed}{note}")
+              f"{rest} on --data; |p - p_fp32| max {np.abs(probs[name] - probs['fp32']).max():.3f}, mean "
+              f"{np.abs(probs[name] - probs['fp32']).mean():.4f}; {speed}{note}")
         print("    agreement by fp32 margin: " + ", ".join(
             f"[{lo:g}, {min(hi, 1):g}) {agree[bins == i].mean():.3f}" if np.any(bins == i) else f"[{lo:g}, {min(hi, 1):g}) -"
             for i, (lo, hi) in enumerate(zip(MARGIN_BINS, MARGIN_BINS[1:]))))

@@ -62,15 +62,32 @@ def test_weights_only_rounds_exactly_the_int8_weights_per_channel(bench, model_d
     np.testing.assert_allclose(rounded.predict_proba(texts).sum(axis=1), 1.0, atol=1e-9)
 
 
+def test_the_nearest_row_is_the_recipe_before_gptq_and_leaves_the_shipped_one_as_it_was(bench, model_dir):
+    import torch
+
+    from pipeline.models import int8
+
+    alphas, regptq = dict(int8.SMOOTHING_ALPHA), (int8.regptq_dynamic, int8.regptq_graph)
+    nearest = bench.nearest_rounding_int8(str(model_dir), "eager")
+    assert dict(int8.SMOOTHING_ALPHA) == alphas and (int8.regptq_dynamic, int8.regptq_graph) == regptq
+    shipped = load_predictor(model_dir, quantize="int8")
+    weights = [[m.weight().int_repr() for m in p.model.modules()
+                if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)] for p in (nearest, shipped)]
+    assert len(weights[0]) == len(weights[1]) > 0
+    assert any(not a.equal(b) for a, b in zip(*weights))  # GPTQ moved some weights to other grid points
+
+
 def test_the_bench_runs_on_a_held_out_article_and_prints_every_row(model_dir):
     run = subprocess.run([sys.executable, str(BENCH), "--model", str(model_dir), "--rounds", "1", "--all-linear",
-                          "--weights-only", "--unsmoothed", "--recheck-margin", "0.5"], capture_output=True, text=True, timeout=600,
+                          "--weights-only", "--unsmoothed", "--nearest", "--recheck-margin", "0.5"], capture_output=True,
+                         text=True, timeout=600,
                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.stdout
     for row in ("int8: label agreement", "int8_recheck: label agreement", "int8_unsmoothed: label agreement",
                 "bf16: label agreement", "bf16_recheck: label agreement", "bf16_recheck: ",
                 "int8_all_linear: label agreement", "int8_weights_only: label agreement", "scored again in fp32",
+                "int8_nearest: label agreement", "mean ",
                 "agreement by fp32 margin", "sentences by fp32 margin", "diagnostic, not timed"):
         assert row in out, out
     assert "fp32: " in out and "sentences/s" in out

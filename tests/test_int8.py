@@ -304,3 +304,19 @@ def test_the_int8_model_is_the_same_whatever_the_thread_count_that_loads_it(outl
     assert len(alone) == len(several) > 0
     for one, more in zip(alone, several):
         assert torch.equal(one, more)
+
+
+def test_layers_that_read_one_input_share_one_second_moment_matrix(outlier_dir):
+    """Query, key and value read one tensor: GPTQ's calibration keeps one matrix of its second moments for the three
+    (the BERT-base shape would otherwise hold 60 matrices of 768 x 768 float64), the same as each computed alone."""
+    import torch
+
+    predictor = load_predictor(outlier_dir)
+    names = int8.int8_linear_names(predictor.model)
+    _, moments = int8.input_statistics(predictor, names)
+    query, key, value = (next(n for n in names if n.endswith(f"layer.0.attention.self.{part}"))
+                         for part in ("query", "key", "value"))
+    assert moments[query] is moments[key] is moments[value]
+    assert len({id(m) for m in moments.values()}) < len(names)
+    alone = int8.input_statistics(load_predictor(outlier_dir), [value])[1][value]
+    torch.testing.assert_close(alone, moments[value], rtol=0, atol=0)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch  # imported only when a model is quantised (batching imports this module then)
@@ -69,8 +70,26 @@ def smooth_predictor(predictor, alpha: float) -> dict:
     ranges, moments = input_statistics(predictor, names)
     scales = smooth(predictor.model, ranges, alpha)
     log.debug("int8: %d Linear layers smoothed on %d calibration sentences", len(names), len(calibration_sentences()))
-    # the layer now reads x / s: its second moments are those of x divided by s_i * s_j
-    return {f"{name}.linear": moments[name] / torch.outer(scales[name], scales[name]).double() for name in names}
+    return SmoothedMoments({f"{name}.linear": (moments[name], scales[name]) for name in names})
+
+
+class SmoothedMoments(Mapping):
+    """{smoothed Linear name: the second moments of its inputs after smoothing}, each computed when read: a layer
+    that reads x / s has those of x divided by s_i * s_j. Layers that read one input (query, key and value) share one
+    matrix of x's (`input_statistics`), so only the matrix of the layer GPTQ is rounding is held twice."""
+
+    def __init__(self, layers: dict):
+        self.layers = layers  # {name: (second moments of x, smoothing scale s)}
+
+    def __getitem__(self, name):
+        moments, scale = self.layers[name]
+        return moments / torch.outer(scale, scale).double()
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __len__(self):
+        return len(self.layers)
 
 
 @contextlib.contextmanager
@@ -130,8 +149,8 @@ def export_int8(predictor):
             ids = torch.tensor([row])
             prepared(ids, torch.ones_like(ids))
         converted = convert_pt2e(prepared)
-    regptq_graph(converted, {f"model.{name}": model.get_submodule(name).weight.detach() for name in moments},
-                 {f"model.{name}": value for name, value in moments.items()})
+    regptq_graph(converted, {name: model.get_submodule(name).weight.detach() for name in moments}, moments,
+                 module_prefix="model.")  # _OutputOf's attribute
     return converted
 
 
@@ -176,23 +195,34 @@ def input_ranges(predictor, names: list[str]) -> dict:
 
 
 def input_statistics(predictor, names: list[str], with_moments: bool = True) -> tuple[dict, dict]:
-    """({name: largest |input| per input channel}, {name: the inputs' second moments, mean of x x^T (float64); empty
-    without `with_moments`}) of each named Linear layer over the calibration sentences, read one sentence at a time (no
-    padding positions among them), preprocessed as the predictor preprocesses."""
+    """({name: largest |input| per input channel}, {name: the inputs' second moments, mean of x x^T (float64), one
+    matrix shared by the layers that read the same input tensor; empty without `with_moments`}) of each named Linear
+    layer over the calibration sentences, read one sentence at a time (no padding positions among them),
+    preprocessed as the predictor preprocesses."""
     modules = dict(predictor.model.named_modules())
     ranges: dict[str, torch.Tensor] = {}
     moments: dict[str, torch.Tensor] = {}
     rows: dict[str, int] = {}
+    shares: dict[str, str] = {}  # layer -> the layer before it that read the very same input tensor
+    last = {"input": None, "name": None}
 
     def record(name):
         def hook(_module, args):
             x = args[0].detach().reshape(-1, args[0].shape[-1])
             seen = x.abs().amax(dim=0).float()
             ranges[name] = seen if name not in ranges else torch.maximum(ranges[name], seen)
-            if with_moments:
-                x = x.double()
-                moments[name] = moments[name] + x.T @ x if name in moments else x.T @ x
-                rows[name] = rows.get(name, 0) + x.shape[0]
+            if not with_moments:
+                return
+            owner = last["name"] if args[0] is last["input"] else name  # query, key, value: one input, one matrix
+            if shares.setdefault(name, owner) != owner:
+                raise RuntimeError(f"int8 calibration: {name} read another layer's input in one sentence, not in "
+                                   "another")
+            if owner != name:
+                return
+            last["input"], last["name"] = args[0], name
+            x = x.double()
+            moments[name] = moments[name] + x.T @ x if name in moments else x.T @ x
+            rows[name] = rows.get(name, 0) + x.shape[0]
         return hook
 
     hooks = [modules[name].register_forward_pre_hook(record(name)) for name in names]
@@ -201,7 +231,8 @@ def input_statistics(predictor, names: list[str], with_moments: bool = True) -> 
     finally:
         for hook in hooks:
             hook.remove()
-    return ranges, {name: value / rows[name] for name, value in moments.items()}
+    means = {name: value / rows[name] for name, value in moments.items()}
+    return ranges, {name: means[owner] for name, owner in shares.items()}
 
 
 def gptq_round(weight, scale, zero_point, moments, qmin: int, qmax: int):
@@ -238,7 +269,7 @@ def gptq_round(weight, scale, zero_point, moments, qmin: int, qmax: int):
     return q.t().to(torch.int8)
 
 
-def regptq_graph(graph, weights: dict, moments: dict) -> None:
+def regptq_graph(graph, weights: dict, moments: Mapping, module_prefix: str = "") -> None:
     """Re-round, in place, the int8 weights of a converted PT2E graph (`export_int8`) with `gptq_round`, on the
     scales its quantiser chose: `weights` and `moments` by the name of the Linear module each weight belongs to (as
     the graph's nn_module_stack names it). Every int8 weight of the graph must be among them."""
@@ -248,7 +279,7 @@ def regptq_graph(graph, weights: dict, moments: dict) -> None:
             continue
         values, scale, zero_point, axis, qmin, qmax = node.args[:6]
         # the innermost module of the Linear that reads this weight
-        name = list(next(iter(node.users)).meta["nn_module_stack"].values())[-1][0]
+        name = list(next(iter(node.users)).meta["nn_module_stack"].values())[-1][0].removeprefix(module_prefix)
         if axis != 0 or name not in weights:
             raise RuntimeError(f"int8: weight of {name} (axis {axis}) is not one GPTQ rounds")
         getattr(graph, values.target).copy_(gptq_round(weights[name], getattr(graph, scale.target),
@@ -286,7 +317,7 @@ def smooth(model, ranges: dict, alpha: float) -> dict:
     return scales
 
 
-def regptq_dynamic(model, weights: dict, moments: dict) -> None:
+def regptq_dynamic(model, weights: dict, moments: Mapping) -> None:
     """Re-round, in place, the weights of the dynamic int8 Linear layers of `model` (`quantize_dynamic`) with
     `gptq_round`, on the scales torch's quantiser chose, packed again for the engine that packed them:
     `weights` (their fp32 weights) and `moments` by layer name."""

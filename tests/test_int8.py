@@ -268,8 +268,8 @@ def test_the_int8_model_is_the_same_whatever_the_thread_count_that_loads_it(outl
     differently) moves later weights to other grid points: a Spark executor or a serve worker with another thread
     count than the local run would hold another int8 model (on a fine-tuned stand-in, loads at 1 and 2 threads kept
     99.4 and 98.8 % of fp32's labels). The calibration passes (GPTQ's second moments, the static input scales) and
-    GPTQ run on one thread, the process's setting is left as it was, and the int8 weights are those of a load at one thread. (The tiny model's sums are too small
-    for threads to split them, hence the spies.)"""
+    GPTQ run on one thread, the process's setting is left as it was, and the int8 weights are those of a load at one
+    thread. (The tiny model's sums are too small for threads to split them, hence the spies.)"""
     import torch
 
     from pipeline.models import backends

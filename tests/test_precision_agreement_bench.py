@@ -79,8 +79,8 @@ def test_the_nearest_row_is_the_recipe_before_gptq_and_leaves_the_shipped_one_as
 
 def test_the_bench_runs_on_a_held_out_article_and_prints_every_row(model_dir):
     run = subprocess.run([sys.executable, str(BENCH), "--model", str(model_dir), "--rounds", "1", "--all-linear",
-                          "--weights-only", "--unsmoothed", "--nearest", "--recheck-margin", "0.5"], capture_output=True,
-                         text=True, timeout=600,
+                          "--weights-only", "--unsmoothed", "--nearest", "--recheck-margin", "0.5"],
+                         capture_output=True, text=True, timeout=600,
                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.stdout

@@ -62,7 +62,7 @@ def calibration_ids(predictor) -> list[list[int]]:
     return predictor.encode(texts)[0]
 
 
-def smooth_predictor(predictor, alpha: float) -> dict:
+def smooth_predictor(predictor, alpha: float) -> SmoothedMoments:
     """Smooth the int8 layers of `predictor`'s model (still fp32) in place by `alpha`, on input ranges measured on
     the calibration sentences: {name of the smoothed Linear (`<layer>.linear`, the layer either int8 path quantises):
     the second moments of its (smoothed) inputs over the same sentences, what `gptq_round` weighs errors by}."""
@@ -94,11 +94,11 @@ class SmoothedMoments(Mapping):
 
 @contextlib.contextmanager
 def one_thread():
-    """torch on one thread inside (a context or a decorator), as it was after: the calibration passes and GPTQ give the same numbers whatever
-    the thread count of the process that loads the model. GPTQ carries each rounding's error on, so a last-bit
-    difference in a sum moves later weights to other grid points, and the static input scales are read off
-    histograms, where it can move a range by a bin: on a stand-in, loads at 1 and 2 threads kept 99.4 and 98.8 %
-    of fp32's labels, and 98.6 % with only the input scales' pass on 2 threads."""
+    """torch on one thread inside (a context or a decorator), as it was after: the calibration passes and GPTQ give
+    the same numbers whatever the thread count of the process that loads the model. GPTQ carries each rounding's
+    error on, so a last-bit difference in a sum moves later weights to other grid points, and the static input
+    scales are read off histograms, where it can move a range by a bin: on a stand-in, loads at 1 and 2 threads kept
+    99.4 and 98.8 % of fp32's labels, and 98.6 % with only the input scales' pass on 2 threads."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -321,20 +321,15 @@ def regptq_dynamic(model, weights: dict, moments: Mapping) -> None:
     """Re-round, in place, the weights of the dynamic int8 Linear layers of `model` (`quantize_dynamic`) with
     `gptq_round`, on the scales torch's quantiser chose, packed again for the engine that packed them:
     `weights` (their fp32 weights) and `moments` by layer name."""
-    engine, previous = int8_engine(), torch.backends.quantized.engine
-    try:
-        if engine:
-            torch.backends.quantized.engine = engine
+    info = torch.iinfo(torch.int8)
+    with packing_engine():
         for name, fp32 in weights.items():
             layer = model.get_submodule(name)
             packed = layer.weight()
             scale, zero_point = packed.q_per_channel_scales(), packed.q_per_channel_zero_points()
-            info = torch.iinfo(torch.int8)
             values = gptq_round(fp32, scale, zero_point, moments[name], info.min, info.max)
             layer.set_weight_bias(torch._make_per_channel_quantized_tensor(
                 values, scale, zero_point, packed.q_per_channel_axis()), layer.bias())
-    finally:
-        torch.backends.quantized.engine = previous
 
 
 def int8_engine() -> str | None:
@@ -349,14 +344,20 @@ def quantize_dynamic(model, names: list[str]):
     """torch's dynamic int8 (CPU) of the named Linear layers, one weight scale per output channel, packed for
     `int8_engine()`. The packed weights keep their engine, so torch's process-wide engine setting is switched only
     while packing and then restored."""
-    engine, previous = int8_engine(), torch.backends.quantized.engine
-    with warnings.catch_warnings():  # torch marks torch.ao as deprecated; it is still the CPU int8 path
+    with warnings.catch_warnings(), packing_engine():  # torch marks torch.ao as deprecated; still the CPU int8 path
         warnings.simplefilter("ignore")
         qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
-        try:
-            if engine:
-                torch.backends.quantized.engine = engine
-            return torch.ao.quantization.quantize_dynamic(model, {name: qconfig for name in names},
-                                                          dtype=torch.qint8)
-        finally:
-            torch.backends.quantized.engine = previous
+        return torch.ao.quantization.quantize_dynamic(model, {name: qconfig for name in names}, dtype=torch.qint8)
+
+
+@contextlib.contextmanager
+def packing_engine():
+    """torch's quantized engine set to `int8_engine()` inside, restored after (also on an error): packed weights
+    keep the engine that packed them, the process-wide setting is left as it was."""
+    engine, previous = int8_engine(), torch.backends.quantized.engine
+    try:
+        if engine:
+            torch.backends.quantized.engine = engine
+        yield
+    finally:
+        torch.backends.quantized.engine = previous

@@ -3,11 +3,15 @@ default int8, behind docs/predict.md's "Headroom" (issue 21 asks for int8 at >= 
 fp32's labels). The `amx-int8` rows are an experiment, not a predict option.
 
     .venv/bin/python bench/int8_amx.py --data ../shared/data/arsarcasm_v2/testing_data.csv --column tweet \
-        [--model outputs/train/<run>/model --agreement-offset 2000]
+        [--model outputs/train/<run>/model --agreement-offset 2000 [--recheck-margin 0.1/0.03 ...]]
 
 1. Matrix products of the BERT-base shapes (2048 rows), FLOP/s: fp32 and bf16 `F.linear`, and oneDNN's int8 product
    (`torch.ops.onednn.qlinear_pointwise`: uint8 inputs, int8 weights with a scale per output channel).
-2. The same model and sentences as bench/predict_speed.py (BERT-base shape, random weights), rows in interleaved
+2. With --model (a stance model directory, e.g. a fine-tuned stand-in): label agreement with fp32 of bf16, the shipped
+   int8, amx-int8 and int8 (inductor) on --agreement-n sentences of --data from row --agreement-offset (sentences
+   the model never trained on); and of int8 (inductor) with its re-check ladder at each --recheck-margin INT8/BF16
+   (default: conf/predict's predict.recheck_margin), with the shares of sentences it scored again in bf16 and fp32.
+3. The same model and sentences as bench/predict_speed.py (BERT-base shape, random weights), rows in interleaved
    rounds, each ÷ the fp32 limit of the probes beside it: the predictor in fp32, in bf16 and in the shipped int8
    (`predict.quantize=int8`), and `amx-int8`: every encoder Linear layer on the oneDNN int8 product, its input
    quantised to uint8 with one static scale per layer (ranges from the shipped calibration sentences), inputs
@@ -16,9 +20,8 @@ fp32's labels). The `amx-int8` rows are an experiment, not a predict option.
    And `int8 (inductor)`: the predictor with predict.quantize=int8 and predict.backend=inductor (torchao's PT2E
    quantiser, inductor-compiled, what is not int8 in bf16; pipeline.models.int8.export_int8), where it can run
    (torchao installed: pip install -e ".[inductor]"; a C++ compiler). Its compile time is printed, not timed.
-3. With --model (a stance model directory, e.g. a fine-tuned stand-in): label agreement with fp32 of bf16, the shipped
-   int8, amx-int8 and int8 (inductor) on --agreement-n sentences of --data from row --agreement-offset (sentences
-   the model never trained on).
+   With --model, also int8 (inductor) with each re-check setting: a random-weight model's margins say nothing, so
+   its ladder's margins are set to send the shares of part 2 to bf16 and to fp32 (where the CPU has a bf16 unit).
 """
 
 from __future__ import annotations
@@ -181,6 +184,110 @@ def gemm_rates(hidden: int, intermediate: int) -> list[tuple[str, dict]]:
     return out
 
 
+def recheck_setting(text: str) -> dict[str, float]:
+    """--recheck-margin INT8/BF16 (e.g. 0.1/0.03) as predict.recheck_margin."""
+    try:
+        int8_margin, bf16_margin = (float(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give the int8 and the bf16 margin as INT8/BF16, e.g. 0.1/0.03")
+    return {"int8": int8_margin, "bf16": bf16_margin}
+
+
+def setting_name(setting: dict[str, float]) -> str:
+    return f"re-check {setting['int8']:g}/{setting['bf16']:g}"
+
+
+def with_ladder(predictor, ladder: list):
+    """A shallow copy of the predictor (its compiled int8 model shared) climbing `ladder`, its counts reset."""
+    import copy
+    from collections import Counter
+
+    other = copy.copy(predictor)
+    other.ladder, other.rechecked = ladder, Counter()
+    return other
+
+
+def with_margins(predictor, setting: dict[str, float]):
+    """The predictor with its ladder's margins taken from `setting` (predict.recheck_margin)."""
+    import dataclasses
+
+    return with_ladder(predictor, [dataclasses.replace(step, margin=setting[step.below]) for step in predictor.ladder])
+
+
+def margins_of(probs: np.ndarray) -> np.ndarray:
+    top = np.sort(probs, axis=1)
+    return top[:, -1] - top[:, -2]
+
+
+def below(margins: np.ndarray, count: int) -> float:
+    """A margin that exactly the `count` smallest of `margins` fall below (0: none)."""
+    ordered = np.sort(margins)
+    if count <= 0:
+        return 0.0
+    if count >= len(ordered):
+        return float(min(ordered[-1] * 2 + 1e-9, 0.999))
+    return float((ordered[count - 1] + ordered[count]) / 2)
+
+
+def at_shares(int8_predictor, fp32_model, texts: list[str], shares: tuple[float, float], batch_size: int):
+    """int8_predictor (no ladder of its own) with the ladder of `fp32_model`, its margins set so that shares[0] of
+    `texts` climb to bf16 and shares[1] on to fp32: a random-weight model's margins say nothing, so the re-check of
+    the BERT-base shape is timed at the shares a fine-tuned model's margins gave (part 2)."""
+    from pipeline.models.batching import recheck_ladder
+
+    ladder = recheck_ladder(fp32_model, "int8", 0.5, 0.5, device=int8_predictor.device, backend="eager",
+                            output=int8_predictor.output)
+    if [step.precision for step in ladder] != ["bf16", "fp32"]:
+        return None  # no bf16 unit: the ladder goes straight to fp32
+    ids, _ = int8_predictor.encode(int8_predictor.preprocessor(texts))
+    int8_margins = margins_of(int8_predictor.scores_from_ids(ids, batch_size))
+    first = below(int8_margins, round(shares[0] * len(texts)))
+    climbed = np.flatnonzero(int8_margins < first)
+    bf16_margins = margins_of(int8_predictor.scores_from_ids([ids[r] for r in climbed], batch_size,
+                                                             forward=ladder[0].forward, matrix_unit=True)) \
+        if len(climbed) else np.zeros(0)
+    second = below(bf16_margins, round(shares[1] * len(texts)))
+    return with_margins(with_ladder(int8_predictor, ladder), {"int8": first, "bf16": second})
+
+
+def agreement(args, why_not: str | None, options: dict, texts: list[str]) -> dict[str, tuple[float, float]]:
+    """Part 2: label agreement with fp32 of --model's precisions, and of int8 (inductor) with each re-check setting;
+    returns each setting's shares of sentences scored again in bf16 and in fp32."""
+    from pipeline.models.base import load_predictor
+
+    sample = texts
+    if args.data:
+        from pipeline.core.io import read_table
+
+        frame = read_table(Path(args.data))
+        sample = frame[args.column].dropna().astype(str).iloc[
+            args.agreement_offset:args.agreement_offset + args.agreement_n].tolist()
+    reference = load_predictor(args.model).predict_proba(sample)
+    rows = {"bf16": load_predictor(args.model, quantize="bf16", recheck_margin=0),
+            "int8 (shipped)": load_predictor(args.model, quantize="int8", recheck_margin=0),
+            "amx-int8": amx_int8(load_predictor(args.model), **options)}
+    if not why_not:  # one compiled model, its ladder's margins set per row
+        widest = {key: max(s[key] for s in args.recheck_margin) for key in ("int8", "bf16")}
+        ladder = load_predictor(args.model, quantize="int8", backend="inductor", recheck_margin=widest)
+        rows["int8 (inductor)"] = with_margins(ladder, {"int8": 0.0, "bf16": 0.0})
+        for setting in args.recheck_margin:
+            rows[f"int8 (inductor), {setting_name(setting)}"] = with_margins(ladder, setting)
+    print(f"\n2. label agreement with fp32, {args.model}, {len(sample)} sentences"
+          + (f" of --data from row {args.agreement_offset}" if args.data else "") + ":")
+    shares = {}
+    for key, predictor in rows.items():
+        probs = predictor.predict_proba(sample)
+        agree = float((probs.argmax(1) == reference.argmax(1)).mean())
+        counts = getattr(predictor, "rechecked", None)
+        climbed = ""
+        if ", re-check" in key:
+            shares[key.split(", ")[-1]] = tuple(counts[p] / counts["scored"] for p in ("bf16", "fp32"))
+            climbed = "; " + ", ".join(f"{counts[step.precision] / counts['scored']:.1%} scored again in "
+                                       f"{step.precision}" for step in predictor.ladder)
+        print(f"  {key:<34} {agree:.1%}   max |p - p_fp32| {np.abs(probs - reference).max():.3f}{climbed}")
+    return shares
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     predict_speed.add_sample_arguments(parser, rounds=3, shape=True)
@@ -189,9 +296,19 @@ def main(argv=None) -> int:
     parser.add_argument("--model", help="a stance model directory to measure label agreement on")
     parser.add_argument("--agreement-n", type=int, default=500, help="sentences of --data compared with --model")
     parser.add_argument("--agreement-offset", type=int, default=2000, help="first --data row of the agreement sample")
+    parser.add_argument("--recheck-margin", type=recheck_setting, action="append",
+                        help="INT8/BF16: a predict.recheck_margin setting of int8 (inductor)'s re-check ladder to "
+                             "measure with --model (repeatable; default: conf/predict's)")
     args = parser.parse_args(argv)
     if "onednn" not in torch.backends.quantized.supported_engines:
         raise SystemExit("error: this torch has no oneDNN quantized engine; the experiment needs an x86 CPU build")
+    if not args.recheck_margin:
+        from omegaconf import OmegaConf
+
+        from pipeline.models.batching import recheck_option
+
+        args.recheck_margin = [recheck_option(OmegaConf.load(predict_speed.REPO / "conf" / "predict" /
+                                                             "default.yaml").recheck_margin)]
 
     from pipeline.models.base import load_predictor
     from pipeline.models.batching import set_threads
@@ -211,6 +328,7 @@ def main(argv=None) -> int:
     corpus, _ = predict_speed.load_corpus(args)
     texts = predict_speed.timed_sentences(corpus, args.n)
     options = dict(outlier_channels=args.outlier_channels, keep_down=args.keep_down)
+    shares = agreement(args, why_not, options, texts) if args.model else {}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = predict_speed.build_model(corpus, Path(tmp), args.shape, args.base_vocab)
         predictors = {"fp32": load_predictor(model_dir), "bf16": load_predictor(model_dir, quantize="bf16")}
@@ -222,12 +340,16 @@ def main(argv=None) -> int:
             print(f"\n(no int8 (inductor) row: {why_not})")
         else:
             started = time.perf_counter()
-            predictors["int8 (inductor)"] = load_predictor(model_dir, quantize="int8", backend="inductor",
-                                                           recheck_margin=0)
-            # compiles what the batches need
-            predictors["int8 (inductor)"].predict(texts, batch_size=args.batch_size)
+            compiled = load_predictor(model_dir, quantize="int8", backend="inductor", recheck_margin=0)
+            predictors["int8 (inductor)"] = compiled
+            compiled.predict(texts, batch_size=args.batch_size)  # compiles what the batches need
             print(f"\n(int8 (inductor): quantised and compiled in {time.perf_counter() - started:.0f} s "
                   "before the rounds)")
+            for name, (to_bf16, to_fp32) in shares.items():
+                timed = at_shares(compiled, load_predictor(model_dir).model, texts, (to_bf16, to_fp32),
+                                  args.batch_size)
+                if timed is not None:
+                    predictors[f"int8 (inductor), {name}"] = timed
         ids, _ = predictors["fp32"].encode(predictors["fp32"].preprocessor(texts))
         mean_tokens = float(np.mean([len(x) for x in ids]))
         params = predict_speed.non_embedding_params(predictors["fp32"].model)
@@ -240,31 +362,17 @@ def main(argv=None) -> int:
                 rate, _ = predict_speed.rate(lambda t: predictor.predict(t, batch_size=args.batch_size), texts, 0)
                 after = predict_speed.matmul_flops(repeats=3)
                 adjacent[key].append(rate / (max(before, after) / (2 * params * mean_tokens)))
-        print(f"\n2. predictors, {args.shape} shape ({params / 1e6:.1f}M non-embedding params), {len(texts)} sentences "
-              f"({mean_tokens:.1f} tokens each), ÷ the adjacent fp32 limit per round:")
+        print(f"\n3. predictors, {args.shape} shape ({params / 1e6:.1f}M non-embedding params), {len(texts)} sentences "
+              f"({mean_tokens:.1f} tokens each), ÷ the adjacent fp32 limit per round"
+              + ("; the re-check rows at the shares of part 2 (then: scored again in bf16 / in fp32)" if shares else "")
+              + ":")
         for key, values in adjacent.items():
-            print(f"  {key:<16} {' '.join(f'{v:.0%}' for v in values):<24} best {max(values):.0%}")
-
-    if args.model:
-        sample = texts
-        if args.data:
-            from pipeline.core.io import read_table
-
-            frame = read_table(Path(args.data))
-            sample = frame[args.column].dropna().astype(str).iloc[
-                args.agreement_offset:args.agreement_offset + args.agreement_n].tolist()
-        reference = load_predictor(args.model).predict_proba(sample)
-        rows = {"bf16": load_predictor(args.model, quantize="bf16", recheck_margin=0),
-                "int8 (shipped)": load_predictor(args.model, quantize="int8", recheck_margin=0),
-                "amx-int8": amx_int8(load_predictor(args.model), **options)}
-        if not why_not:
-            rows["int8 (inductor)"] = load_predictor(args.model, quantize="int8", backend="inductor", recheck_margin=0)
-        print(f"\n3. label agreement with fp32, {args.model}, {len(sample)} sentences"
-              + (f" of --data from row {args.agreement_offset}" if args.data else "") + ":")
-        for key, predictor in rows.items():
-            probs = predictor.predict_proba(sample)
-            agree = float((probs.argmax(1) == reference.argmax(1)).mean())
-            print(f"  {key:<16} {agree:.1%}   max |p - p_fp32| {np.abs(probs - reference).max():.3f}")
+            counts = getattr(predictors[key], "rechecked", None)
+            climbed = ""
+            if ", re-check" in key:
+                climbed = "   " + " / ".join(f"{counts[step.precision] / counts['scored']:.1%}"
+                                             for step in predictors[key].ladder)
+            print(f"  {key:<34} {' '.join(f'{v:.0%}' for v in values):<24} best {max(values):.0%}{climbed}")
     return 0
 
 

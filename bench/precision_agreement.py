@@ -14,8 +14,8 @@ seed sentences to hold out: give its test file (data.test_path) as --data.
 Rows, each the stage's own code (`pipeline.models.base.load_predictor`; the int8 rows with --int8-backend):
   int8               predict.quantize=int8: dynamic int8 Linear layers but those pipeline.models.int8 keeps in
                      fp32, inputs smoothed; no re-check
-  int8_recheck       the same with predict.recheck_margin.int8 (conf default, or --recheck-margin): close calls
-                     scored again in fp32
+  int8_recheck       the same with predict.recheck_margin (conf default, or --recheck-margin): close calls scored
+                     again one precision up, bf16 where bf16 is fast and then fp32 (the re-check ladder), else fp32
   bf16, bf16_recheck predict.quantize=bf16 (the model in bfloat16), without and with the re-check; on a CPU without
                      a bf16 unit (AMX, AVX512-BF16) the predictor runs fp32 and the row says so
   --unsmoothed       the same layers in int8 without input smoothing
@@ -246,9 +246,11 @@ def main() -> int:
     for name in predictors:
         print(f"  {name}: {len(texts) / statistics.median(seconds[name]):.1f} sentences/s (median of rounds)")
     for name in ("int8_recheck", "bf16_recheck"):
-        scored, rechecked = predictors[name].rechecked
-        print(f"  {name}: {rechecked / max(scored, 1):.1%} of the sentences scored again in fp32 (their "
-              f"{name.split('_')[0]} top-two margin below {predictors[name].recheck_margin:g})")
+        counts = predictors[name].rechecked
+        print(f"  {name}: " + "; ".join(
+            f"{counts[step.precision] / max(counts['scored'], 1):.1%} of the sentences scored again in "
+            f"{step.precision} (their {step.below} top-two margin below {step.margin:g})"
+            for step in predictors[name].ladder))
     return 0
 
 

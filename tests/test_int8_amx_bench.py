@@ -53,8 +53,11 @@ def test_channels_kept_out_of_int8_are_added_back_in_fp32(bench):
     assert error_split < 0.02 and error_split < 0.25 * error_whole, (error_split, error_whole)
 
 
-def test_the_bench_runs_on_the_tiny_model(bench, capsys):
-    assert bench.main(["--shape", "tiny", "--n", "24", "--rounds", "1", "--batch-size", "8"]) == 0
+def test_the_bench_runs_on_the_tiny_model(bench, capsys, stance_dir):
+    from pipeline.models import batching
+
+    assert bench.main(["--shape", "tiny", "--n", "24", "--rounds", "1", "--batch-size", "8", "--model", str(stance_dir),
+                       "--agreement-n", "24", "--recheck-margin", "0.5/0.5", "--recheck-margin", "0.2/0"]) == 0
     out = capsys.readouterr().out
     rows = ["fp32", "bf16", "int8 (shipped)", "amx-int8"]
     if bench.pt2e_available() is None:  # torchao and a C++ compiler: predict.backend=inductor's int8 row too
@@ -63,3 +66,38 @@ def test_the_bench_runs_on_the_tiny_model(bench, capsys):
         assert "no int8 (inductor) row: predict.backend=inductor" in out
     for row in rows:
         assert re.search(rf"^  {re.escape(row)}\s+\d+%\s+best \d+%$", out, re.M), (row, out)
+    part2 = out[out.index("2. label agreement"):out.index("3. predictors")]
+    for row in ("bf16", "int8 (shipped)", "amx-int8"):
+        assert re.search(rf"^  {re.escape(row)}\s+\d+\.\d%\s+max \|p - p_fp32\| \d\.\d+$", part2, re.M), (row, part2)
+    if bench.pt2e_available() is None:
+        for setting in ("0.5/0.5", "0.2/0"):  # agreement and shares on --model, then timed at those shares
+            assert re.search(rf"int8 \(inductor\), re-check {setting}\s+\d+\.\d%.*scored again in bf16", part2), part2
+            if batching.bf16_runs_fast("cpu"):
+                assert re.search(rf"^  int8 \(inductor\), re-check {setting}\s+\d+%\s+best \d+%\s+[\d.]+% / [\d.]+%$",
+                                 out, re.M), out
+
+
+@pytest.fixture(scope="module")
+def stance_dir(tmp_path_factory):
+    from test_inference import make_stance_model
+
+    return make_stance_model(tmp_path_factory.mktemp("amx") / "model", max_length=48, seed=2)
+
+
+def test_the_recheck_ladder_is_timed_at_the_shares_it_is_given(bench, stance_dir, monkeypatch):
+    """A random-weight model's margins say nothing: part 3 times int8's re-check ladder with its margins set so that
+    the shares a fine-tuned model sent to bf16 and fp32 (part 2) climb; the int8 predictor itself is left as it was."""
+    from pipeline.models import batching
+    from pipeline.models.base import load_predictor
+    from pipeline.text.segmentation import seed_sentences
+
+    monkeypatch.setattr(batching, "bf16_runs_fast", lambda device: True)
+    texts = list(dict.fromkeys(seed_sentences()))[:60]
+    int8 = load_predictor(stance_dir, quantize="int8", recheck_margin=0)
+    timed = bench.at_shares(int8, load_predictor(stance_dir).model, texts, (0.3, 0.1), 8)
+    timed.predict_proba(texts, batch_size=8)  # as the bench times it (dynamic int8's scales follow the batches)
+    assert timed.rechecked == {"scored": 60, "bf16": 18, "fp32": 6}
+    assert [(s.below, s.precision) for s in timed.ladder] == [("int8", "bf16"), ("bf16", "fp32")]
+    assert not int8.ladder and not int8.rechecked
+    monkeypatch.setattr(batching, "bf16_runs_fast", lambda device: False)
+    assert bench.at_shares(int8, load_predictor(stance_dir).model, texts, (0.3, 0.1), 8) is None  # no bf16 rung

@@ -1,7 +1,8 @@
-"""predict.quantize=int8 / bf16 and predict.recheck_margin: a lower-precision model scores again in fp32 exactly the
-sentences whose top-two margin is below the margin, so their labels and probabilities are fp32's; the option reaches
-the predict stage, the pyfunc model and Spark; bf16 runs fp32 (and says so) where the CPU has no bf16 unit; a bad
-value is one line naming the key.
+"""predict.quantize=int8 / bf16 and predict.recheck_margin: a lower-precision model scores again one precision up
+exactly the sentences whose top-two margin is below the margin (int8 -> bf16 -> fp32 where bf16 is fast, else
+straight to fp32), so their labels and probabilities are that precision's; the option reaches the predict stage,
+the pyfunc model and Spark; bf16 runs fp32 (and says so) where the CPU has no bf16 unit; a bad value is one line
+naming the key.
 
 bf16's speed needs AMX or AVX512-BF16, which a CI machine may lack: its tests declare the unit present
 (`bf16_unit`), since bf16 gives the same results on any CPU, only slower without one."""
@@ -59,28 +60,56 @@ def _margins(probs: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("quantize", ["int8", "bf16"])
-def test_close_calls_are_scored_again_in_fp32_and_only_they(model_dir, quantize, bf16_unit):
+def test_close_calls_are_scored_again_in_fp32_and_only_they(model_dir, quantize, monkeypatch):
+    """Where bf16 is not fast, int8 (and bf16 always) climbs straight to fp32."""
+    from pipeline.models import batching
+
+    monkeypatch.setattr(batching, "bf16_runs_fast", lambda device: quantize == "bf16")
     texts = seed_sentences()
     fp32 = load_predictor(model_dir).predict_proba(texts)
     plain = load_predictor(model_dir, quantize=quantize).predict_proba(texts)
     margin = float(np.median(_margins(plain)))  # about half the sentences are close calls at this margin
     checked = load_predictor(model_dir, quantize=quantize, recheck_margin=margin)
+    assert [(s.below, s.precision, s.margin) for s in checked.ladder] == [(quantize, "fp32", margin)]
     probs = checked.predict_proba(texts)
     close = _margins(plain) < margin
     assert 0 < close.sum() < len(texts)
     np.testing.assert_allclose(probs[close], fp32[close], atol=FP32_TOLERANCE)   # fp32's own probabilities
     np.testing.assert_array_equal(probs[~close], plain[~close])                   # the rest stays int8
-    assert checked.rechecked == [len(texts), int(close.sum())]
+    assert checked.rechecked == {"scored": len(texts), "fp32": int(close.sum())}
+
+
+def test_int8_climbs_to_bf16_then_bf16s_close_calls_to_fp32(model_dir, bf16_unit):
+    """Where bf16 is fast, int8's close calls are scored again by predict.quantize=bf16's own model, and those whose
+    bf16 margin is below recheck_margin.bf16 once more in fp32; every other sentence keeps what it had."""
+    texts = seed_sentences()
+    fp32 = load_predictor(model_dir).predict_proba(texts)
+    bf16 = load_predictor(model_dir, quantize="bf16").predict_proba(texts)
+    plain = load_predictor(model_dir, quantize="int8").predict_proba(texts)
+    margins = {"int8": float(np.quantile(_margins(plain), 0.6)), "bf16": float(np.quantile(_margins(bf16), 0.3))}
+    checked = load_predictor(model_dir, quantize="int8", recheck_margin=margins)
+    assert [(s.below, s.precision) for s in checked.ladder] == [("int8", "bf16"), ("bf16", "fp32")]
+    probs = checked.predict_proba(texts)
+    to_bf16 = _margins(plain) < margins["int8"]
+    to_fp32 = to_bf16 & (_margins(bf16) < margins["bf16"])
+    assert 0 < to_fp32.sum() < to_bf16.sum() < len(texts)
+    np.testing.assert_array_equal(probs[~to_bf16], plain[~to_bf16])                    # int8's
+    np.testing.assert_array_equal(probs[to_bf16 & ~to_fp32], bf16[to_bf16 & ~to_fp32])  # bf16's, to the bit
+    np.testing.assert_allclose(probs[to_fp32], fp32[to_fp32], atol=FP32_TOLERANCE)     # fp32's
+    assert checked.rechecked == {"scored": len(texts), "bf16": int(to_bf16.sum()), "fp32": int(to_fp32.sum())}
+    stops = load_predictor(model_dir, quantize="int8", recheck_margin={**margins, "bf16": 0})
+    assert [s.precision for s in stops.ladder] == ["bf16"] and stops.reference is None  # bf16's margin 0: no fp32
+    np.testing.assert_array_equal(stops.predict_proba(texts)[to_bf16], bf16[to_bf16])
 
 
 def test_no_margin_rechecks_nothing_and_fp32_ignores_the_margin(model_dir):
     texts = seed_sentences()[:30]
     plain = load_predictor(model_dir, quantize="int8")
-    assert plain.reference is None and plain.rechecked == [0, 0]
+    assert plain.reference is None and not plain.ladder and not plain.rechecked
     fp32 = load_predictor(model_dir, recheck_margin=0.5)
     assert fp32.reference is None
     fp32.predict_proba(texts)
-    assert fp32.rechecked == [0, 0]
+    assert not fp32.rechecked and fp32.recheck_cost() is None
 
 
 @pytest.mark.parametrize("value, key", [(-0.1, "predict.recheck_margin="), (1.0, "predict.recheck_margin="),
@@ -97,8 +126,8 @@ def test_each_precision_takes_its_own_margin_from_the_config(model_dir, make_cfg
 
     cfg = make_cfg("predict", "predict.recheck_margin.bf16=0.25")
     margins = recheck_option(cfg.predict.recheck_margin)
-    assert margins == {"int8": 0.1, "bf16": 0.25}  # conf/predict/default.yaml's int8 margin, bf16 overridden
-    assert load_predictor(model_dir, quantize="int8", recheck_margin=margins).recheck_margin == 0.1
+    assert margins == {"int8": 0.05, "bf16": 0.25}  # conf/predict/default.yaml's int8 margin, bf16 overridden
+    assert load_predictor(model_dir, quantize="int8", recheck_margin=margins).recheck_margin == 0.05
     assert load_predictor(model_dir, quantize="bf16", recheck_margin=margins).recheck_margin == 0.25
     assert load_predictor(model_dir, quantize="bf16", recheck_margin={"int8": 0.1}).reference is None  # none = 0
 
@@ -123,8 +152,8 @@ def test_the_predict_stage_rechecks_and_says_how_many(make_cfg, hesitant_dir, tm
     article = tmp_path / "a.txt"
     article.write_text("\n".join(seed_sentences()[:40]), encoding="utf-8")
     outputs = {}
-    for name, overrides in {"fp32": [], "low": [f"predict.quantize={quantize}",
-                                                 f"predict.recheck_margin.{quantize}=0.5"]}.items():
+    for name, overrides in {"fp32": [], "low": [f"predict.quantize={quantize}", "predict.recheck_margin.int8=0.5",
+                                                 "predict.recheck_margin.bf16=0.5"]}.items():
         cfg = make_cfg("predict", f"input={article}", f"output={tmp_path / name}.csv", f"model_uri={hesitant_dir}",
                        *overrides)
         with caplog.at_level(logging.INFO, logger="pipeline.stages.predict"):
@@ -135,7 +164,10 @@ def test_the_predict_stage_rechecks_and_says_how_many(make_cfg, hesitant_dir, tm
     np.testing.assert_allclose(outputs["low"][[f"p_{x}" for x in LABELS]].to_numpy(),
                                outputs["fp32"][[f"p_{x}" for x in LABELS]].to_numpy(),
                                atol=2 * FP32_TOLERANCE)  # + the CSV's rounding to 4 decimals
-    assert f"{quantize}: 40 of 40 sentences (100.0%) scored again in fp32" in caplog.text
+    # int8 climbs through bf16 (bf16_unit)
+    if quantize == "int8":
+        assert "int8: 40 of 40 sentences (100.0%) scored again in bf16" in caplog.text
+    assert "40 of 40 sentences (100.0%) scored again in fp32" in caplog.text
     assert f"predict.recheck_margin.{quantize}=0.5" in caplog.text
     assert "fp32 (predict.quantize=null) gives the same labels as fast" in caplog.text  # most were re-scored
 

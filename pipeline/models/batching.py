@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,9 @@ MIN_BATCH_TOKENS = 768
 # bf16 on AMX runs its matrix products ~7x fp32's and needs more rows to do so: batches of at least this many tokens
 # took BERT-base from 2.0x to 2.8x the fp32 limit (pad tolerance kept; docs/predict.md, Speed); fp32 gained nothing.
 BF16_MIN_BATCH_TOKENS = 2048
+# Each precision's speed over the fp32 predictor on the BERT-base shape (bench/int8_amx.py, docs/predict.md,
+# Headroom), for the stage's warning that a re-check ate the gain (recheck_cost): a warning, not a measurement.
+SPEED_UP = {"fp32": 1.0, "int8": 1.7, "int8-compiled": 4.6, "bf16": 3.4}
 
 # glibc allocator thresholds for keep_freed_memory: freed blocks up to 512 MiB stay in the heap (above the largest
 # batch's activation buffers), and the heap is given back to the kernel only when 1 GiB of it is free at the top.
@@ -84,24 +90,26 @@ class TransformerPredictor(StancePredictor):
         # The Rust tokenizer itself (no copy: re-reading a large vocabulary costs seconds of start-up); `encode`
         # sets it to truncate only before each use, as the Python tokenizer sets it before each of its calls.
         self._backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        # int8 / bf16: sentences whose top-two margin is below this are scored again by the fp32 model (`reference`)
+        # int8 / bf16: sentences whose top-two margin is below this are scored again one precision up (`ladder`)
         self.recheck_margin = check_recheck_margin(recheck_margin, quantize) if quantize else 0.0
-        self.reference = None
-        self.rechecked = [0, 0]  # sentences scored in int8 / bf16, of which re-scored in fp32 (for the stage's log)
+        self.ladder: list[RecheckStep] = []
+        self.rechecked = Counter()  # sentences scored in int8 / bf16, and re-scored per precision (the stage's log)
         if quantize:
             fp32 = self.model
+            # The rungs above int8 / bf16, made before int8 smooths `fp32`: the bf16 rung is predict.quantize=bf16's
+            # own model, and a compiled model is not worth compiling twice (the rungs run eagerly)
+            self.ladder = recheck_ladder(fp32, quantize, recheck_margin, self.recheck_margin, device=self.device,
+                                         backend="eager" if self.backend == "inductor" else self.backend,
+                                         output=self.output)
             if quantize == "int8":  # calibrated on fp32 forward passes of this predictor: everything above is set
                 from pipeline.models.int8 import export_int8, quantize_predictor
 
                 # both smooth `fp32` in place (the same function) and return the int8 model
                 self.model = export_int8(self) if self.backend == "inductor" else quantize_predictor(self)
             else:
-                self.model = to_bf16(fp32, keep=self.recheck_margin > 0)
+                self.model = to_bf16(fp32, keep=bool(self.ladder))
             self.forward = backends.prepare(self.model, self.backend, output=self.output,
                                             bf16_fast=bf16_runs_fast(self.device))
-            if self.recheck_margin > 0:  # the close calls, in fp32; compiling a second model is not worth it
-                reference = "eager" if self.backend == "inductor" else self.backend
-                self.reference = backends.prepare(fp32, reference, output=self.output)
 
     def load_model(self, model_dir: Path, model=None):
         """The sequence-classification model (`model`: the one a fit wrote there, in memory), checked against the
@@ -145,19 +153,38 @@ class TransformerPredictor(StancePredictor):
     def _scores(self, texts: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         ids, truncated = self.encode(texts)
         probs = self.scores_from_ids(ids, batch_size)
-        if self.reference is not None:
+        if self.ladder:
             self.recheck(ids, probs, batch_size)
         return probs, truncated
 
+    @property
+    def reference(self):
+        """The fp32 forward pass that scores the last close calls (the ladder's fp32 rung), or None."""
+        return next((step.forward for step in self.ladder if step.precision == "fp32"), None)
+
     def recheck(self, ids: list[list[int]], probs: np.ndarray, batch_size: int) -> None:
-        """Score again in fp32, in place, the rows of `probs` (int8 or bf16) whose top two labels are closer than
-        recheck_margin: the only sentences whose label the lower precision moves (docs/train.md, int8 and bf16)."""
-        top = np.sort(probs, axis=1)
-        rows = np.flatnonzero(top[:, -1] - top[:, -2] < self.recheck_margin) if probs.shape[1] > 1 else []
-        self.rechecked[0] += len(ids)
-        self.rechecked[1] += len(rows)
-        if len(rows):
-            probs[rows] = self.scores_from_ids([ids[r] for r in rows], batch_size, forward=self.reference)
+        """Climb the ladder, in place: the rows of `probs` (int8 or bf16) whose top two labels are closer than the
+        rung's margin are scored again at its precision, and of those, the ones still that close go one rung up.
+        Close calls are the only sentences whose label a lower precision moves (docs/train.md, int8 and bf16)."""
+        rows = np.arange(len(ids))
+        self.rechecked["scored"] += len(ids)
+        for step in self.ladder:
+            top = np.sort(probs[rows], axis=1)
+            rows = rows[top[:, -1] - top[:, -2] < step.margin] if probs.shape[1] > 1 else rows[:0]
+            self.rechecked[step.precision] += len(rows)
+            if not len(rows):
+                break
+            probs[rows] = self.scores_from_ids([ids[r] for r in rows], batch_size, forward=step.forward,
+                                               matrix_unit=step.precision == "bf16")
+
+    def recheck_cost(self) -> float | None:
+        """The time of the sentences scored so far, re-checks included, as a share of fp32's alone (None before any):
+        1 or more means the lower precision gained nothing. From each precision's speed-up over fp32 (SPEED_UP)."""
+        scored = self.rechecked["scored"]
+        if not self.quantize or not scored:
+            return None
+        own = SPEED_UP["int8-compiled" if self.quantize == "int8" and self.backend == "inductor" else self.quantize]
+        return 1 / own + sum(self.rechecked[s.precision] / scored / SPEED_UP[s.precision] for s in self.ladder)
 
     def _truncated(self, texts: list[str]) -> np.ndarray:
         return self.encode(texts)[1]
@@ -166,13 +193,15 @@ class TransformerPredictor(StancePredictor):
     def context_separator(self) -> str | None:
         return context_separator(self.tokenizer)
 
-    def batches(self, lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    def batches(self, lengths: np.ndarray, batch_size: int, matrix_unit: bool | None = None) -> list[np.ndarray]:
         """Row indices per batch: longest first, each batch of similar lengths, at most `batch_size` sentences and
-        (with a token budget) at most `max_batch_tokens` padded tokens."""
+        (with a token budget) at most `max_batch_tokens` padded tokens. `matrix_unit`: cut them as bf16's (None =
+        as this predictor's own precision wants)."""
         order = np.argsort(-lengths, kind="stable")
         out, start, n = [], 0, len(order)
         budget = getattr(self, "max_batch_tokens", None)
-        min_tokens = BF16_MIN_BATCH_TOKENS if self.matrix_unit_batches else MIN_BATCH_TOKENS
+        matrix_unit = self.matrix_unit_batches if matrix_unit is None else matrix_unit
+        min_tokens = BF16_MIN_BATCH_TOKENS if matrix_unit else MIN_BATCH_TOKENS
         while start < n:
             width = int(lengths[order[start]])
             end = start + 1
@@ -192,21 +221,25 @@ class TransformerPredictor(StancePredictor):
         quantize = getattr(self, "quantize", None)
         return quantize == "bf16" or (quantize == "int8" and getattr(self, "backend", None) == "inductor")
 
-    def scores_from_ids(self, ids: list[list[int]], batch_size: int, forward=None) -> np.ndarray:
+    def scores_from_ids(self, ids: list[list[int]], batch_size: int, forward=None,
+                        matrix_unit: bool | None = None) -> np.ndarray:
         import torch
 
         return self.outputs_from_ids(ids, batch_size, len(self.labels),
-                                     lambda i, a: torch.softmax(self.logits(i, a, forward).double(), dim=-1))
+                                     lambda i, a: torch.softmax(self.logits(i, a, forward).double(), dim=-1),
+                                     matrix_unit=matrix_unit)
 
-    def outputs_from_ids(self, ids: list[list[int]], batch_size: int, width: int, forward) -> np.ndarray:
-        """(n, width) float64: `forward(input_ids, attention_mask)` over length-sorted, tightly padded batches."""
+    def outputs_from_ids(self, ids: list[list[int]], batch_size: int, width: int, forward,
+                         matrix_unit: bool | None = None) -> np.ndarray:
+        """(n, width) float64: `forward(input_ids, attention_mask)` over length-sorted, tightly padded batches
+        (`matrix_unit`: as `batches`)."""
         import torch
 
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         probs = np.empty((len(ids), width), dtype=np.float64)
         with torch.inference_mode():
             # Longest first: padding stays small, and a batch too big for memory fails at once.
-            for rows in self.batches(lengths, batch_size):
+            for rows in self.batches(lengths, batch_size, matrix_unit):
                 width = int(lengths[rows].max())
                 batch = np.full((len(rows), width), self.pad_id, dtype=np.int64)
                 mask = np.zeros((len(rows), width), dtype=np.int64)
@@ -251,6 +284,34 @@ def bf16_runs_fast(device: str) -> bool:
         return torch.cuda.is_bf16_supported()
     cpu = getattr(torch, "cpu", None)
     return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+
+
+@dataclass(frozen=True)
+class RecheckStep:
+    """A rung of the re-check ladder: the sentences whose top two labels are closer than `margin` (the margin of
+    the precision below, predict.recheck_margin.<below>) are scored again at `precision` by `forward`."""
+    below: str
+    precision: str
+    margin: float
+    forward: Callable
+
+
+def recheck_ladder(fp32, quantize: str, margins, margin: float, *, device: str, backend: str,
+                   output: str) -> list[RecheckStep]:
+    """The rungs above `quantize` for the fp32 model `fp32` (`margins`: predict.recheck_margin; `margin`: its
+    value for `quantize`). int8 climbs to bf16 where bf16 runs fast (it moves ~4x fewer labels than int8, at ~2x
+    int8's eager speed and 4-5x fp32's: docs/train.md, *Re-check ladder*), and bf16's own close calls (its margin)
+    to fp32; elsewhere int8 and bf16 go straight to fp32. No margin: no rung."""
+    from pipeline.models import backends
+
+    steps, below = [], quantize
+    if margin > 0 and quantize == "int8" and bf16_runs_fast(device):
+        bf16 = to_bf16(fp32, keep=True)
+        steps.append(RecheckStep(below, "bf16", margin, backends.prepare(bf16, backend, output=output)))
+        below, margin = "bf16", check_recheck_margin(margins, "bf16")
+    if margin > 0:
+        steps.append(RecheckStep(below, "fp32", margin, backends.prepare(fp32, backend, output=output)))
+    return steps
 
 
 def to_bf16(model, *, keep: bool):

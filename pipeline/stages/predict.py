@@ -56,10 +56,24 @@ from pipeline.core.write_guard import output_lock, refuse_clashes
 
 log = logging.getLogger(__name__)
 
-# int8 runs ~1.4x fp32 on the CPU, bf16 ~2.9x where the CPU has AMX (docs/train.md, int8 and bf16): once more than
-# 1 - 1/speed-up of the sentences is scored again in fp32 (predict.recheck_margin), the re-check makes it no faster
-# than fp32 alone.
-RECHECK_WORTH = {"int8": 0.3, "bf16": 0.65}
+
+def log_recheck(predictor, quantize: str | None) -> None:
+    """How many sentences each rung of the re-check ladder scored again, and a warning when the re-checks cost what
+    the lower precision saved (the model hesitates on many sentences)."""
+    counts = getattr(predictor, "rechecked", None)
+    scored = counts["scored"] if counts else 0
+    if not scored:
+        return
+    for step in predictor.ladder:
+        done = counts[step.precision]
+        log.info("predict: %s: %d of %d sentences (%.1f%%) scored again in %s, their two most probable labels within "
+                 "predict.recheck_margin.%s=%g", quantize, done, scored, 100 * done / scored, step.precision,
+                 step.below, step.margin)
+    cost = predictor.recheck_cost()
+    if cost is not None and cost >= 1:
+        log.warning("predict: the model hesitates on %.0f%% of these sentences, so %s gained little or nothing here: "
+                    "fp32 (predict.quantize=null) gives the same labels as fast",
+                    100 * counts[predictor.ladder[0].precision] / scored, quantize)
 
 
 def _sibling(output: Path, configured, tail: str) -> Path:
@@ -173,15 +187,7 @@ def _predict(cfg: DictConfig, inputs: list[str], files: list[Path], written: dic
     writer.flush()
     progress.close()
     counts.update(sentences=writer.sentences, truncated=writer.truncated)
-    scored, rechecked = getattr(inner, "rechecked", (0, 0))
-    if scored:
-        log.info("predict: %s: %d of %d sentences (%.1f%%) scored again in fp32, their two most probable labels "
-                 "within predict.recheck_margin.%s=%g", quantize, rechecked, scored, 100 * rechecked / scored,
-                 quantize, inner.recheck_margin)
-        if rechecked > RECHECK_WORTH[quantize] * scored:
-            log.warning("predict: the model hesitates on %.0f%% of these sentences, so %s gained little or nothing "
-                        "here: fp32 (predict.quantize=null) gives the same labels as fast", 100 * rechecked / scored,
-                        quantize)
+    log_recheck(inner, quantize)
 
     if counts["articles"] == 0 and not writer.done:
         write_table_atomic(errors.frame(), errors_path, csv=csv)

@@ -299,9 +299,9 @@ class RecheckStep:
 def recheck_ladder(fp32, quantize: str, margins, margin: float, *, device: str, backend: str,
                    output: str) -> list[RecheckStep]:
     """The rungs above `quantize` for the fp32 model `fp32` (`margins`: predict.recheck_margin; `margin`: its
-    value for `quantize`). int8 climbs to bf16 where bf16 runs fast (it moves ~4x fewer labels than int8, at ~2x
-    int8's eager speed and 4-5x fp32's: docs/train.md, *Re-check ladder*), and bf16's own close calls (its margin)
-    to fp32; elsewhere int8 and bf16 go straight to fp32. No margin: no rung."""
+    value for `quantize`). int8 climbs to bf16 where bf16 runs fast (bf16 moves the probabilities ~4x less than
+    int8, at ~3.4x fp32's speed: docs/train.md, *Re-check ladder*), and bf16's own close calls (its margin) on to
+    fp32; elsewhere int8 and bf16 go straight to fp32. No margin: no rung."""
     from pipeline.models import backends
 
     steps, below = [], quantize

@@ -62,7 +62,8 @@ class TransformerPredictor(StancePredictor):
         if quantize == "int8" and self.backend != "inductor" and self.device == "cpu" and bf16_runs_fast(self.device):
             log.info("predict.quantize=int8: this CPU has a bf16 matrix unit, where predict.quantize=bf16 runs about "
                      "twice int8's speed and moves fewer labels; predict.backend=inductor compiles int8 for its "
-                     "int8 unit, faster than bf16 only without the re-check (docs/predict.md, Headroom)")
+                     "int8 unit, faster than bf16 where the model seldom hesitates, its close calls re-checked in "
+                     "bf16 (docs/predict.md, Headroom)")
         self.load_kwargs = backends.load_kwargs(self.backend)
         # In a train run, the model a fit just wrote is taken from memory; never when int8 / bf16 or the backend's
         # loading arguments would make it another model than the one in memory.

@@ -214,11 +214,6 @@ def with_margins(predictor, setting: dict[str, float]):
     return with_ladder(predictor, [dataclasses.replace(step, margin=setting[step.below]) for step in predictor.ladder])
 
 
-def margins_of(probs: np.ndarray) -> np.ndarray:
-    top = np.sort(probs, axis=1)
-    return top[:, -1] - top[:, -2]
-
-
 def below(margins: np.ndarray, count: int) -> float:
     """A margin that exactly the `count` smallest of `margins` fall below (0: none)."""
     ordered = np.sort(margins)
@@ -229,25 +224,30 @@ def below(margins: np.ndarray, count: int) -> float:
     return float((ordered[count - 1] + ordered[count]) / 2)
 
 
-def at_shares(int8_predictor, fp32_model, texts: list[str], shares: tuple[float, float], batch_size: int):
-    """int8_predictor (no ladder of its own) with the ladder of `fp32_model`, its margins set so that shares[0] of
+def at_shares(int8_predictor, ladder: list, texts: list[str], shares: tuple[float, float], batch_size: int):
+    """int8_predictor (no ladder of its own) climbing `ladder` (bf16, then fp32), its margins set so that shares[0] of
     `texts` climb to bf16 and shares[1] on to fp32: a random-weight model's margins say nothing, so the re-check of
     the BERT-base shape is timed at the shares a fine-tuned model's margins gave (part 2)."""
-    from pipeline.models.batching import recheck_ladder
+    from pipeline.models.batching import top_two_margins
 
-    ladder = recheck_ladder(fp32_model, "int8", 0.5, 0.5, device=int8_predictor.device, backend="eager",
-                            output=int8_predictor.output)
-    if [step.precision for step in ladder] != ["bf16", "fp32"]:
-        return None  # no bf16 unit: the ladder goes straight to fp32
     ids, _ = int8_predictor.encode(int8_predictor.preprocessor(texts))
-    int8_margins = margins_of(int8_predictor.scores_from_ids(ids, batch_size))
+    int8_margins = top_two_margins(int8_predictor.scores_from_ids(ids, batch_size))
     first = below(int8_margins, round(shares[0] * len(texts)))
     climbed = np.flatnonzero(int8_margins < first)
-    bf16_margins = margins_of(int8_predictor.scores_from_ids([ids[r] for r in climbed], batch_size,
-                                                             forward=ladder[0].forward, matrix_unit=True)) \
+    bf16_margins = top_two_margins(int8_predictor.scores_from_ids(
+        [ids[r] for r in climbed], batch_size, forward=ladder[0].forward, matrix_unit=True)) \
         if len(climbed) else np.zeros(0)
     second = below(bf16_margins, round(shares[1] * len(texts)))
     return with_margins(with_ladder(int8_predictor, ladder), {"int8": first, "bf16": second})
+
+
+def full_ladder(fp32_model, device: str, output: str) -> list | None:
+    """The int8 ladder of `fp32_model` with both rungs, bf16 and fp32 (margins set later); None where bf16 is not
+    fast (the ladder then goes straight to fp32: nothing of the bf16 rung to time)."""
+    from pipeline.models.batching import recheck_ladder
+
+    ladder = recheck_ladder(fp32_model, "int8", 0.5, 0.5, device=device, backend="eager", output=output)
+    return ladder if [step.precision for step in ladder] == ["bf16", "fp32"] else None
 
 
 def agreement(args, why_not: str | None, options: dict, texts: list[str]) -> dict[str, tuple[float, float]]:
@@ -345,11 +345,10 @@ def main(argv=None) -> int:
             compiled.predict(texts, batch_size=args.batch_size)  # compiles what the batches need
             print(f"\n(int8 (inductor): quantised and compiled in {time.perf_counter() - started:.0f} s "
                   "before the rounds)")
-            for name, (to_bf16, to_fp32) in shares.items():
-                timed = at_shares(compiled, load_predictor(model_dir).model, texts, (to_bf16, to_fp32),
-                                  args.batch_size)
-                if timed is not None:
-                    predictors[f"int8 (inductor), {name}"] = timed
+            ladder = full_ladder(predictors["fp32"].model, compiled.device, compiled.output) if shares else None
+            for name, (to_bf16, to_fp32) in (shares.items() if ladder else ()):
+                predictors[f"int8 (inductor), {name}"] = at_shares(compiled, ladder, texts, (to_bf16, to_fp32),
+                                                                   args.batch_size)
         ids, _ = predictors["fp32"].encode(predictors["fp32"].preprocessor(texts))
         mean_tokens = float(np.mean([len(x) for x in ids]))
         params = predict_speed.non_embedding_params(predictors["fp32"].model)

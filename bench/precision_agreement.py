@@ -187,6 +187,7 @@ def main() -> int:
 
     from pipeline import LABELS
     from pipeline.models.base import load_predictor
+    from pipeline.models.batching import top_two_margins
 
     texts, n_seed, articles = sentences(args.model, args.data, args.column, args.n, args.offset)
     recheck_margin = args.recheck_margin if args.recheck_margin is not None else default_recheck_margin()
@@ -213,8 +214,7 @@ def main() -> int:
             predictor.predict_proba(texts, batch_size=args.batch_size)
             seconds[name].append(time.perf_counter() - started)
     labels = {name: p.argmax(axis=1) for name, p in probs.items()}
-    top2 = np.sort(probs["fp32"], axis=1)[:, -2:]
-    margin = top2[:, 1] - top2[:, 0]
+    margin = top_two_margins(probs["fp32"])
     seeds = (f"{n_seed} seed news sentences of its test article(s) {', '.join(articles)}" if articles
              else "no seed sentences: a model trained on a table")
     print(f"model {args.model}: {len(texts)} sentences ({seeds}, never trained on; the rest from --data), "

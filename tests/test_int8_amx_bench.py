@@ -94,10 +94,11 @@ def test_the_recheck_ladder_is_timed_at_the_shares_it_is_given(bench, stance_dir
     monkeypatch.setattr(batching, "bf16_runs_fast", lambda device: True)
     texts = list(dict.fromkeys(seed_sentences()))[:60]
     int8 = load_predictor(stance_dir, quantize="int8", recheck_margin=0)
-    timed = bench.at_shares(int8, load_predictor(stance_dir).model, texts, (0.3, 0.1), 8)
+    ladder = bench.full_ladder(load_predictor(stance_dir).model, int8.device, int8.output)
+    timed = bench.at_shares(int8, ladder, texts, (0.3, 0.1), 8)
     timed.predict_proba(texts, batch_size=8)  # as the bench times it (dynamic int8's scales follow the batches)
     assert timed.rechecked == {"scored": 60, "bf16": 18, "fp32": 6}
     assert [(s.below, s.precision) for s in timed.ladder] == [("int8", "bf16"), ("bf16", "fp32")]
     assert not int8.ladder and not int8.rechecked
     monkeypatch.setattr(batching, "bf16_runs_fast", lambda device: False)
-    assert bench.at_shares(int8, load_predictor(stance_dir).model, texts, (0.3, 0.1), 8) is None  # no bf16 rung
+    assert bench.full_ladder(load_predictor(stance_dir).model, int8.device, int8.output) is None  # straight to fp32

@@ -170,8 +170,7 @@ class TransformerPredictor(StancePredictor):
         rows = np.arange(len(ids))
         self.rechecked["scored"] += len(ids)
         for step in self.ladder:
-            top = np.sort(probs[rows], axis=1)
-            rows = rows[top[:, -1] - top[:, -2] < step.margin] if probs.shape[1] > 1 else rows[:0]
+            rows = rows[top_two_margins(probs[rows]) < step.margin]
             self.rechecked[step.precision] += len(rows)
             if not len(rows):
                 break
@@ -285,6 +284,14 @@ def bf16_runs_fast(device: str) -> bool:
         return torch.cuda.is_bf16_supported()
     cpu = getattr(torch, "cpu", None)
     return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+
+
+def top_two_margins(probs: np.ndarray) -> np.ndarray:
+    """Per row, the most probable label's probability minus the second's (1 with a single label: no close call)."""
+    if probs.shape[1] < 2:
+        return np.ones(len(probs))
+    top = np.sort(probs, axis=1)
+    return top[:, -1] - top[:, -2]
 
 
 @dataclass(frozen=True)
